@@ -1,0 +1,341 @@
+"""Query-only adapters, applied with numpy (no torch at inference time), and their safe file format.
+
+Kinds (``y`` is the adapted query, ``x`` the base query embedding):
+
+- ``linear``: ``y = x Wᵀ + b``, a full d×d matrix initialised to the identity.
+- ``low_rank``: ``y = x + (x V) Uᵀ + b``, identity plus a rank-r update; small, for little data and
+  for many adapters on one corpus.
+- ``orthogonal``: ``y = x Rᵀ`` with R a rotation (det +1), fitted in closed form (Procrustes) or trained.
+- ``residual_mlp``: ``y = x + W₂ gelu(W₁ x + b₁) + b₂`` with W₂ initialised to zero.
+
+Every kind starts as the identity, so an untrained adapter changes nothing. With ``normalize=True``
+(cosine stores) the output is re-normalised to unit length.
+
+An adapter file is a folder with ``model.safetensors`` (tensors only: loading never unpickles) and
+``adapter_config.json``; loading checks format, shapes, dtypes and finiteness, and can refuse a
+mismatched base model or dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from adapter_retrievers._files import atomic_folder
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+
+
+class AdapterFileError(ValueError):
+    """An adapter file is missing, corrupted or does not match what it is loaded for."""
+
+
+class AdapterMismatchError(AdapterFileError):
+    """The adapter was trained for another base model or dimension than the one it is used with."""
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh form: matches ``torch.nn.functional.gelu(x, approximate="tanh")`` used in training."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+@dataclass
+class QueryAdapter:
+    """A fitted query adapter. Create one with :class:`~adapter_retrievers.AdapterTrainer` or :meth:`identity`."""
+
+    kind: ClassVar[str] = "base"
+
+    dimension: int
+    base_model: str
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    normalize: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------------------------- registry
+
+    _kinds: ClassVar[dict[str, type[QueryAdapter]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        QueryAdapter._kinds[cls.kind] = cls
+
+    @classmethod
+    def kinds(cls) -> list[str]:
+        return sorted(k for k in cls._kinds)
+
+    @classmethod
+    def create(cls, kind: str, dimension: int, base_model: str, normalize: bool = True, **options: Any) -> QueryAdapter:
+        """An adapter of ``kind`` initialised to the identity (``options``: ``rank``, ``hidden``, ``seed``)."""
+        if kind not in cls._kinds:
+            raise ValueError(f"unknown adapter kind {kind!r}; choose one of {cls.kinds()}")
+        adapter_cls = cls._kinds[kind]
+        params = adapter_cls.initial_params(dimension, **options)
+        return adapter_cls(dimension, base_model, params, normalize)
+
+    @classmethod
+    def identity(cls, dimension: int, base_model: str, normalize: bool = True) -> QueryAdapter:
+        """The no-op adapter: what the trainer returns when nothing beat the base model."""
+        return IdentityAdapter(dimension, base_model, {}, normalize)
+
+    # --------------------------------------------------------------------------- per-kind parts
+
+    @classmethod
+    def initial_params(cls, dimension: int, **options: Any) -> dict[str, np.ndarray]:
+        return {}
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    # ------------------------------------------------------------------------------------ public
+
+    def __post_init__(self) -> None:
+        self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.params.items()}
+        _check_params(self, source="adapter parameters")
+
+    def transform(self, query_vectors: Any) -> np.ndarray:
+        """Adapt one query vector (shape ``(d,)``) or a batch (``(n, d)``); numpy in, numpy out."""
+        x = np.asarray(query_vectors, dtype=np.float32)
+        single = x.ndim == 1
+        batch = x[None, :] if single else x
+        if batch.ndim != 2 or batch.shape[1] != self.dimension:
+            raise AdapterMismatchError(
+                f"query vectors have shape {x.shape}, but this adapter expects dimension {self.dimension} "
+                f"(base model {self.base_model!r})"
+            )
+        y = self._apply(batch)
+        if self.normalize:
+            norms = np.linalg.norm(y, axis=1, keepdims=True)
+            y = y / np.maximum(norms, 1e-12)
+        return y[0] if single else y
+
+    __call__ = transform
+
+    @property
+    def n_parameters(self) -> int:
+        return int(sum(v.size for v in self.params.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(v.nbytes for v in self.params.values()))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.kind == "identity"
+
+    def check_compatible(self, base_model: str | None = None, dimension: int | None = None) -> None:
+        """Raise :class:`AdapterMismatchError` if this adapter was trained for another model or dimension."""
+        if dimension is not None and int(dimension) != self.dimension:
+            raise AdapterMismatchError(
+                f"adapter expects {self.dimension}-dimensional embeddings from {self.base_model!r}, "
+                f"but the embeddings have dimension {dimension}: train an adapter for this model"
+            )
+        if base_model is not None and base_model != self.base_model:
+            raise AdapterMismatchError(
+                f"adapter was trained on embeddings of {self.base_model!r}, not {base_model!r}: train an "
+                "adapter for this model (or pass the matching model id if it is the same model under another name)"
+            )
+
+    def save(self, path: os.PathLike | str) -> Path:
+        """Write ``model.safetensors`` and ``adapter_config.json`` into folder ``path``, atomically."""
+        from safetensors.numpy import save
+
+        path = Path(path)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "dimension": self.dimension,
+            "base_model": self.base_model,
+            "normalize": self.normalize,
+            "similarity": "cosine" if self.normalize else "dot",
+            "parameters": {k: list(v.shape) for k, v in self.params.items()},
+            "created": self.metadata.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "metadata": self.metadata,
+        }
+        with atomic_folder(path) as tmp:
+            (tmp / WEIGHTS_FILE).write_bytes(save(self.params, metadata={"format": "adapter-retrievers"}))
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: os.PathLike | str, base_model: str | None = None, dimension: int | None = None) -> QueryAdapter:
+        """Load an adapter folder; pass ``base_model``/``dimension`` to refuse a mismatched one."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        path = Path(path)
+        config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_path.exists() or not weights_path.exists():
+            raise AdapterFileError(f"{path} is not an adapter folder: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AdapterFileError(f"{config_path}: not valid JSON ({exc})") from exc
+        if not isinstance(config, dict):
+            raise AdapterFileError(f"{config_path}: expected a JSON object")
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise AdapterFileError(
+                f"{config_path}: format_version {version!r} is not supported (this version reads {FORMAT_VERSION}); "
+                "upgrade adapter-retrievers or retrain the adapter"
+            )
+        kind = config.get("kind")
+        adapter_cls = cls._kinds.get(kind) if isinstance(kind, str) else None
+        if adapter_cls is None:
+            raise AdapterFileError(f"{config_path}: unknown adapter kind {kind!r}; known: {cls.kinds()}")
+        dim, model = config.get("dimension"), config.get("base_model")
+        if not isinstance(dim, int) or dim <= 0 or not isinstance(model, str):
+            raise AdapterFileError(f"{config_path}: missing or invalid 'dimension' or 'base_model'")
+        try:
+            params = load(weights_path.read_bytes())
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise AdapterFileError(
+                f"{weights_path} is not a valid safetensors file ({exc}); the file is corrupted or was not "
+                "written by adapter-retrievers: save the adapter again"
+            ) from exc
+        for name, value in params.items():
+            if value.dtype != np.float32:
+                raise AdapterFileError(f"{weights_path}: tensor {name!r} has dtype {value.dtype}, expected float32")
+        try:
+            adapter = adapter_cls(dim, model, params, bool(config.get("normalize", True)), config.get("metadata") or {})
+        except AdapterFileError as exc:
+            raise AdapterFileError(f"{weights_path}: {exc}") from exc
+        adapter.check_compatible(base_model, dimension)
+        return adapter
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _check_params(adapter: QueryAdapter, source: str) -> None:
+    expected = adapter.expected_shapes()
+    if set(adapter.params) != set(expected):
+        raise AdapterFileError(
+            f"{source}: a {adapter.kind!r} adapter needs tensors {sorted(expected)}, found {sorted(adapter.params)}"
+        )
+    for name, shape in expected.items():
+        value = adapter.params[name]
+        if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
+            raise AdapterFileError(
+                f"{source}: tensor {name!r} has shape {value.shape}, expected {shape} for dimension {adapter.dimension}"
+            )
+        if not np.isfinite(value).all():
+            raise AdapterFileError(f"{source}: tensor {name!r} contains NaN or inf")
+
+
+class IdentityAdapter(QueryAdapter):
+    """No change: the base model's own query vector (re-normalised for cosine)."""
+
+    kind = "identity"
+
+
+class LinearAdapter(QueryAdapter):
+    kind = "linear"
+
+    @classmethod
+    def initial_params(cls, dimension: int, **options: Any) -> dict[str, np.ndarray]:
+        return {"weight": np.eye(dimension, dtype=np.float32), "bias": np.zeros(dimension, dtype=np.float32)}
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"weight": (self.dimension, self.dimension), "bias": (self.dimension,)}
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.params["weight"].T + self.params["bias"]
+
+
+class LowRankAdapter(QueryAdapter):
+    kind = "low_rank"
+
+    @classmethod
+    def initial_params(cls, dimension: int, rank: int = 16, seed: int = 0, **options: Any) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {
+            "up": np.zeros((dimension, rank), dtype=np.float32),  # zero: starts as the identity
+            "down": (rng.standard_normal((dimension, rank)) / math.sqrt(dimension)).astype(np.float32),
+            "bias": np.zeros(dimension, dtype=np.float32),
+        }
+
+    @property
+    def rank(self) -> int:
+        return int(self.params["up"].shape[1])
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        rank = self.params.get("up", np.zeros((0, 0))).shape[-1]
+        return {"up": (self.dimension, rank), "down": (self.dimension, rank), "bias": (self.dimension,)}
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        return x + (x @ self.params["down"]) @ self.params["up"].T + self.params["bias"]
+
+
+class OrthogonalAdapter(QueryAdapter):
+    kind = "orthogonal"
+
+    @classmethod
+    def initial_params(cls, dimension: int, **options: Any) -> dict[str, np.ndarray]:
+        return {"rotation": np.eye(dimension, dtype=np.float32)}
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"rotation": (self.dimension, self.dimension)}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        rotation = self.params["rotation"].astype(np.float64)
+        error = np.abs(rotation @ rotation.T - np.eye(self.dimension)).max()
+        if error > 1e-3:
+            raise AdapterFileError(f"tensor 'rotation' is not orthogonal (max |R Rᵀ - I| = {error:.2g})")
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.params["rotation"].T
+
+    @classmethod
+    def procrustes(
+        cls, queries: np.ndarray, targets: np.ndarray, base_model: str, normalize: bool = True
+    ) -> OrthogonalAdapter:
+        """Closed-form rotation R (det +1) minimising ``Σ‖R qᵢ − tᵢ‖²`` (orthogonal Procrustes)."""
+        m = targets.astype(np.float64).T @ queries.astype(np.float64)
+        u, _, vt = np.linalg.svd(m)
+        if np.linalg.det(u @ vt) < 0:  # stay in SO(d): a rotation, not a reflection
+            u[:, -1] = -u[:, -1]
+        return cls(queries.shape[1], base_model, {"rotation": (u @ vt).astype(np.float32)}, normalize)
+
+
+class ResidualMLPAdapter(QueryAdapter):
+    kind = "residual_mlp"
+
+    @classmethod
+    def initial_params(cls, dimension: int, hidden: int = 256, seed: int = 0, **options: Any) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(dimension)
+        return {
+            "w1": rng.uniform(-bound, bound, (hidden, dimension)).astype(np.float32),
+            "b1": np.zeros(hidden, dtype=np.float32),
+            "w2": np.zeros((dimension, hidden), dtype=np.float32),  # zero: starts as the identity
+            "b2": np.zeros(dimension, dtype=np.float32),
+        }
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        hidden = self.params.get("w1", np.zeros((0, 0))).shape[0]
+        d = self.dimension
+        return {"w1": (hidden, d), "b1": (hidden,), "w2": (d, hidden), "b2": (d,)}
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        h = gelu_tanh(x @ self.params["w1"].T + self.params["b1"])
+        return x + h @ self.params["w2"].T + self.params["b2"]

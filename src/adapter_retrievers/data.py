@@ -1,0 +1,529 @@
+"""Corpus and training-set data model, with readers and writers for the formats people already have.
+
+Formats:
+- BEIR layout: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+- The ``{queries, corpus, relevant_docs}`` JSON of LlamaIndex's ``EmbeddingQAFinetuneDataset`` and
+  sentence-transformers' ``InformationRetrievalEvaluator``.
+- A plain JSONL of pairs: ``{"query": ..., "doc_id": ..., "query_id"?: ..., "label"?: 1|0, "score"?: float}``.
+
+Every reader takes ``errors="raise"`` (a bad row raises :class:`DataFormatError` naming file and line)
+or ``errors="skip"`` (bad rows are skipped and counted in the returned object's ``read_report``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from adapter_retrievers._files import atomic_write_text
+
+ErrorMode = Literal["raise", "skip"]
+
+
+class DataFormatError(ValueError):
+    """A file or an in-memory input does not have the expected shape; the message says where."""
+
+
+@dataclass
+class ReadReport:
+    """What a lenient read skipped, counted by reason, with the first few locations of each."""
+
+    rows_read: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(where)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def merge(self, other: ReadReport) -> None:
+        self.rows_read += other.rows_read
+        self.skipped.update(other.skipped)
+        for reason, where in other.examples.items():
+            self.examples.setdefault(reason, []).extend(where[: 5 - len(self.examples[reason])])
+
+    def __str__(self) -> str:
+        lines = [f"{self.rows_read} rows read, {self.n_skipped} skipped"]
+        for reason, count in self.skipped.most_common():
+            lines.append(f"  {count} x {reason} (e.g. {', '.join(self.examples.get(reason, []))})")
+        return "\n".join(lines)
+
+
+class _RowErrors:
+    """Raise or count a bad row, depending on the error mode."""
+
+    def __init__(self, mode: ErrorMode, report: ReadReport | None = None) -> None:
+        if mode not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {mode!r}")
+        self.mode = mode
+        self.report = report if report is not None else ReadReport()
+
+    def bad(self, reason: str, path: os.PathLike | str, line: int | None) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        if self.mode == "raise":
+            raise DataFormatError(f"{where}: {reason} (pass errors='skip' to skip and count bad rows)")
+        self.report.skip(reason, where)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_jsonl(path: os.PathLike | str, errors: _RowErrors) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each JSON object line; blank lines are ignored."""
+    path = Path(path)
+    with _open_text(path) as handle:
+        line_no = 0
+        while True:
+            try:
+                line = handle.readline()
+            except (EOFError, OSError, UnicodeDecodeError) as exc:  # truncated gzip, bad bytes
+                errors.bad(f"unreadable data ({type(exc).__name__}: {exc})", path, line_no + 1)
+                return
+            if not line:
+                return
+            line_no += 1
+            if not line.strip():
+                continue
+            errors.report.rows_read += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.bad(f"malformed JSON ({exc.msg})", path, line_no)
+                continue
+            if not isinstance(obj, dict):
+                errors.bad("line is not a JSON object", path, line_no)
+                continue
+            yield line_no, obj
+
+
+def _text_fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _as_id(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (str, int)):
+        text = str(value).strip()
+        return text or None
+    return None
+
+
+def _find_file(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"no {stem}.jsonl or {stem}.jsonl.gz in {folder}")
+
+
+# --------------------------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    """Documents to retrieve from: ids, texts and optionally vectors already stored in a vector store.
+
+    When ``embeddings`` is given the trainer uses them as they are and never re-embeds the corpus.
+    """
+
+    ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray | None = None
+    metadatas: list[dict] | None = None
+    name: str = "corpus"
+    read_report: ReadReport = field(default_factory=ReadReport, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.ids = [str(i) for i in self.ids]
+        self.texts = list(self.texts)
+        if len(self.ids) != len(self.texts):
+            raise DataFormatError(f"{len(self.ids)} ids but {len(self.texts)} texts")
+        duplicates = [i for i, n in Counter(self.ids).items() if n > 1]
+        if duplicates:
+            raise DataFormatError(f"duplicated document ids: {duplicates[:5]}{' ...' if len(duplicates) > 5 else ''}")
+        if self.metadatas is not None and len(self.metadatas) != len(self.ids):
+            raise DataFormatError(f"{len(self.ids)} ids but {len(self.metadatas)} metadatas")
+        if self.embeddings is not None:
+            self.embeddings = check_vectors(self.embeddings, "corpus embeddings", rows=len(self.ids))
+        self._position = {doc_id: i for i, doc_id in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self, doc_id: str) -> int:
+        """Row of ``doc_id`` in :attr:`ids` and :attr:`embeddings`; ``KeyError`` if unknown."""
+        return self._position[doc_id]
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._position
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for doc_id, text in zip(self.ids, self.texts):
+            digest.update(doc_id.encode() + b"\0" + text.encode() + b"\0")
+        return digest.hexdigest()[:16]
+
+    def with_embeddings(self, embeddings: np.ndarray) -> Corpus:
+        return Corpus(self.ids, self.texts, embeddings, self.metadatas, self.name)
+
+    @classmethod
+    def from_texts(
+        cls, texts: Sequence[str], ids: Sequence[str] | None = None, metadatas: list[dict] | None = None
+    ) -> Corpus:
+        ids = list(ids) if ids is not None else [f"doc-{i}" for i in range(len(texts))]
+        return cls(list(ids), list(texts), metadatas=metadatas)
+
+    @classmethod
+    def from_beir(cls, folder: os.PathLike | str, errors: ErrorMode = "raise", title_separator: str = " ") -> Corpus:
+        """Read ``corpus.jsonl[.gz]``; a title is prepended to the text as BEIR and MTEB do."""
+        folder = Path(folder)
+        path = _find_file(folder, "corpus")
+        row_errors = _RowErrors(errors)
+        ids: list[str] = []
+        texts: list[str] = []
+        seen: set[str] = set()
+        for line_no, obj in iter_jsonl(path, row_errors):
+            doc_id = _as_id(obj.get("_id", obj.get("id")))
+            text = obj.get("text")
+            title = obj.get("title") or ""
+            if doc_id is None:
+                row_errors.bad("missing or invalid _id", path, line_no)
+                continue
+            if not isinstance(text, str) or not isinstance(title, str):
+                row_errors.bad("missing or non-string text", path, line_no)
+                continue
+            if doc_id in seen:
+                row_errors.bad(f"duplicated document id {doc_id!r}", path, line_no)
+                continue
+            seen.add(doc_id)
+            ids.append(doc_id)
+            texts.append(f"{title}{title_separator}{text}".strip() if title else text)
+        return cls(ids, texts, name=folder.name, read_report=row_errors.report)
+
+    @classmethod
+    def from_llamaindex_json(cls, path: os.PathLike | str) -> Corpus:
+        data = _read_qa_json(path)
+        corpus = data["corpus"]
+        return cls(list(corpus), [str(t) for t in corpus.values()], name=Path(path).stem)
+
+    def to_beir(self, folder: os.PathLike | str) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = (
+            json.dumps({"_id": i, "title": "", "text": t}, ensure_ascii=False) for i, t in zip(self.ids, self.texts)
+        )
+        atomic_write_text(folder / "corpus.jsonl", "\n".join(lines) + "\n")
+
+
+def check_vectors(vectors: Any, what: str, rows: int | None = None, dimension: int | None = None) -> np.ndarray:
+    """Return ``vectors`` as a 2-D float32 array, or raise a clear error for bad shapes and NaN/inf."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2:
+        raise DataFormatError(f"{what} must be a 2-D array (n, dimension), got shape {array.shape}")
+    if rows is not None and array.shape[0] != rows:
+        raise DataFormatError(f"{what} has {array.shape[0]} rows, expected {rows}")
+    if dimension is not None and array.shape[1] != dimension:
+        raise DataFormatError(f"{what} has dimension {array.shape[1]}, expected {dimension}")
+    if not np.isfinite(array).all():
+        bad = np.unique(np.nonzero(~np.isfinite(array))[0])
+        raise DataFormatError(f"{what} contain NaN or inf in rows {bad[:5].tolist()}")
+    return array
+
+
+# ----------------------------------------------------------------------------------------- training set
+
+
+@dataclass
+class TrainingSet:
+    """Queries with their relevant documents (graded), and optionally labelled non-relevant ones.
+
+    ``relevant[query_id] = {doc_id: grade}`` with grade > 0; ``negatives[query_id] = {doc_id, ...}``
+    are documents a person or a model judged not relevant (hard negatives).
+    """
+
+    queries: dict[str, str]
+    relevant: dict[str, dict[str, float]]
+    negatives: dict[str, set[str]] = field(default_factory=dict)
+    name: str = "training set"
+    read_report: ReadReport = field(default_factory=ReadReport, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = [q for q in self.relevant if q not in self.queries]
+        if unknown:
+            raise DataFormatError(f"relevance judgements for unknown query ids: {unknown[:5]}")
+        # Queries without any positive document carry no training signal; keep only judged ones.
+        self.relevant = {q: dict(docs) for q, docs in self.relevant.items() if docs}
+        self.queries = {q: t for q, t in self.queries.items() if q in self.relevant}
+        self.negatives = {q: set(d) - set(self.relevant[q]) for q, d in self.negatives.items() if q in self.relevant}
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @property
+    def query_ids(self) -> list[str]:
+        return list(self.queries)
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(d) for d in self.relevant.values())
+
+    def pairs(self) -> Iterator[tuple[str, str]]:
+        for query_id, docs in self.relevant.items():
+            for doc_id in docs:
+                yield query_id, doc_id
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash of the queries and judgements: recorded in adapter files for provenance."""
+        digest = hashlib.sha256()
+        for query_id in sorted(self.queries):
+            digest.update(self.queries[query_id].encode() + b"\0")
+            for doc_id, grade in sorted(self.relevant[query_id].items()):
+                digest.update(f"{doc_id}:{grade}\0".encode())
+        return digest.hexdigest()[:16]
+
+    def check_against(self, corpus: Corpus, errors: ErrorMode = "raise") -> TrainingSet:
+        """Make sure every judged document is in ``corpus``; drop and count unknown ones with ``skip``."""
+        row_errors = _RowErrors(errors, self.read_report)
+        relevant: dict[str, dict[str, float]] = {}
+        for query_id, docs in self.relevant.items():
+            kept = {}
+            for doc_id, grade in docs.items():
+                if doc_id in corpus:
+                    kept[doc_id] = grade
+                else:
+                    row_errors.bad(f"unknown document id {doc_id!r} for query {query_id!r}", corpus.name, None)
+            relevant[query_id] = kept
+        negatives = {q: {d for d in docs if d in corpus} for q, docs in self.negatives.items()}
+        return TrainingSet(self.queries, relevant, negatives, self.name, self.read_report)
+
+    def subset(self, query_ids: Iterable[str], name: str | None = None) -> TrainingSet:
+        ids = [q for q in query_ids if q in self.queries]
+        return TrainingSet(
+            {q: self.queries[q] for q in ids},
+            {q: self.relevant[q] for q in ids},
+            {q: self.negatives[q] for q in ids if q in self.negatives},
+            name or self.name,
+        )
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[TrainingSet, TrainingSet]:
+        """Split by query (no query on both sides): returns ``(rest, held_out)``."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        ids = sorted(self.queries)
+        random.Random(seed).shuffle(ids)
+        n_held = max(1, round(len(ids) * fraction))
+        if n_held >= len(ids):
+            raise ValueError(f"cannot split {len(ids)} queries with fraction {fraction}: need at least 2 queries")
+        return self.subset(ids[n_held:], f"{self.name} (train)"), self.subset(ids[:n_held], f"{self.name} (held out)")
+
+    def sample_pairs(self, n_pairs: int, seed: int = 0) -> TrainingSet:
+        """A random subset of about ``n_pairs`` pairs, taken whole query by whole query."""
+        ids = sorted(self.queries)
+        random.Random(seed).shuffle(ids)
+        chosen, total = [], 0
+        for query_id in ids:
+            if total >= n_pairs:
+                break
+            chosen.append(query_id)
+            total += len(self.relevant[query_id])
+        return self.subset(chosen)
+
+    # ----------------------------------------------------------------------------------- readers
+
+    @classmethod
+    def from_pairs(
+        cls,
+        pairs: Iterable[tuple[str, str]],
+        negatives: Iterable[tuple[str, str]] = (),
+        name: str = "pairs",
+    ) -> TrainingSet:
+        """Build from ``(query text, relevant doc id)`` pairs; the same query text merges into one query."""
+        queries: dict[str, str] = {}
+        relevant: dict[str, dict[str, float]] = {}
+        negative: dict[str, set[str]] = {}
+        for text, doc_id in pairs:
+            query_id = _query_id_for(text)
+            queries[query_id] = text
+            relevant.setdefault(query_id, {})[str(doc_id)] = 1.0
+        for text, doc_id in negatives:
+            query_id = _query_id_for(text)
+            queries.setdefault(query_id, text)
+            negative.setdefault(query_id, set()).add(str(doc_id))
+        return cls(queries, relevant, negative, name)
+
+    @classmethod
+    def from_beir(cls, folder: os.PathLike | str, split: str = "test", errors: ErrorMode = "raise") -> TrainingSet:
+        """Read ``queries.jsonl`` and ``qrels/<split>.tsv``; grade 0 rows become labelled negatives."""
+        folder = Path(folder)
+        row_errors = _RowErrors(errors)
+        all_queries: dict[str, str] = {}
+        queries_path = _find_file(folder, "queries")
+        for line_no, obj in iter_jsonl(queries_path, row_errors):
+            query_id, text = _as_id(obj.get("_id", obj.get("id"))), obj.get("text")
+            if query_id is None or not isinstance(text, str) or not text.strip():
+                row_errors.bad("missing _id or text", queries_path, line_no)
+                continue
+            all_queries[query_id] = text
+        qrels_path = folder / "qrels" / f"{split}.tsv"
+        if not qrels_path.exists():
+            available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+            raise FileNotFoundError(f"{qrels_path} not found; splits here: {available}")
+        relevant, negatives = _read_qrels(qrels_path, all_queries, row_errors)
+        queries = {q: all_queries[q] for q in relevant}
+        return cls(queries, relevant, negatives, f"{folder.name}/{split}", row_errors.report)
+
+    @classmethod
+    def from_llamaindex_json(cls, path: os.PathLike | str) -> TrainingSet:
+        """Read the ``{queries, corpus, relevant_docs}`` JSON (LlamaIndex / sentence-transformers)."""
+        data = _read_qa_json(path)
+        relevant = {str(q): {str(d): 1.0 for d in docs} for q, docs in data["relevant_docs"].items()}
+        unknown = [q for q in relevant if q not in data["queries"]]
+        if unknown:
+            raise DataFormatError(f"{path}: relevant_docs names unknown query ids {unknown[:5]}")
+        return cls({str(q): str(t) for q, t in data["queries"].items()}, relevant, name=Path(path).stem)
+
+    @classmethod
+    def from_pairs_jsonl(cls, path: os.PathLike | str, errors: ErrorMode = "raise") -> TrainingSet:
+        """Read a JSONL of ``{"query", "doc_id", "query_id"?, "label"?, "score"?}`` rows.
+
+        ``label`` 0 (or a score of 0) marks a judged non-relevant document.
+        """
+        path = Path(path)
+        row_errors = _RowErrors(errors)
+        queries: dict[str, str] = {}
+        relevant: dict[str, dict[str, float]] = {}
+        negatives: dict[str, set[str]] = {}
+        for line_no, obj in iter_jsonl(path, row_errors):
+            text, doc_id = obj.get("query"), _as_id(obj.get("doc_id"))
+            if not isinstance(text, str) or not text.strip():
+                row_errors.bad("missing or empty query", path, line_no)
+                continue
+            if doc_id is None:
+                row_errors.bad("missing or invalid doc_id", path, line_no)
+                continue
+            grade = obj.get("score", obj.get("label", 1))
+            if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not np.isfinite(grade):
+                row_errors.bad("label/score is not a number", path, line_no)
+                continue
+            query_id = _as_id(obj.get("query_id")) or _query_id_for(text)
+            if query_id in queries and queries[query_id] != text:
+                row_errors.bad(f"query_id {query_id!r} used for two different texts", path, line_no)
+                continue
+            queries[query_id] = text
+            if grade > 0:
+                relevant.setdefault(query_id, {})[doc_id] = max(
+                    float(grade), relevant.get(query_id, {}).get(doc_id, 0.0)
+                )
+            else:
+                negatives.setdefault(query_id, set()).add(doc_id)
+        return cls(queries, relevant, negatives, path.stem, row_errors.report)
+
+    # ----------------------------------------------------------------------------------- writers
+
+    def to_pairs_jsonl(self, path: os.PathLike | str) -> None:
+        rows = []
+        for query_id, docs in self.relevant.items():
+            for doc_id, grade in docs.items():
+                rows.append({"query_id": query_id, "query": self.queries[query_id], "doc_id": doc_id, "score": grade})
+            for doc_id in sorted(self.negatives.get(query_id, ())):
+                rows.append({"query_id": query_id, "query": self.queries[query_id], "doc_id": doc_id, "label": 0})
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    def to_llamaindex_json(self, path: os.PathLike | str, corpus: Corpus) -> None:
+        needed = {d for docs in self.relevant.values() for d in docs}
+        data = {
+            "queries": self.queries,
+            "corpus": {doc_id: corpus.texts[corpus.position(doc_id)] for doc_id in corpus.ids if doc_id in needed},
+            "relevant_docs": {q: list(docs) for q, docs in self.relevant.items()},
+            "mode": "text",
+        }
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False))
+
+    def to_beir(self, folder: os.PathLike | str, split: str = "train") -> None:
+        folder = Path(folder)
+        (folder / "qrels").mkdir(parents=True, exist_ok=True)
+        queries = "".join(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n" for q, t in self.queries.items())
+        atomic_write_text(folder / "queries.jsonl", queries)
+        rows = ["query-id\tcorpus-id\tscore"]
+        for query_id, docs in self.relevant.items():
+            rows += [f"{query_id}\t{d}\t{_grade_text(g)}" for d, g in docs.items()]
+            rows += [f"{query_id}\t{d}\t0" for d in sorted(self.negatives.get(query_id, ()))]
+        atomic_write_text(folder / "qrels" / f"{split}.tsv", "\n".join(rows) + "\n")
+
+
+def _grade_text(grade: float) -> str:
+    return str(int(grade)) if float(grade).is_integer() else str(grade)
+
+
+def _query_id_for(text: str) -> str:
+    return "q-" + _text_fingerprint(text.strip())[:16]
+
+
+def _read_qrels(
+    path: Path, known_queries: Mapping[str, str], row_errors: _RowErrors
+) -> tuple[dict[str, dict[str, float]], dict[str, set[str]]]:
+    relevant: dict[str, dict[str, float]] = {}
+    negatives: dict[str, set[str]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            parts = line.rstrip("\n\r").split("\t")
+            if not line.strip():
+                continue
+            if line_no == 1 and parts[0] in ("query-id", "query_id", "qid"):
+                continue
+            row_errors.report.rows_read += 1
+            if len(parts) == 4:  # TREC qrels: qid 0 docid grade
+                parts = [parts[0], parts[2], parts[3]]
+            if len(parts) != 3:
+                row_errors.bad(f"expected 3 tab-separated columns, got {len(parts)}", path, line_no)
+                continue
+            query_id, doc_id, grade_text = (p.strip() for p in parts)
+            try:
+                grade = float(grade_text)
+            except ValueError:
+                row_errors.bad(f"score {grade_text!r} is not a number", path, line_no)
+                continue
+            if query_id not in known_queries:
+                row_errors.bad(f"unknown query id {query_id!r}", path, line_no)
+                continue
+            if grade > 0:
+                relevant.setdefault(query_id, {})[doc_id] = grade
+            else:
+                negatives.setdefault(query_id, set()).add(doc_id)
+    return relevant, negatives
+
+
+def _read_qa_json(path: os.PathLike | str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise DataFormatError(f"{path}: expected a JSON object with queries, corpus and relevant_docs")
+    missing = [k for k in ("queries", "corpus", "relevant_docs") if not isinstance(data.get(k), dict)]
+    if missing:
+        raise DataFormatError(f"{path}: missing or non-object keys {missing} (expected LlamaIndex QA JSON)")
+    return data

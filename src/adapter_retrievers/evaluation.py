@@ -1,0 +1,233 @@
+"""Retrieval metrics over exact search, base vs adapted side by side, with paired bootstrap intervals.
+
+Metrics follow trec_eval's definitions (cross-checked against ``pytrec_eval`` in the tests):
+``ndcg@k`` (graded gains, log2 discount), ``recall@k``, ``mrr@k``, ``hit_rate@k`` and ``map@k``
+(average precision over the top k, divided by all relevant documents).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adapter_retrievers._files import atomic_write_text
+from adapter_retrievers.data import Corpus, TrainingSet
+
+DEFAULT_METRICS = ("ndcg@10", "recall@10", "mrr@10", "hit_rate@10", "map@100")
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def exact_search(
+    query_vectors: np.ndarray, doc_vectors: np.ndarray, k: int, cosine: bool = True, batch_size: int = 256
+) -> np.ndarray:
+    """Indices of the top ``k`` documents for each query, best first (cosine or dot product)."""
+    q = np.asarray(query_vectors, dtype=np.float32)
+    d = np.asarray(doc_vectors, dtype=np.float32)
+    if cosine:
+        q, d = normalize_rows(q), normalize_rows(d)
+    k = min(k, d.shape[0])
+    out = np.empty((q.shape[0], k), dtype=np.int64)
+    for start in range(0, q.shape[0], batch_size):
+        scores = q[start : start + batch_size] @ d.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[start : start + batch_size] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def _parse_metric(name: str) -> tuple[str, int]:
+    try:
+        base, k = name.split("@")
+        return base, int(k)
+    except ValueError:
+        raise ValueError(f"metric names look like 'ndcg@10', got {name!r}") from None
+
+
+def ranking_metrics(
+    rankings: Sequence[Sequence[str]], qrels: Sequence[Mapping[str, float]], metrics: Sequence[str] = DEFAULT_METRICS
+) -> dict[str, np.ndarray]:
+    """Per-query values of each metric, for ranked doc-id lists against graded judgements."""
+    parsed = [_parse_metric(m) for m in metrics]
+    unknown = {b for b, _ in parsed} - {"ndcg", "recall", "mrr", "hit_rate", "map", "precision"}
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}")
+    out = {m: np.zeros(len(rankings)) for m in metrics}
+    for row, (ranking, judged) in enumerate(zip(rankings, qrels)):
+        relevant = {d: g for d, g in judged.items() if g > 0}
+        if not relevant:
+            continue
+        gains = np.array([relevant.get(d, 0.0) for d in ranking], dtype=np.float64)
+        hits = gains > 0
+        ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1]
+        for name, (base, k) in zip(metrics, parsed):
+            g, h = gains[:k], hits[:k]
+            if base == "ndcg":
+                discount = 1.0 / np.log2(np.arange(2, k + 2))
+                idcg = (ideal[:k] * discount[: min(k, len(ideal))]).sum()
+                value = (g * discount[: len(g)]).sum() / idcg
+            elif base == "recall":
+                value = h.sum() / len(relevant)
+            elif base == "precision":
+                value = h.sum() / k
+            elif base == "hit_rate":
+                value = float(h.any())
+            elif base == "mrr":
+                first = np.flatnonzero(h)
+                value = 1.0 / (first[0] + 1) if len(first) else 0.0
+            else:  # map
+                precision_at_hit = np.cumsum(h) / np.arange(1, len(h) + 1)
+                value = (precision_at_hit * h).sum() / len(relevant)
+            out[name][row] = value
+    return out
+
+
+@dataclass
+class RetrievalScores:
+    """Per-query metric values of one system (base model, or base model plus adapter)."""
+
+    query_ids: list[str]
+    per_query: dict[str, np.ndarray]
+
+    def mean(self) -> dict[str, float]:
+        return {m: float(v.mean()) if len(v) else 0.0 for m, v in self.per_query.items()}
+
+
+def score_vectors(
+    query_vectors: np.ndarray,
+    queries: TrainingSet,
+    corpus: Corpus,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    cosine: bool = True,
+) -> RetrievalScores:
+    """Search the whole corpus exactly with ``query_vectors`` (rows in ``queries`` order) and score."""
+    if corpus.embeddings is None:
+        raise ValueError("the corpus has no embeddings: embed it first (corpus.with_embeddings(...))")
+    depth = max(_parse_metric(m)[1] for m in metrics)
+    top = exact_search(query_vectors, corpus.embeddings, depth, cosine=cosine)
+    rankings = [[corpus.ids[i] for i in row] for row in top]
+    qrels = [queries.relevant[q] for q in queries.query_ids]
+    return RetrievalScores(queries.query_ids, ranking_metrics(rankings, qrels, metrics))
+
+
+def paired_bootstrap(
+    base: np.ndarray, adapted: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Confidence interval of the mean gain ``adapted - base``, resampling queries with replacement."""
+    diff = np.asarray(adapted, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    if len(diff) == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_resamples, len(diff)))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+@dataclass
+class Comparison:
+    """Base model vs adapted on the same queries, with what they were measured on."""
+
+    baseline: RetrievalScores
+    adapted: RetrievalScores
+    dataset: str
+    model: str
+    n_documents: int
+    adapter_kind: str = "adapter"
+    confidence: float = 0.95
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.intervals:
+            self.intervals = {
+                m: paired_bootstrap(self.baseline.per_query[m], self.adapted.per_query[m], confidence=self.confidence)
+                for m in self.baseline.per_query
+            }
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.baseline.query_ids)
+
+    def gain(self, metric: str = "ndcg@10") -> float:
+        return self.adapted.mean()[metric] - self.baseline.mean()[metric]
+
+    def table(self) -> str:
+        base, adapted = self.baseline.mean(), self.adapted.mean()
+        pct = int(self.confidence * 100)
+        header = f"{'metric':<12} {'base':>8} {self.adapter_kind[:10]:>10} {'gain':>8}   {pct}% CI of gain"
+        lines = [header, "-" * len(header)]
+        for m in base:
+            lo, hi = self.intervals[m]
+            lines.append(
+                f"{m:<12} {base[m]:>8.4f} {adapted[m]:>10.4f} {adapted[m] - base[m]:>+8.4f}   [{lo:+.4f}, {hi:+.4f}]"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.dataset}: {self.n_queries} queries against {self.n_documents} documents, "
+            f"base model {self.model}\n{self.table()}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "n_queries": self.n_queries,
+            "n_documents": self.n_documents,
+            "adapter_kind": self.adapter_kind,
+            "baseline": self.baseline.mean(),
+            "adapted": self.adapted.mean(),
+            "confidence": self.confidence,
+            "gain_intervals": {m: list(v) for m, v in self.intervals.items()},
+            "per_query": {
+                q: {
+                    "baseline": {m: float(v[i]) for m, v in self.baseline.per_query.items()},
+                    "adapted": {m: float(v[i]) for m, v in self.adapted.per_query.items()},
+                }
+                for i, q in enumerate(self.baseline.query_ids)
+            },
+        }
+
+    def save_json(self, path: os.PathLike | str) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def compare(
+    adapter: Any,
+    query_vectors: np.ndarray,
+    queries: TrainingSet,
+    corpus: Corpus,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> Comparison:
+    """Score the base query vectors and the adapted ones on the same queries and corpus."""
+    cosine = bool(getattr(adapter, "normalize", True))
+    baseline = score_vectors(query_vectors, queries, corpus, metrics, cosine=cosine)
+    adapted = score_vectors(adapter.transform(query_vectors), queries, corpus, metrics, cosine=cosine)
+    return Comparison(
+        baseline,
+        adapted,
+        queries.name,
+        getattr(adapter, "base_model", "?"),
+        len(corpus),
+        getattr(adapter, "kind", "adapter"),
+    )
+
+
+def evaluate_adapter(
+    adapter: Any, queries: TrainingSet, corpus: Corpus, encoder: Any, metrics: Sequence[str] = DEFAULT_METRICS
+) -> Comparison:
+    """Embed ``queries`` (and the corpus if needed) with ``encoder`` and compare base vs adapted."""
+    from adapter_retrievers.encoders import as_encoder
+
+    enc = as_encoder(encoder)
+    if corpus.embeddings is None:
+        corpus = corpus.with_embeddings(enc.embed_documents(corpus.texts))
+    vectors = enc.embed_queries([queries.queries[q] for q in queries.query_ids])
+    return compare(adapter, vectors, queries, corpus, metrics)

@@ -1,0 +1,86 @@
+"""Torch twins of the numpy adapters, and the training losses. Imported only by the trainer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapter_retrievers.adapters import QueryAdapter
+
+
+class TorchAdapter(nn.Module):
+    """Trainable form of a :class:`QueryAdapter`; :meth:`export` gives the numpy adapter back.
+
+    The orthogonal kind is trained as ``R = exp(A − Aᵀ) R₀`` (a rotation for any A; A starts at 0).
+    """
+
+    def __init__(self, adapter: QueryAdapter) -> None:
+        super().__init__()
+        self.template = adapter
+        self.kind = adapter.kind
+        if self.kind == "orthogonal":
+            self.register_buffer("start_rotation", torch.tensor(adapter.params["rotation"]))
+            self.skew = nn.Parameter(torch.zeros(adapter.dimension, adapter.dimension))
+            self.weights = nn.ParameterDict()
+        else:
+            self.weights = nn.ParameterDict({k: nn.Parameter(torch.tensor(v)) for k, v in adapter.params.items()})
+
+    def rotation(self) -> torch.Tensor:
+        return torch.linalg.matrix_exp(self.skew - self.skew.T) @ self.start_rotation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights
+        if self.kind == "linear":
+            y = x @ w["weight"].T + w["bias"]
+        elif self.kind == "low_rank":
+            y = x + (x @ w["down"]) @ w["up"].T + w["bias"]
+        elif self.kind == "orthogonal":
+            y = x @ self.rotation().T
+        elif self.kind == "residual_mlp":
+            y = x + F.gelu(x @ w["w1"].T + w["b1"], approximate="tanh") @ w["w2"].T + w["b2"]
+        else:
+            y = x
+        return F.normalize(y, dim=-1) if self.template.normalize else y
+
+    @torch.no_grad()
+    def export(self) -> QueryAdapter:
+        if self.kind == "orthogonal":
+            params = {"rotation": self.rotation().cpu().numpy()}
+        else:
+            params = {k: v.detach().cpu().numpy().copy() for k, v in self.weights.items()}
+        t = self.template
+        return type(t)(t.dimension, t.base_model, params, t.normalize)
+
+
+def pair_loss(
+    name: str,
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float = 0.05,
+    margin: float = 0.2,
+) -> torch.Tensor:
+    """Loss over candidate scores ``(batch, m)``: column ``target`` is the positive, ``valid`` masks the rest.
+
+    - ``infonce``: cross-entropy of the positive against all valid candidates (multiple-negatives
+      ranking loss, as sentence-transformers and LlamaIndex use), scores divided by ``temperature``.
+    - ``triplet``: mean hinge ``max(0, margin − s⁺ + s⁻)`` over the negatives (the Chroma report).
+    - ``mse_cosine``: squared error of cosine to label +1 (positive) and −1 (negative), as in the
+      Chroma report and the OpenAI cookbook.
+    """
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    positive = scores[rows, target]
+    negative_mask = valid.clone()
+    negative_mask[rows, target] = False
+    if name == "infonce":
+        logits = (scores / temperature).masked_fill(~valid, float("-inf"))
+        return F.cross_entropy(logits, target)
+    n_neg = negative_mask.sum(dim=1).clamp(min=1)
+    if name == "triplet":
+        hinge = F.relu(margin - positive[:, None] + scores) * negative_mask
+        return (hinge.sum(dim=1) / n_neg).mean()
+    if name == "mse_cosine":
+        neg_error = ((scores + 1.0) ** 2 * negative_mask).sum(dim=1)
+        return (((positive - 1.0) ** 2 + neg_error) / (1 + n_neg)).mean()
+    raise ValueError(f"unknown loss {name!r}")

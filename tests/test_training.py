@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+
+from adapter_retrievers import AdapterTrainer, QueryAdapter, TrainingSet, compare
+from adapter_retrievers.training import _candidates
+from conftest import make_rotation_task, rows_for
+
+FAST = {"learning_rate": 1e-2, "epochs": 40, "patience": 10, "progress": False, "model_id": "test/model"}
+
+
+@pytest.fixture(scope="module")
+def task():
+    corpus, queries, vectors = make_rotation_task(n_docs=240, dim=16, mix=0.35)
+    rest, test = queries.split(0.3, seed=1)
+    train, validation = rest.split(0.2, seed=0)
+    return corpus, train, validation, test, vectors
+
+
+def fit(task, **options):
+    corpus, train, validation, _, vectors = task
+    trainer = AdapterTrainer(**{**FAST, **options})
+    return trainer.fit_vectors(train, rows_for(train, vectors), validation, rows_for(validation, vectors), corpus)
+
+
+def held_out(task, adapter):
+    corpus, _, _, test, vectors = task
+    return compare(adapter, rows_for(test, vectors), test, corpus)
+
+
+@pytest.mark.parametrize(
+    ("kind", "loss", "negatives"),
+    [
+        ("linear", "infonce", "all"),
+        ("linear", "triplet", 8),
+        ("linear", "mse_cosine", 8),
+        ("low_rank", "infonce", 16),
+        ("orthogonal", "infonce", "all"),
+        ("residual_mlp", "infonce", "all"),
+    ],
+)
+def test_adapter_learns_the_hidden_transform(task, kind, loss, negatives):
+    result = fit(task, kind=kind, loss=loss, negatives=negatives, rank=8, hidden=32)
+    assert result.improved and result.adapter.kind == kind
+    assert result.report.gain() > 0  # validation, where it was selected
+    report = held_out(task, result.adapter)
+    assert report.intervals["ndcg@10"][0] > 0, str(report)  # held-out gain, whole interval above zero
+    if loss == "infonce":
+        assert report.gain("ndcg@10") > 0.15, str(report)
+
+
+def test_procrustes_solver(task):
+    result = fit(task, kind="orthogonal", solver="procrustes")
+    assert result.adapter.kind == "orthogonal"
+    assert held_out(task, result.adapter).gain() > 0.15
+
+
+def test_never_worse_than_base_on_validation():
+    corpus, queries, vectors = make_rotation_task(n_docs=120, dim=16, mix=0.9, noise=0.05)
+    rng = np.random.default_rng(0)
+    # Labels that contradict the geometry: training can only hurt, so the identity must win.
+    shuffled = TrainingSet(queries.queries, {q: {f"d{rng.integers(120)}": 1.0} for q in queries.query_ids})
+    train, validation = queries.split(0.3, seed=0)
+    noisy_train = shuffled.subset(train.query_ids)
+    trainer = AdapterTrainer(**FAST, kind="linear")
+    result = trainer.fit_vectors(
+        noisy_train, rows_for(noisy_train, vectors), validation, rows_for(validation, vectors), corpus
+    )
+    assert result.report.adapted.mean()["ndcg@10"] >= result.report.baseline.mean()["ndcg@10"]
+    assert not result.improved and result.adapter.is_identity
+    assert result.history[0]["epoch"] == 0  # the identity was scored as a candidate
+
+
+def test_training_is_deterministic_given_a_seed(task):
+    a = fit(task, kind="low_rank", negatives=8, epochs=5, seed=7)
+    b = fit(task, kind="low_rank", negatives=8, epochs=5, seed=7)
+    c = fit(task, kind="low_rank", negatives=8, epochs=5, seed=8)
+    for name in a.adapter.params:
+        np.testing.assert_array_equal(a.adapter.params[name], b.adapter.params[name])
+    assert any(not np.array_equal(a.adapter.params[n], c.adapter.params[n]) for n in a.adapter.params)
+
+
+def test_random_negatives_never_include_known_positives():
+    rng = np.random.default_rng(0)
+    positives = [np.array([0, 1, 2]), np.array([3])]
+    labelled = [np.array([9]), np.array([], dtype=np.int64)]
+    q_idx, d_idx = np.array([0, 0, 1]), np.array([0, 1, 3])
+    for _ in range(50):
+        candidates, target, mask = _candidates(q_idx, d_idx, positives, labelled, 10, False, 6, True, rng)
+        assert (target == 0).all() and (candidates[:, 0] == d_idx).all()
+        for row, q in enumerate(q_idx):
+            scored_negatives = candidates[row, 1:][mask[row, 1:]]
+            assert not np.isin(scored_negatives, positives[q]).any()
+        assert 9 in candidates[0, 1:] and 9 in candidates[1, 1:]  # labelled negatives are used
+    _, target, mask = _candidates(q_idx, d_idx, positives, labelled, 10, True, 0, False, rng)
+    assert (target == d_idx).all() and mask[0, 0] and not mask[0, 1] and not mask[0, 2] and mask[0, 5]
+
+
+def test_torch_and_numpy_agree():
+    torch = pytest.importorskip("torch")
+    from adapter_retrievers.torch_adapters import TorchAdapter
+
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    for kind in ["linear", "low_rank", "orthogonal", "residual_mlp"]:
+        module = TorchAdapter(QueryAdapter.create(kind, 8, "m", rank=2, hidden=4))
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+            expected = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(module.export().transform(x), expected, atol=1e-5)
+
+
+def test_fit_embeds_once_with_an_encoder(hashing_encoder, tmp_path):
+    from adapter_retrievers import Corpus
+
+    topics = ["apple", "river", "engine", "violin", "planet", "pepper", "glacier", "compiler"]
+    docs = [f"{t} fact {i} about {t}s" for t in topics for i in range(5)]
+    corpus = Corpus.from_texts(docs)
+    train = TrainingSet.from_pairs(
+        [(f"tell me about {t} number {i}", f"doc-{k * 5 + i}") for k, t in enumerate(topics) for i in range(5)]
+    )
+    trainer = AdapterTrainer(hashing_encoder, cache_dir=tmp_path / "cache", **{**FAST, "model_id": None, "epochs": 3})
+    result = trainer.fit(train, corpus)
+    assert result.adapter.base_model == "test/hashing-64" and result.adapter.dimension == 64
+    calls = hashing_encoder.calls
+    AdapterTrainer(hashing_encoder, cache_dir=tmp_path / "cache", **{**FAST, "model_id": None, "epochs": 3}).fit(
+        train, corpus
+    )
+    assert hashing_encoder.calls == calls  # second run: every vector came from the disk cache
+    assert result.adapter.metadata["training_data"]["fingerprint"] == train.fingerprint
+
+
+def test_bad_input_is_refused(task, hashing_encoder):
+    corpus, train, validation, _, vectors = task
+    with pytest.raises(ValueError, match="training set is empty"):
+        AdapterTrainer(hashing_encoder).fit(TrainingSet({}, {}), corpus)
+    with pytest.raises(ValueError, match="unknown adapter kind"):
+        AdapterTrainer(kind="cubic")
+    with pytest.raises(ValueError, match="unknown loss"):
+        AdapterTrainer(loss="hinge2")
+    with pytest.raises(ValueError, match="has dimension 5, expected 16"):
+        AdapterTrainer(**FAST).fit_vectors(
+            train, np.ones((len(train), 5)), validation, rows_for(validation, vectors), corpus
+        )
+    with pytest.raises(ValueError, match="NaN"):
+        bad = rows_for(train, vectors).copy()
+        bad[0, 0] = np.nan
+        AdapterTrainer(**FAST).fit_vectors(train, bad, validation, rows_for(validation, vectors), corpus)
+    with pytest.raises(ValueError, match="in both train and validation"):
+        AdapterTrainer(hashing_encoder).fit(train, corpus, validation=train)
