@@ -125,8 +125,10 @@ class LlamaIndexEncoder(_BatchedEncoder):
 
 def as_encoder(obj: Any, model_id: str | None = None) -> Encoder:
     """Wrap ``obj`` in the matching encoder: ours, LangChain, LlamaIndex, sentence-transformers or a callable."""
-    if isinstance(obj, Encoder) and model_id is None:
-        return obj
+    if isinstance(obj, Encoder):
+        if model_id is None or model_id == obj.model_id:
+            return obj
+        return CallableEncoder(obj.embed_documents, model_id, query_fn=obj.embed_queries)
     if hasattr(obj, "embed_query") and hasattr(obj, "embed_documents"):
         return LangChainEncoder(obj, model_id)
     if hasattr(obj, "get_query_embedding") and hasattr(obj, "get_text_embedding_batch"):

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from adapter_retrievers import Corpus, QueryAdapter, TrainingSet, compare
+from adapter_retrievers.evaluation import exact_search, paired_bootstrap, ranking_metrics
+
+
+def random_run(seed=0, n_queries=40, n_docs=60):
+    rng = np.random.default_rng(seed)
+    qrels, rankings = [], []
+    for _ in range(n_queries):
+        judged = {f"d{j}": float(rng.integers(1, 4)) for j in rng.choice(n_docs, rng.integers(1, 6), replace=False)}
+        qrels.append(judged)
+        rankings.append([f"d{j}" for j in rng.permutation(n_docs)[:100]])
+    return rankings, qrels
+
+
+def test_metrics_match_trec_eval():
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    rankings, qrels = random_run()
+    ours = ranking_metrics(rankings, qrels, ["ndcg@10", "recall@10", "recall@5", "mrr@60", "map@60", "precision@5"])
+    run = {f"q{i}": {d: float(len(r) - rank) for rank, d in enumerate(r)} for i, r in enumerate(rankings)}
+    trec_qrels = {f"q{i}": {d: int(g) for d, g in q.items()} for i, q in enumerate(qrels)}
+    evaluator = pytrec_eval.RelevanceEvaluator(trec_qrels, {"ndcg_cut.10", "recall.5,10", "recip_rank", "map", "P.5"})
+    theirs = evaluator.evaluate(run)
+    for i in range(len(rankings)):
+        t = theirs[f"q{i}"]
+        assert ours["ndcg@10"][i] == pytest.approx(t["ndcg_cut_10"], abs=1e-9)
+        assert ours["recall@10"][i] == pytest.approx(t["recall_10"], abs=1e-9)
+        assert ours["recall@5"][i] == pytest.approx(t["recall_5"], abs=1e-9)
+        assert ours["mrr@60"][i] == pytest.approx(t["recip_rank"], abs=1e-9)
+        assert ours["map@60"][i] == pytest.approx(t["map"], abs=1e-9)
+        assert ours["precision@5"][i] == pytest.approx(t["P_5"], abs=1e-9)
+
+
+def test_hit_rate_and_unknown_metric():
+    values = ranking_metrics([["a", "b", "c"], ["x", "y", "z"]], [{"c": 1}, {"q": 1}], ["hit_rate@2", "hit_rate@3"])
+    assert values["hit_rate@2"].tolist() == [0.0, 0.0] and values["hit_rate@3"].tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="unknown metrics"):
+        ranking_metrics([], [], ["bleu@4"])
+
+
+def test_exact_search_orders_by_cosine():
+    docs = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    assert exact_search(np.array([[1.0, 0.1]]), docs, 3).tolist() == [[0, 2, 1]]
+    assert exact_search(np.array([[0.1, 5.0]]), docs * [[10], [1], [1]], 1, cosine=False).tolist() == [[2]]
+    assert exact_search(np.array([[1.0, 0.1]]), docs * [[10], [1], [1]], 1, cosine=False).tolist() == [[0]]
+
+
+def test_paired_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    base = rng.random(300)
+    lo, hi = paired_bootstrap(base, base + 0.1 + 0.05 * rng.standard_normal(300))
+    assert lo < 0.1 < hi and hi - lo < 0.03
+    lo, hi = paired_bootstrap(base, base)
+    assert lo == hi == 0.0
+
+
+def test_comparison_report_names_what_was_measured(tmp_path):
+    corpus = Corpus(["a", "b"], ["x", "y"], embeddings=np.array([[1, 0], [0, 1]], dtype=np.float32))
+    queries = TrainingSet({"q1": "x?", "q2": "y?"}, {"q1": {"a": 1}, "q2": {"b": 1}}, name="tiny")
+    swap = QueryAdapter.create("linear", 2, "test/m")
+    swap.params["weight"] = np.array([[0, 1], [1, 0]], dtype=np.float32)
+    report = compare(swap, np.array([[0.1, 1.0], [1.0, 0.1]], dtype=np.float32), queries, corpus)
+    assert report.baseline.mean()["ndcg@10"] == pytest.approx(0.6309, abs=1e-4)
+    assert report.adapted.mean()["ndcg@10"] == 1.0
+    text = str(report)
+    assert "tiny: 2 queries against 2 documents, base model test/m" in text and "ndcg@10" in text
+    report.save_json(tmp_path / "r.json")
+    assert (tmp_path / "r.json").read_text().count("per_query") == 1
+
+
+def test_learning_curve_and_plots(tmp_path, rotation_task):
+    from adapter_retrievers import AdapterTrainer, learning_curve
+    from adapter_retrievers.plots import plot_comparison, plot_learning_curve
+    from conftest import rows_for
+
+    corpus, queries, vectors = rotation_task
+    train, test = queries.split(0.25, seed=0)
+
+    class Lookup:
+        model_id = "test/rotation"
+
+        def embed_queries(self, texts):
+            return vectors[[int(t.split()[1]) for t in texts]]
+
+        def embed_documents(self, texts):
+            return corpus.embeddings[[int(t.split()[1]) for t in texts]]
+
+    trainer = AdapterTrainer(Lookup(), progress=False, learning_rate=1e-2, epochs=15)
+    rows = learning_curve(trainer, train, corpus, test, sizes=[10, 200], seeds=(0, 1))
+    assert [r["runs"] for r in rows] == [2, 2]
+    assert rows[1]["ndcg@10"] > rows[0]["ndcg@10"] and rows[1]["ndcg@10"] > rows[1]["baseline"]
+    plot_learning_curve(rows, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = trainer.fit(train, corpus)
+    plot_comparison(compare(result.adapter, rows_for(test, vectors), test, corpus), tmp_path / "cmp.png")
+    result.plot_history(tmp_path / "history.png")
+    assert (tmp_path / "cmp.png").stat().st_size > 1000 and (tmp_path / "history.png").stat().st_size > 1000
