@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/adapter-retrievers demo --output demo-output
+	HF_HUB_OFFLINE=1 $(BIN)/adapter-retrievers demo --output demo-output $(PROGRESS)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -47,7 +47,8 @@ def plot_comparison(comparison: Any, path: os.PathLike | str) -> None:
         label=f"with {comparison.adapter_kind} adapter",
     )
     for i, m in enumerate(names):
-        ax.text(i + 0.2, adapted[m] + 0.01, f"{adapted[m] - base[m]:+.3f}", ha="center", fontsize=8)
+        top = max(adapted[m], base[m] + comparison.intervals[m][1])
+        ax.text(i + 0.2, top + 0.015, f"{adapted[m] - base[m]:+.3f}", ha="center", fontsize=8)
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.05)
     c = comparison
