@@ -54,18 +54,20 @@ class AdaptedCollection:
     """Query a Chroma collection with adapted query vectors; everything else is the collection's own.
 
     ``encoder`` embeds query texts with the base model (defaults to the collection's embedding
-    function, called through its query method).
+    function, called through its query method); its model id (or ``model_id``) must be the adapter's.
 
     >>> adapted = AdaptedCollection(collection, QueryAdapter.load("adapters/mine"), encoder)  # doctest: +SKIP
     >>> adapted.query(query_texts=["what causes X?"], n_results=5, where={"lang": "en"})    # doctest: +SKIP
     """
 
-    def __init__(self, collection: Any, adapter: QueryAdapter, encoder: Any = None) -> None:
+    def __init__(
+        self, collection: Any, adapter: QueryAdapter, encoder: Any = None, model_id: str | None = None
+    ) -> None:
         self.collection = collection
         self.adapter = adapter
         self.space = collection_space(collection)
-        self.encoder = as_encoder(encoder, adapter.base_model) if encoder is not None else None
-        if self.encoder is not None and getattr(self.encoder, "model_id", None) not in (None, adapter.base_model):
+        self.encoder = as_encoder(encoder, model_id) if encoder is not None else None
+        if self.encoder is not None:
             adapter.check_compatible(base_model=self.encoder.model_id)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,126 @@
+"""LangChain: an adapter-aware ``Embeddings`` and a ``BaseRetriever`` over any ``VectorStore``.
+
+Change one line of an existing chain:
+
+    embeddings = AdapterEmbeddings(OpenAIEmbeddings(), QueryAdapter.load("adapters/mine"))
+    vectorstore = Chroma(collection_name="docs", embedding_function=embeddings)   # documents untouched
+
+or keep the vector store as it is and wrap it:
+
+    retriever = AdapterRetriever(vectorstore=vectorstore, embeddings=base_embeddings, adapter=adapter, k=5)
+    chain = retriever | format_docs | prompt | llm
+
+With an :class:`~adapter_retrievers.registry.AdapterRegistry` as ``adapter``, the key is taken per
+call from ``retriever.invoke(q, adapter_key="tenant-a")`` or from the run config
+``{"metadata": {"adapter_key": "tenant-a"}}``, and unknown keys fall back to no adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
+from pydantic import ConfigDict, Field, model_validator
+
+from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.registry import ADAPTER_KEY, AdapterRegistry, adapter_metadata, resolve_adapter
+
+AdapterLike = QueryAdapter | AdapterRegistry
+
+
+def _adapt(adapter: AdapterLike, key: str | None, vector: list[float]) -> list[float]:
+    return resolve_adapter(adapter, key).transform(np.asarray(vector, dtype=np.float32)).tolist()
+
+
+class AdapterEmbeddings(Embeddings):
+    """Adapted query embeddings, untouched document embeddings.
+
+    ``model_id``: the base model's id, checked against the adapter's (pass it when the wrapped class
+    does not expose a model name); a dimension mismatch is refused at the first query.
+    """
+
+    def __init__(
+        self,
+        base: Embeddings,
+        adapter: AdapterLike,
+        adapter_key: str | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        adapter.check_compatible(base_model=model_id)
+        self.base = base
+        self.adapter = adapter
+        self.adapter_key = adapter_key
+
+    def for_key(self, adapter_key: str | None) -> AdapterEmbeddings:
+        """The same base embeddings with another registry key (cheap; nothing is copied)."""
+        return AdapterEmbeddings(self.base, self.adapter, adapter_key)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.base.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return _adapt(self.adapter, self.adapter_key, self.base.embed_query(text))
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await self.base.aembed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return _adapt(self.adapter, self.adapter_key, await self.base.aembed_query(text))
+
+
+class AdapterRetriever(BaseRetriever):
+    """Embed the query with the base embeddings, adapt it, search the vector store by vector.
+
+    ``search_type``: ``"similarity"`` or ``"mmr"``; ``search_kwargs`` pass through to the store
+    (``filter``, ``fetch_k``, ``lambda_mult``, ...). ``k`` can also be given per call.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    vectorstore: VectorStore
+    embeddings: Embeddings
+    adapter: Any
+    adapter_key: str | None = None
+    k: int = 4
+    search_type: Literal["similarity", "mmr"] = "similarity"
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
+    model_id: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> AdapterRetriever:
+        if not isinstance(self.adapter, (QueryAdapter, AdapterRegistry)):
+            raise TypeError("adapter must be a QueryAdapter or an AdapterRegistry")
+        self.adapter.check_compatible(base_model=self.model_id)
+        self.metadata = {**adapter_metadata(self.adapter, self.adapter_key), **(self.metadata or {})}
+        return self
+
+    def _key(self, kwargs: dict[str, Any], run_manager: Any) -> str | None:
+        return kwargs.pop(ADAPTER_KEY, None) or (run_manager.metadata or {}).get(ADAPTER_KEY) or self.adapter_key
+
+    def _search_params(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**self.search_kwargs, **kwargs, "k": kwargs.get("k", self.k)}
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        key = self._key(kwargs, run_manager)
+        vector = _adapt(self.adapter, key, self.embeddings.embed_query(query))
+        params = self._search_params(kwargs)
+        if self.search_type == "mmr":
+            return self.vectorstore.max_marginal_relevance_search_by_vector(vector, **params)
+        return self.vectorstore.similarity_search_by_vector(vector, **params)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        key = self._key(kwargs, run_manager)
+        vector = _adapt(self.adapter, key, await self.embeddings.aembed_query(query))
+        params = self._search_params(kwargs)
+        if self.search_type == "mmr":
+            return await self.vectorstore.amax_marginal_relevance_search_by_vector(vector, **params)
+        return await self.vectorstore.asimilarity_search_by_vector(vector, **params)

@@ -1,0 +1,116 @@
+"""LlamaIndex: an adapter-aware ``BaseEmbedding`` and a ``BaseRetriever`` over a ``VectorStoreIndex``.
+
+Change one line:
+
+    retriever = index.as_retriever(embed_model=AdapterEmbedding(embed_model, adapter))
+
+or wrap the index and keep everything else:
+
+    retriever = AdapterVectorRetriever(index, adapter, similarity_top_k=5, filters=filters)
+
+The wrapped model is called through its public methods (``get_query_embedding``,
+``get_text_embedding_batch``), so its embeddings cache, rate limiter and instrumentation events keep
+working; texts are passed through in batches, untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.schema import NodeWithScore, QueryBundle
+from pydantic import Field
+
+from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.registry import AdapterRegistry, adapter_metadata, resolve_adapter
+
+
+def _adapt(adapter: Any, key: str | None, vector: Embedding) -> Embedding:
+    return resolve_adapter(adapter, key).transform(np.asarray(vector, dtype=np.float32)).tolist()
+
+
+class AdapterEmbedding(BaseEmbedding):
+    """Adapted query embeddings, untouched text embeddings (sync and async)."""
+
+    base_embed_model: BaseEmbedding = Field(description="the wrapped embedding model (documents use it as is)")
+    adapter: Any = Field(description="QueryAdapter or AdapterRegistry applied to query embeddings", exclude=True)
+    adapter_key: str | None = Field(default=None, description="registry key, when adapter is a registry")
+
+    def __init__(
+        self,
+        base_embed_model: BaseEmbedding,
+        adapter: QueryAdapter | AdapterRegistry,
+        adapter_key: str | None = None,
+        model_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(adapter, (QueryAdapter, AdapterRegistry)):
+            raise TypeError("adapter must be a QueryAdapter or an AdapterRegistry")
+        adapter.check_compatible(base_model=model_id)
+        kwargs.setdefault("model_name", base_embed_model.model_name)
+        kwargs.setdefault("embed_batch_size", base_embed_model.embed_batch_size)
+        super().__init__(base_embed_model=base_embed_model, adapter=adapter, adapter_key=adapter_key, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "AdapterEmbedding"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {**super().to_payload(), **adapter_metadata(self.adapter, self.adapter_key)}
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return _adapt(self.adapter, self.adapter_key, self.base_embed_model.get_query_embedding(query))
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return _adapt(self.adapter, self.adapter_key, await self.base_embed_model.aget_query_embedding(query))
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self.base_embed_model.get_text_embedding(text)
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await self.base_embed_model.aget_text_embedding(text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self.base_embed_model.get_text_embedding_batch(texts)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await self.base_embed_model.aget_text_embedding_batch(texts)
+
+
+class AdapterVectorRetriever(BaseRetriever):
+    """Pre-fill the adapted query embedding and delegate to the index's own retriever.
+
+    Returns ``NodeWithScore`` as usual; ``similarity_top_k``, ``filters`` and other keyword
+    arguments go to ``index.as_retriever``. ``embed_model`` is the base model (default: the index's).
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        adapter: QueryAdapter | AdapterRegistry,
+        embed_model: BaseEmbedding | None = None,
+        adapter_key: str | None = None,
+        **retriever_kwargs: Any,
+    ) -> None:
+        super().__init__(verbose=retriever_kwargs.pop("verbose", False))
+        self._adapter = adapter
+        self._adapter_key = adapter_key
+        self._embed_model = embed_model or index._embed_model
+        self._inner = index.as_retriever(**retriever_kwargs)
+
+    def _adapted_bundle(self, query_bundle: QueryBundle, vector: Embedding) -> QueryBundle:
+        return QueryBundle(
+            query_str=query_bundle.query_str,
+            custom_embedding_strs=query_bundle.custom_embedding_strs,
+            embedding=_adapt(self._adapter, self._adapter_key, vector),
+        )
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        vector = query_bundle.embedding or self._embed_model.get_query_embedding(query_bundle.query_str)
+        return self._inner.retrieve(self._adapted_bundle(query_bundle, vector))
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        vector = query_bundle.embedding or await self._embed_model.aget_query_embedding(query_bundle.query_str)
+        return await self._inner.aretrieve(self._adapted_bundle(query_bundle, vector))
