@@ -17,10 +17,16 @@ call from ``retriever.invoke(q, adapter_key="tenant-a")`` or from the run config
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
+from uuid import UUID
 
 import numpy as np
-from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    BaseCallbackHandler,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
@@ -28,6 +34,7 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field, model_validator
 
 from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.registry import ADAPTER_KEY, AdapterRegistry, adapter_metadata, resolve_adapter
 
 AdapterLike = QueryAdapter | AdapterRegistry
@@ -124,3 +131,74 @@ class AdapterRetriever(BaseRetriever):
         if self.search_type == "mmr":
             return await self.vectorstore.amax_marginal_relevance_search_by_vector(vector, **params)
         return await self.vectorstore.asimilarity_search_by_vector(vector, **params)
+
+
+class RetrievalLogger(BaseCallbackHandler):
+    """Callback handler that records every retrieval of a chain to a :class:`RetrievalLog` (JSONL).
+
+    Pass it in the run config: ``chain.invoke(q, config={"callbacks": [logger], "run_id": run_id,
+    "metadata": {"session_id": "..."}})``. Each record's ``id`` is the retriever run id and its
+    ``trace_id`` the root run id, so feedback can be attached to either later.
+    """
+
+    def __init__(self, log: RetrievalLog | str | Any) -> None:
+        self.log = log if isinstance(log, RetrievalLog) else RetrievalLog(log)
+        self._parents: dict[UUID, UUID | None] = {}
+        self._pending: dict[UUID, tuple[str, dict[str, Any]]] = {}
+
+    def _root(self, run_id: UUID) -> UUID:
+        while self._parents.get(run_id) is not None:
+            run_id = self._parents[run_id]  # type: ignore[assignment]
+        return run_id
+
+    def on_chain_start(
+        self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        self._parents[run_id] = parent_run_id
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if run_id not in self._pending and all(p != run_id for p in self._parents.values()):
+            self._parents.pop(run_id, None)
+
+    def on_retriever_start(
+        self,
+        serialized: Any,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._parents[run_id] = parent_run_id
+        self._pending[run_id] = (query, metadata or {})
+
+    def on_retriever_end(self, documents: Sequence[Document], *, run_id: UUID, **kwargs: Any) -> None:
+        query, metadata = self._pending.pop(run_id, (None, {}))
+        if query is None:
+            return
+        root = self._root(run_id)
+        docs = [
+            {
+                "id": d.id or d.metadata.get("id"),
+                "content": d.page_content,
+                "score": d.metadata.get("score"),
+                "metadata": d.metadata,
+            }
+            for d in documents
+        ]
+        session = metadata.get("session_id") or metadata.get("thread_id") or metadata.get("user_id")
+        self.log.log_retrieval(
+            query,
+            docs,
+            retrieval_id=str(run_id),
+            trace_id=str(root),
+            session=session,
+            user=metadata.get("user_id"),
+            source="langchain",
+        )
+        self._parents.pop(run_id, None)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._pending.pop(run_id, None)
+        self._parents.pop(run_id, None)

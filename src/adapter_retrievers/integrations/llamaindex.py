@@ -20,10 +20,13 @@ from typing import Any
 import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from pydantic import Field
 
 from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.registry import AdapterRegistry, adapter_metadata, resolve_adapter
 
 
@@ -114,3 +117,48 @@ class AdapterVectorRetriever(BaseRetriever):
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         vector = query_bundle.embedding or await self._embed_model.aget_query_embedding(query_bundle.query_str)
         return await self._inner.aretrieve(self._adapted_bundle(query_bundle, vector))
+
+
+class RetrievalEventLogger(BaseEventHandler):
+    """Instrumentation event handler that records each retrieval to a :class:`RetrievalLog` (JSONL).
+
+    ``get_dispatcher().add_event_handler(RetrievalEventLogger("rag-log.jsonl"))``; the record's ``id``
+    is the retrieval's span id. A ``session_id`` tag (``instrument_tags({"session_id": ...})``) is kept.
+    """
+
+    log: Any = Field(default=None, exclude=True)
+    pending: dict = Field(default_factory=dict, exclude=True)
+
+    def __init__(self, log: RetrievalLog | str | Any, **kwargs: Any) -> None:
+        super().__init__(log=log if isinstance(log, RetrievalLog) else RetrievalLog(log), **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RetrievalEventLogger"
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, RetrievalStartEvent):
+            self.pending[event.span_id] = event.timestamp.isoformat()
+        elif isinstance(event, RetrievalEndEvent):
+            started = self.pending.pop(event.span_id, None)
+            query = event.str_or_query_bundle
+            query = query if isinstance(query, str) else query.query_str
+            docs = [
+                {
+                    "id": n.node.node_id,
+                    "content": n.node.get_content(),
+                    "score": n.score,
+                    "metadata": dict(n.node.metadata),
+                }
+                for n in event.nodes
+            ]
+            tags = event.tags or {}
+            self.log.log_retrieval(
+                query,
+                docs,
+                retrieval_id=str(event.span_id),
+                session=tags.get("session_id"),
+                user=tags.get("user_id"),
+                source="llamaindex",
+                timestamp=started,
+            )

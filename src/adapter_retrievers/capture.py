@@ -1,0 +1,131 @@
+"""An append-only JSONL log of retrievals and the outcome signals attached to them later.
+
+Schema (one JSON object per line, ``"schema": 1``):
+
+``{"type": "retrieval", "id", "trace_id", "timestamp", "query", "session", "user", "source",
+"documents": [{"id", "content", "score", "position", "metadata"}]}``
+    One retrieval, written by the LangChain callback handler, the LlamaIndex event handler, or
+    :meth:`RetrievalLog.log_retrieval`.
+
+``{"type": "signal", "target", "kind", "value", "document_id", "document_position", "timestamp"}``
+    An outcome attached later to a retrieval (``target`` = its ``id`` or ``trace_id``): ``kind`` is
+    ``feedback`` (thumbs up/down as 1/0, or a score), ``citation`` (the answer cited the document),
+    ``click``, or ``label`` (a human or LLM relevance judgement of one document, 1 = relevant).
+
+Lines are written whole with one ``write`` under a lock (and ``O_APPEND``), so concurrent writers
+in one process never interleave and a crash loses at most the line being written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+SIGNAL_KINDS = ("feedback", "citation", "click", "label")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class RetrievalLog:
+    """Append retrievals and signals to ``path`` (created if missing)."""
+
+    def __init__(self, path: os.PathLike | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def _append(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps({"schema": SCHEMA_VERSION, **record}, ensure_ascii=False, default=str) + "\n"
+        data = line.encode("utf-8")
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    def log_retrieval(
+        self,
+        query: str,
+        documents: Sequence[Mapping[str, Any]],
+        retrieval_id: str | None = None,
+        trace_id: str | None = None,
+        session: str | None = None,
+        user: str | None = None,
+        source: str = "manual",
+        timestamp: str | None = None,
+    ) -> str:
+        """Record one retrieval; ``documents`` are dicts with ``id``, ``content``, ``score``, ``metadata``."""
+        retrieval_id = retrieval_id or str(uuid.uuid4())
+        docs = [
+            {
+                "id": d.get("id"),
+                "content": d.get("content"),
+                "score": d.get("score"),
+                "position": i,
+                "metadata": d.get("metadata") or {},
+            }
+            for i, d in enumerate(documents)
+        ]
+        self._append(
+            {
+                "type": "retrieval",
+                "id": retrieval_id,
+                "trace_id": trace_id,
+                "timestamp": timestamp or now_iso(),
+                "query": query,
+                "session": session,
+                "user": user,
+                "source": source,
+                "documents": docs,
+            }
+        )
+        return retrieval_id
+
+    def add_signal(
+        self,
+        target: str,
+        kind: str,
+        value: float | None = 1.0,
+        document_id: str | None = None,
+        document_position: int | None = None,
+    ) -> None:
+        if kind not in SIGNAL_KINDS:
+            raise ValueError(f"signal kind must be one of {SIGNAL_KINDS}, got {kind!r}")
+        self._append(
+            {
+                "type": "signal",
+                "target": target,
+                "kind": kind,
+                "value": value,
+                "document_id": document_id,
+                "document_position": document_position,
+                "timestamp": now_iso(),
+            }
+        )
+
+    def add_feedback(self, target: str, score: float) -> None:
+        """Answer-level feedback: 1/0 for thumbs up/down, or a score in [0, 1]."""
+        self.add_signal(target, "feedback", float(score))
+
+    def add_citations(self, target: str, document_ids: Iterable[str]) -> None:
+        for doc_id in document_ids:
+            self.add_signal(target, "citation", 1.0, document_id=doc_id)
+
+    def add_click(self, target: str, document_id: str) -> None:
+        self.add_signal(target, "click", 1.0, document_id=document_id)
+
+    def add_label(
+        self, target: str, document_id: str | None = None, relevance: float = 1.0, document_position: int | None = None
+    ) -> None:
+        """A relevance judgement of one retrieved document (1 = relevant, 0 = not relevant)."""
+        self.add_signal(target, "label", float(relevance), document_id, document_position)
