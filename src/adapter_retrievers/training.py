@@ -21,7 +21,7 @@ import numpy as np
 
 from adapter_retrievers.adapters import OrthogonalAdapter, QueryAdapter
 from adapter_retrievers.data import Corpus, TrainingSet, check_vectors
-from adapter_retrievers.evaluation import Comparison, compare, normalize_rows, score_vectors
+from adapter_retrievers.evaluation import Comparison, compare, normalize_rows, paired_bootstrap, score_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class TrainingConfig:
     Defaults were chosen on held-out SciFact queries (see ``docs/benchmarks.md``).
     ``negatives``: random corpus documents per query and step, or ``"all"`` to score every document
     (the limit case, affordable for corpora up to a few hundred thousand documents).
+    ``require_significant_gain``: keep the best epoch only if its validation gain over the base model
+    is above zero at the ``significance`` level (paired bootstrap over validation queries); otherwise
+    return the identity. A gain that validation cannot tell from noise is not worth shipping.
     """
 
     kind: str = "linear"
@@ -54,6 +57,8 @@ class TrainingConfig:
     hidden: int = 256
     solver: Literal["gradient", "procrustes"] = "gradient"
     selection_metric: str = "ndcg@10"
+    require_significant_gain: bool = True
+    significance: float = 0.9
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -205,6 +210,24 @@ class AdapterTrainer:
                 elif epoch - best_epoch >= cfg.patience:
                     break
         seconds = time.perf_counter() - started
+        report = compare(best_adapter, validation_vectors, validation, corpus, (cfg.selection_metric,))
+        rejected = None
+        interval = report.intervals[cfg.selection_metric]
+        if cfg.require_significant_gain and not best_adapter.is_identity:
+            interval = paired_bootstrap(
+                report.baseline.per_query[cfg.selection_metric],
+                report.adapted.per_query[cfg.selection_metric],
+                confidence=cfg.significance,
+                seed=cfg.seed,
+            )
+            if interval[0] <= 0:
+                rejected = {"epoch": best_epoch, "score": best_score, "gain_interval": list(interval)}
+                logger.info(
+                    "best epoch %d gains %s on validation: not significant, keeping the base model",
+                    best_epoch,
+                    interval,
+                )
+                best_adapter, best_score, best_epoch = identity, history[0][cfg.selection_metric], 0
         best_adapter.metadata = {
             "training": asdict(cfg),
             "training_data": {
@@ -221,6 +244,8 @@ class AdapterTrainer:
                 "adapted": best_score,
                 "metric": cfg.selection_metric,
                 "best_epoch": best_epoch,
+                "gain_interval": list(interval),
+                "rejected_not_significant": rejected,
             },
             "train_seconds": round(seconds, 3),
         }
