@@ -122,6 +122,45 @@ def train(
     typer.echo(f"{verdict}; best epoch {result.best_epoch}, {result.train_seconds:.1f}s -> {output}")
 
 
+@app.command()
+@_friendly_errors
+def harvest(
+    traces: Annotated[list[Path], typer.Argument(help="trace files (JSONL, or a JSON array), any number")],
+    corpus: Annotated[Path, typer.Option(help="BEIR folder whose corpus.jsonl the documents are matched to")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="pairs JSONL to write (train split)")],
+    trace_format: Annotated[
+        str, typer.Option("--format", help="ours | openinference | langsmith | langfuse | llamaindex")
+    ] = "ours",
+    held_out: Annotated[Path | None, typer.Option(help="also write the newest queries here (evaluation)")] = None,
+    split_by: Annotated[str, typer.Option(help="time | session: how --held-out queries are chosen")] = "time",
+    held_out_fraction: float = 0.2,
+    feedback_threshold: Annotated[float, typer.Option(help="answer feedback at or above this is positive")] = 0.5,
+    feedback_top_k: Annotated[int, typer.Option(help="retrieved documents that answer feedback applies to")] = 1,
+) -> None:
+    """Turn exported traces and feedback into training pairs, with a summary of what was skipped and why.
+
+    Example: adapter-retrievers harvest rag-log.jsonl --corpus ../shared/data/scifact -o pairs.jsonl
+    """
+    from adapter_retrievers.data import Corpus
+    from adapter_retrievers.harvest import SignalPolicy
+    from adapter_retrievers.harvest import harvest as run_harvest
+
+    documents = Corpus.from_beir(corpus)
+    policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
+    result = run_harvest(traces, documents, fmt=trace_format, policy=policy)
+    typer.echo(str(result.report))
+    if len(result.training_set) == 0:
+        raise ValueError("no training pairs: no retrieval had a positive signal (see the summary above)")
+    if held_out is not None:
+        train_set, test_set = result.split(split_by, held_out_fraction)  # type: ignore[arg-type]
+        train_set.to_pairs_jsonl(output)
+        test_set.to_pairs_jsonl(held_out)
+        typer.echo(f"wrote {train_set.n_pairs} pairs to {output} and {test_set.n_pairs} newer ones to {held_out}")
+    else:
+        result.training_set.to_pairs_jsonl(output)
+        typer.echo(f"wrote {result.training_set.n_pairs} pairs to {output}")
+
+
 @app.command("eval")
 @_friendly_errors
 def evaluate(
