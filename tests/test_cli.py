@@ -119,3 +119,12 @@ def test_train_and_eval_with_bundled_model(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n_queries"] == 12 and report["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_synth_needs_a_known_provider(tmp_path):
+    write_beir(tmp_path / "data")
+    base = ["synth", "--corpus", str(tmp_path / "data"), "-o", str(tmp_path / "s.jsonl")]
+    result = runner.invoke(app, [*base, "--llm", "gpt4"])
+    assert result.exit_code == 2 and "PROVIDER:MODEL" in result.output
+    result = runner.invoke(app, [*base, "--llm", "anthropic:claude-x"])
+    assert result.exit_code == 2 and "pip install langchain-anthropic" in result.output

@@ -161,6 +161,64 @@ def harvest(
         typer.echo(f"wrote {result.training_set.n_pairs} pairs to {output}")
 
 
+PROVIDERS = {
+    "openai": ("langchain_openai", "ChatOpenAI", "langchain-openai"),
+    "anthropic": ("langchain_anthropic", "ChatAnthropic", "langchain-anthropic"),
+    "google": ("langchain_google_genai", "ChatGoogleGenerativeAI", "langchain-google-genai"),
+    "mistral": ("langchain_mistralai", "ChatMistralAI", "langchain-mistralai"),
+    "ollama": ("langchain_ollama", "ChatOllama", "langchain-ollama"),
+}
+
+
+def _chat_model(spec: str) -> Any:
+    provider, _, model = spec.partition(":")
+    if provider not in PROVIDERS or not model:
+        raise ValueError(f"--llm must look like PROVIDER:MODEL with PROVIDER one of {sorted(PROVIDERS)}, got {spec!r}")
+    module_name, class_name, package = PROVIDERS[provider]
+    try:
+        module = __import__(module_name, fromlist=[class_name])
+    except ImportError:
+        raise ValueError(f"--llm {provider}:... needs the {package} package: pip install {package}") from None
+    return getattr(module, class_name)(model=model)
+
+
+@app.command()
+@_friendly_errors
+def synth(
+    corpus: Annotated[Path, typer.Option(help="BEIR folder with corpus.jsonl")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="pairs JSONL (appended; a rerun resumes)")],
+    llm: Annotated[str, typer.Option(help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini or ollama:llama3.1")],
+    queries_per_chunk: int = 2,
+    max_chunks: Annotated[int, typer.Option(help="cost cap: documents to generate queries for")] = 200,
+    description: Annotated[str, typer.Option(help="what the application does (steers the prompt)")] = "",
+    examples: Annotated[Path | None, typer.Option(help="text file of real queries, one per line")] = None,
+    concurrency: int = 4,
+    requests_per_second: float = 2.0,
+) -> None:
+    """Generate synthetic queries for documents with an LLM (for corpora without logs).
+
+    Example: adapter-retrievers synth --corpus ../shared/data/scifact -o synth.jsonl --llm openai:gpt-4o-mini
+    """
+    from adapter_retrievers.data import Corpus
+    from adapter_retrievers.synth import generate_queries
+
+    model = _chat_model(llm)
+    documents = Corpus.from_beir(corpus)
+    example_lines = [ln.strip() for ln in examples.read_text().splitlines() if ln.strip()] if examples else []
+    pairs, report = generate_queries(
+        documents,
+        model,
+        output,
+        queries_per_chunk,
+        max_chunks,
+        description,
+        example_lines,
+        concurrency,
+        requests_per_second,
+    )
+    typer.echo(f"{report}\n{pairs.n_pairs} pairs in {output}")
+
+
 @app.command("eval")
 @_friendly_errors
 def evaluate(
