@@ -613,8 +613,9 @@ def harvest(
 ) -> HarvestResult:
     """Read traces in ``fmt`` and turn them into a :class:`TrainingSet` of (query, relevant doc) pairs.
 
-    Retrievals are kept (compactly) until all signals are read, so signals may come before or after
-    their retrieval and from other files. Memory grows with the number of retrievals, not with file size.
+    The files are read twice (signals first, then the retrievals that have one), so signals may come
+    before or after their retrieval and from other files, and memory stays bounded by the number of
+    signals however many retrievals were logged.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -623,31 +624,34 @@ def harvest(
     read = ReadReport()
     report = HarvestReport(skipped=read)
     match = _DocumentMatcher(corpus, metadata_id_fields)
+    # Pass 1 keeps only the signals (few); pass 2 streams the retrievals and keeps only those that
+    # have a signal. Memory grows with the number of signals, not with the number of retrievals.
+    signals = [item for item in read_traces(paths, fmt, ReadReport(), policy) if isinstance(item, Signal)]
+    targets = {s.target for s in signals}
     retrievals: dict[str, tuple[str, str | None, str | None, tuple]] = {}
     trace_to_retrievals: dict[str, list[str]] = defaultdict(list)
-    signals: list[Signal] = []
     for item in read_traces(paths, fmt, read, policy):
-        if isinstance(item, LoggedRetrieval):
-            report.retrievals += 1
-            docs = tuple((match(d), d.position, d.id) for d in item.documents)
-            retrievals[item.retrieval_id] = (item.query, item.timestamp, item.session, docs)
-            if item.trace_id:
-                trace_to_retrievals[item.trace_id].append(item.retrieval_id)
-        else:
+        if isinstance(item, Signal):
             report.signals += 1
-            signals.append(item)
+            continue
+        report.retrievals += 1
+        if item.retrieval_id not in targets and item.trace_id not in targets:
+            read.skip("retrieval with no signal", item.retrieval_id)
+            continue
+        docs = tuple((match(d), d.position, d.id) for d in item.documents)
+        retrievals[item.retrieval_id] = (item.query, item.timestamp, item.session, docs)
+        if item.trace_id:
+            trace_to_retrievals[item.trace_id].append(item.retrieval_id)
     report.records_read = read.rows_read
 
     positives: dict[str, dict[str, float]] = defaultdict(dict)
     negatives: dict[str, set[str]] = defaultdict(set)
-    with_signal: set[str] = set()
     for signal in signals:
-        targets = [signal.target] if signal.target in retrievals else trace_to_retrievals.get(signal.target, [])
-        if not targets:
+        matched = [signal.target] if signal.target in retrievals else trace_to_retrievals.get(signal.target, [])
+        if not matched:
             read.skip("signal for an unknown retrieval or trace", signal.target)
             continue
-        for rid in targets:
-            with_signal.add(rid)
+        for rid in matched:
             _apply_signal(signal, rid, retrievals[rid][3], policy, positives, negatives, read, match)
 
     queries: dict[str, str] = {}
@@ -655,9 +659,6 @@ def harvest(
     hard: dict[str, set[str]] = {}
     info: dict[str, dict[str, Any]] = {}
     for rid, (query, timestamp, session, _docs) in retrievals.items():
-        if rid not in with_signal:
-            read.skip("retrieval with no signal", rid)
-            continue
         if not positives.get(rid) and not negatives.get(rid):
             continue
         qid = "q-" + hashlib.sha256(" ".join(query.split()).lower().encode()).hexdigest()[:16]
