@@ -202,6 +202,25 @@ def _json_maybe(value: Any) -> Any:
     return value
 
 
+def _document(d: Any, position: int) -> LoggedDocument | None:
+    """One logged document from a dict (ours, LangChain ``Document``, Langfuse) or a bare string."""
+    if isinstance(d, str):
+        return LoggedDocument(None, d, None, position)
+    if not isinstance(d, dict):
+        return None
+    meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
+    content = next((d[k] for k in ("content", "page_content", "text") if isinstance(d.get(k), str)), None)
+    score = _float(d.get("score"))
+    if score is None:
+        score = _float(meta.get("score"))
+    pos = d.get("position") if isinstance(d.get("position"), int) else position
+    return LoggedDocument(_str(d.get("id")), content, score, pos, meta)
+
+
+def _documents(items: list) -> list[LoggedDocument]:
+    return [doc for doc in (_document(d, i) for i, d in enumerate(items)) if doc is not None]
+
+
 def iter_records(paths: Iterable[os.PathLike | str], report: ReadReport) -> Iterator[tuple[str, dict]]:
     """Yield ``(location, object)`` from JSONL files or JSON files holding a list; bad lines are counted."""
     for path in map(Path, paths):
@@ -265,13 +284,7 @@ def read_ours(records: Iterable[tuple[str, dict]], report: ReadReport) -> Parsed
             if not isinstance(query, str) or not query.strip() or rid is None or not isinstance(documents, list):
                 report.skip("retrieval without id, query or documents", where)
                 continue
-            docs = []
-            for i, d in enumerate(documents):
-                if isinstance(d, dict):
-                    meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
-                    position = d.get("position") if isinstance(d.get("position"), int) else i
-                    content = d.get("content") if isinstance(d.get("content"), str) else None
-                    docs.append(LoggedDocument(_str(d.get("id")), content, _float(d.get("score")), position, meta))
+            docs = _documents(documents)
             yield LoggedRetrieval(
                 rid,
                 query,
@@ -431,13 +444,7 @@ def read_langsmith(records: Iterable[tuple[str, dict]], report: ReadReport, poli
             if not isinstance(query, str) or not query.strip() or run_id is None or not isinstance(documents, list):
                 report.skip("retriever run without id, inputs.query or outputs.documents", where)
                 continue
-            docs = []
-            for i, d in enumerate(documents):
-                if not isinstance(d, dict):
-                    continue
-                meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
-                content = d.get("page_content") if isinstance(d.get("page_content"), str) else None
-                docs.append(LoggedDocument(_str(d.get("id")), content, _float(meta.get("score")), i, meta))
+            docs = _documents(documents)
             extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
             run_meta = extra.get("metadata") if isinstance(extra.get("metadata"), dict) else {}
             session = next((_str(run_meta[k]) for k in ("session_id", "thread_id", "user_id") if run_meta.get(k)), None)
@@ -479,22 +486,7 @@ def read_langfuse(records: Iterable[tuple[str, dict]], report: ReadReport, polic
             if not isinstance(query, str) or not query.strip() or obs_id is None or not isinstance(documents, list):
                 report.skip("RETRIEVER observation without id, input query or output documents", where)
                 continue
-            docs = []
-            for i, d in enumerate(documents):
-                if isinstance(d, str):
-                    docs.append(LoggedDocument(None, d, None, i))
-                elif isinstance(d, dict):
-                    meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
-                    content = d.get("page_content", d.get("content", d.get("text")))
-                    docs.append(
-                        LoggedDocument(
-                            _str(d.get("id")),
-                            content if isinstance(content, str) else None,
-                            _float(d.get("score")),
-                            i,
-                            meta,
-                        )
-                    )
+            docs = _documents(documents)
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
             session = _str(obj.get("sessionId")) or _str(metadata.get("session_id")) or _str(obj.get("userId"))
             yield LoggedRetrieval(obs_id, query, docs, _str(obj.get("traceId")), _str(obj.get("startTime")), session)
