@@ -128,3 +128,22 @@ def test_synth_needs_a_known_provider(tmp_path):
     assert result.exit_code == 2 and "PROVIDER:MODEL" in result.output
     result = runner.invoke(app, [*base, "--llm", "anthropic:claude-x"])
     assert result.exit_code == 2 and "pip install langchain-anthropic" in result.output
+
+
+@pytest.mark.parametrize("command", ["capture", "harvest", "synth"])
+def test_help_example_runs_as_printed(tmp_path, monkeypatch, command):
+    """The --help examples that run on bundled data work exactly as printed, from the repository root."""
+    import shlex
+    from pathlib import Path
+
+    from adapter_retrievers import cli
+
+    doc = getattr(cli, command).__doc__
+    example = next(line.split("Example:", 1)[1].strip() for line in doc.splitlines() if "Example:" in line)
+    argv = shlex.split(example)
+    assert argv[0] == "adapter-retrievers" and argv[1] == command
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "src").symlink_to(root / "src")  # same relative paths, outputs land in tmp_path
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, argv[1:])
+    assert result.exit_code == 0, result.output

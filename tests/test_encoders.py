@@ -79,3 +79,27 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_cache_commits_chunk_by_chunk(tmp_path, hashing_encoder):
+    texts = [f"text number {i}" for i in range(25)]
+
+    class FailsLate:
+        model_id = hashing_encoder.model_id
+
+        def __init__(self):
+            self.calls = 0
+
+        def embed_documents(self, batch):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("rate limited")
+            return hashing_encoder.embed_documents(batch)
+
+        embed_queries = embed_documents
+
+    with pytest.raises(RuntimeError, match="rate limited"):
+        CachedEncoder(FailsLate(), tmp_path, chunk_size=10, progress=False).embed_documents(texts)
+    resumed = CachedEncoder(hashing_encoder, tmp_path, chunk_size=10, progress=False)
+    resumed.embed_documents(texts)
+    assert resumed.hits == 20 and resumed.misses == 5  # the two chunks paid for before the failure were kept

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from adapter_retrievers._files import atomic_write_text
 from adapter_retrievers.adapters import AdapterFileError
 from adapter_retrievers.data import DataFormatError
 
@@ -124,6 +125,57 @@ def train(
 
 @app.command()
 @_friendly_errors
+def capture(
+    logs: Annotated[list[Path], typer.Argument(help="capture logs written by the LangChain/LlamaIndex handlers")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON here")] = None,
+) -> None:
+    """Inspect a capture log: retrievals, signals by kind, sessions, time range, bad lines.
+
+    Example: adapter-retrievers capture src/adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz
+    """
+    from collections import Counter
+
+    from adapter_retrievers.data import ReadReport
+    from adapter_retrievers.harvest import LoggedRetrieval, read_traces
+
+    report = ReadReport()
+    kinds: Counter = Counter()
+    sessions: set[str] = set()
+    ids: set[str] = set()
+    targets: set[str] = set()
+    times: list[str] = []
+    n_docs = 0
+    for item in read_traces(logs, "ours", report):
+        if isinstance(item, LoggedRetrieval):
+            ids.update(filter(None, (item.retrieval_id, item.trace_id)))
+            n_docs += len(item.documents)
+            if item.session:
+                sessions.add(item.session)
+            if item.timestamp:
+                times.append(item.timestamp)
+        else:
+            kinds[item.kind] += 1
+            targets.add(item.target)
+    n_retrievals = report.rows_read - sum(kinds.values()) - report.n_skipped
+    summary = {
+        "records": report.rows_read,
+        "retrievals": n_retrievals,
+        "documents_per_retrieval": round(n_docs / n_retrievals, 2) if n_retrievals else 0,
+        "signals": dict(kinds),
+        "signals_for_unknown_retrievals": len(targets - ids),
+        "sessions": len(sessions),
+        "first": min(times) if times else None,
+        "last": max(times) if times else None,
+        "skipped": dict(report.skipped),
+    }
+    for key, value in summary.items():
+        typer.echo(f"{key:<32} {value}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
+
+
+@app.command()
+@_friendly_errors
 def harvest(
     traces: Annotated[list[Path], typer.Argument(help="trace files (JSONL, or a JSON array), any number")],
     corpus: Annotated[Path, typer.Option(help="BEIR folder whose corpus.jsonl the documents are matched to")],
@@ -139,7 +191,7 @@ def harvest(
 ) -> None:
     """Turn exported traces and feedback into training pairs, with a summary of what was skipped and why.
 
-    Example: adapter-retrievers harvest rag-log.jsonl --corpus ../shared/data/scifact -o pairs.jsonl
+    Example: adapter-retrievers harvest src/adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz --corpus src/adapter_retrievers/datasets/xquad_es -o pairs.jsonl --held-out held-out.jsonl
     """
     from adapter_retrievers.data import Corpus
     from adapter_retrievers.harvest import SignalPolicy
@@ -171,9 +223,16 @@ PROVIDERS = {
 
 
 def _chat_model(spec: str) -> Any:
+    if spec == "extractive":
+        from adapter_retrievers.synth import extractive_llm
+
+        return extractive_llm
     provider, _, model = spec.partition(":")
     if provider not in PROVIDERS or not model:
-        raise ValueError(f"--llm must look like PROVIDER:MODEL with PROVIDER one of {sorted(PROVIDERS)}, got {spec!r}")
+        raise ValueError(
+            f"--llm must be 'extractive' (offline) or PROVIDER:MODEL with PROVIDER one of {sorted(PROVIDERS)}, "
+            f"got {spec!r}"
+        )
     module_name, class_name, package = PROVIDERS[provider]
     try:
         module = __import__(module_name, fromlist=[class_name])
@@ -187,7 +246,9 @@ def _chat_model(spec: str) -> Any:
 def synth(
     corpus: Annotated[Path, typer.Option(help="BEIR folder with corpus.jsonl")],
     output: Annotated[Path, typer.Option("--output", "-o", help="pairs JSONL (appended; a rerun resumes)")],
-    llm: Annotated[str, typer.Option(help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini or ollama:llama3.1")],
+    llm: Annotated[
+        str, typer.Option(help="PROVIDER:MODEL (openai:gpt-4o-mini, ollama:llama3.1, ...) or 'extractive' (offline)")
+    ],
     queries_per_chunk: int = 2,
     max_chunks: Annotated[int, typer.Option(help="cost cap: documents to generate queries for")] = 200,
     description: Annotated[str, typer.Option(help="what the application does (steers the prompt)")] = "",
@@ -197,7 +258,9 @@ def synth(
 ) -> None:
     """Generate synthetic queries for documents with an LLM (for corpora without logs).
 
-    Example: adapter-retrievers synth --corpus ../shared/data/scifact -o synth.jsonl --llm openai:gpt-4o-mini
+    Example: adapter-retrievers synth --corpus src/adapter_retrievers/datasets/xquad_es -o synth.jsonl --llm extractive --max-chunks 20
+
+    With a provider: --llm openai:gpt-4o-mini (needs langchain-openai and OPENAI_API_KEY).
     """
     from adapter_retrievers.data import Corpus
     from adapter_retrievers.synth import generate_queries
@@ -280,7 +343,7 @@ def curve(
     trainer = AdapterTrainer(_encoder(model, cache_dir), progress=False)
     rows = learning_curve(trainer, train_set, documents, test_set, size_list, seeds=range(seeds))
     plot_learning_curve(rows, output, title=f"{beir.name} {test_split}, {trainer.model_id}")
-    output.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(output.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
     for row in rows:
         typer.echo(
             f"{row['pairs']:>8.0f} pairs  nDCG@10 {row['ndcg@10']:.4f} ± {row['std']:.4f}  (base {row['baseline']:.4f})"

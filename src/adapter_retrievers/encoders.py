@@ -170,11 +170,22 @@ class CachedEncoder:
     """Wrap an encoder with an on-disk cache keyed by model id, role and text hash.
 
     A second run, a new epoch or a new adapter never pays the embedding model (or its API) again.
-    The cache is one SQLite file, safe for several processes.
+    The cache is one SQLite file, safe for several processes. Missing texts are embedded in chunks,
+    each committed as it finishes (an interrupted run keeps what it paid for), with a progress bar
+    when there is more than one chunk.
     """
 
-    def __init__(self, encoder: Any, cache_dir: os.PathLike | str, model_id: str | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        cache_dir: os.PathLike | str,
+        model_id: str | None = None,
+        progress: bool = True,
+        chunk_size: int = 512,
+    ) -> None:
         self.encoder = as_encoder(encoder, model_id)
+        self.progress = progress
+        self.chunk_size = chunk_size
         self.model_id = self.encoder.model_id
         path = Path(cache_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -213,16 +224,22 @@ class CachedEncoder:
             self.hits += len(texts) - sum(1 for h in hashes if h not in found)
             self.misses += len(missing)
             if missing:
+                from tqdm.auto import tqdm
+
                 text_of = dict(zip(hashes, texts))
-                fresh_texts = [text_of[h] for h in missing]
                 embed = self.encoder.embed_queries if role == "query" else self.encoder.embed_documents
-                fresh = embed(fresh_texts)
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                    [(self.model_id, role, h, v.astype(np.float32).tobytes()) for h, v in zip(missing, fresh)],
-                )
-                self._db.commit()
-                found.update(zip(missing, fresh))
+                show = self.progress and len(missing) > self.chunk_size
+                with tqdm(total=len(missing), disable=not show, desc=f"embedding {role}s", unit="text") as bar:
+                    for start in range(0, len(missing), self.chunk_size):
+                        chunk = missing[start : start + self.chunk_size]
+                        fresh = embed([text_of[h] for h in chunk])
+                        self._db.executemany(
+                            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                            [(self.model_id, role, h, v.astype(np.float32).tobytes()) for h, v in zip(chunk, fresh)],
+                        )
+                        self._db.commit()
+                        found.update(zip(chunk, fresh))
+                        bar.update(len(chunk))
         if not texts:
             return np.zeros((0, self.dimension or 0), dtype=np.float32)
         return np.stack([found[h] for h in hashes]).astype(np.float32)

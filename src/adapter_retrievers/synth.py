@@ -103,6 +103,18 @@ async def _ask(llm: Any, prompt: str) -> str:
     raise TypeError("llm must be a LangChain model, a LlamaIndex LLM, or a callable prompt -> text")
 
 
+def extractive_llm(prompt: str) -> str:
+    """An offline stand-in for an LLM: turns the document's first sentences into questions.
+
+    For smoke tests and demos without a provider; real models write far better queries.
+    """
+    document = prompt.split("Document:", 1)[-1]
+    n_match = re.search(r"Write (\d+) different queries", prompt)
+    n = int(n_match.group(1)) if n_match else 2
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", document) if len(s.split()) > 5]
+    return "\n".join(f"{s[:120].rstrip('.')}?" for s in sentences[:n])
+
+
 def build_prompt(document: str, n: int, description: str = "", examples: Sequence[str] = ()) -> str:
     desc = f"The application: {description.strip()}\n" if description.strip() else ""
     ex = "".join(f"- {e}\n" for e in examples)
