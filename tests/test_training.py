@@ -171,3 +171,9 @@ def test_gain_that_validation_cannot_tell_from_noise_is_rejected():
     assert not strict.improved and strict.adapter.is_identity
     rejected = strict.adapter.metadata["validation"]["rejected_not_significant"]
     assert rejected["epoch"] == lenient.best_epoch and rejected["gain_interval"][0] <= 0
+
+
+def test_all_negatives_falls_back_to_sampling_on_large_corpora(task, caplog):
+    result = fit(task, negatives="all", all_negatives_limit=50, epochs=3, require_significant_gain=False)
+    assert "using 256 random negatives" in caplog.text
+    assert result.history[-1]["epoch"] == 3

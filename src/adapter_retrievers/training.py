@@ -35,7 +35,8 @@ class TrainingConfig:
 
     Defaults were chosen on held-out SciFact queries (see ``docs/benchmarks.md``).
     ``negatives``: random corpus documents per query and step, or ``"all"`` to score every document
-    (the limit case, affordable for corpora up to a few hundred thousand documents).
+    (the limit case; above ``all_negatives_limit`` documents the trainer falls back to 256 random
+    negatives, which came within 0.006 nDCG@10 of "all" on SciFact).
     ``require_significant_gain``: keep the best epoch only if its validation gain over the base model
     is above zero at the ``significance`` level (paired bootstrap over validation queries); otherwise
     return the identity. A gain that validation cannot tell from noise is not worth shipping.
@@ -44,6 +45,7 @@ class TrainingConfig:
     kind: str = "linear"
     loss: Loss = "infonce"
     negatives: int | Literal["all"] = "all"
+    all_negatives_limit: int = 200_000
     in_batch_negatives: bool = True
     labelled_negatives: bool = True
     learning_rate: float = 1e-3
@@ -296,9 +298,10 @@ class AdapterTrainer:
             pair_query += [i] * len(positive_rows)
             pair_doc += positive_rows.tolist()
         pair_query_arr, pair_doc_arr = np.array(pair_query), np.array(pair_doc)
-        n_negatives = cfg.negatives if cfg.negatives != "all" else 0
-        if n_negatives and n_negatives > n_docs - 1:
-            n_negatives = n_docs - 1
+        use_all = cfg.negatives == "all" and n_docs <= cfg.all_negatives_limit
+        if cfg.negatives == "all" and not use_all:
+            logger.warning("%d documents is too many to score per batch: using 256 random negatives", n_docs)
+        n_negatives = 0 if use_all else min(256 if cfg.negatives == "all" else int(cfg.negatives), n_docs - 1)
 
         bar = _progress(cfg.epochs, self.progress, f"training {cfg.kind} adapter")
         try:
@@ -316,7 +319,7 @@ class AdapterTrainer:
                         positives,
                         labelled,
                         n_docs,
-                        cfg.negatives == "all",
+                        use_all,
                         n_negatives,
                         cfg.in_batch_negatives,
                         rng,
