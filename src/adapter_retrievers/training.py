@@ -393,10 +393,10 @@ def _candidates(
     return candidates, np.zeros(b, dtype=np.int64), mask
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
+def _progress(total: int, enabled: bool, desc: str, unit: str = "epoch") -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="epoch", leave=False)
+    return tqdm(total=total, disable=not enabled, desc=desc, unit=unit, leave=False)
 
 
 def learning_curve(
@@ -408,6 +408,7 @@ def learning_curve(
     seeds: Sequence[int] = (0,),
     test_vectors: np.ndarray | None = None,
     metric: str = "ndcg@10",
+    progress: bool = True,
 ) -> list[dict[str, float]]:
     """Held-out ``metric`` against number of training pairs (the Chroma report's data-size ablation).
 
@@ -422,10 +423,12 @@ def learning_curve(
         test_vectors = trainer.encoder.embed_queries([test.queries[q] for q in test.query_ids])
     baseline = score_vectors(test_vectors, test, corpus, (metric,)).mean()[metric]
     rows = []
+    bar = _progress(len(sizes) * len(seeds), progress, "learning curve", unit="fit")
     for size in sizes:
         values, actual = [], []
         for seed in seeds:
             subset = train.sample_pairs(size, seed=seed)
+            bar.update(1)
             if len(subset) < 2:
                 continue
             result = trainer.fit(subset, corpus)
@@ -441,4 +444,5 @@ def learning_curve(
                     "runs": len(values),
                 }
             )
+    bar.close()
     return rows
