@@ -315,7 +315,7 @@ def test_langsmith_runs_and_feedback(tmp_path, corpus):
     ts = result.training_set
     (qid,) = ts.queries
     assert ts.relevant[qid] == {"d3": 1.0} and ts.negatives[qid] == {"d4"}
-    assert result.report.skipped.skipped["feedback key 'latency_ok' is not configured as a signal"] == 1
+    assert result.report.skipped.skipped["feedback or score 'latency_ok' is not configured as a signal"] == 1
     strict = harvest(path, corpus, fmt="langsmith", policy=SignalPolicy(feedback_threshold=2.0))
     assert strict.report.pairs == 0  # a score of 1 is below that threshold: thumbs down instead
 

@@ -457,19 +457,26 @@ def read_langsmith(records: Iterable[tuple[str, dict]], report: ReadReport, poli
             if target is None or value is None:
                 report.skip("feedback without run_id/trace_id or numeric score", where)
                 continue
-            key = str(obj.get("key"))
             extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
-            doc_id = _str(extra.get("document_id"))
-            if key in policy.label_keys and doc_id is not None:
-                yield Signal(target, "label", value, document_id=doc_id)
-            elif key in policy.feedback_keys:
-                yield Signal(target, "feedback", value)
-            elif key in ("citation", "click") and doc_id is not None:
-                yield Signal(target, key, value, document_id=doc_id)
-            else:
-                report.skip(f"feedback key {key!r} is not configured as a signal", where)
+            yield from _named_signal(
+                target, str(obj.get("key")), value, _str(extra.get("document_id")), policy, report, where
+            )
         else:
             report.skip("neither a run nor a feedback record", where)
+
+
+def _named_signal(
+    target: str, name: str, value: float, doc_id: str | None, policy: SignalPolicy, report: ReadReport, where: str
+) -> Parsed:
+    """A named feedback/score record (LangSmith ``key``, Langfuse ``name``) as a signal, per the policy."""
+    if name in policy.label_keys and doc_id is not None:
+        yield Signal(target, "label", value, document_id=doc_id)
+    elif name in policy.feedback_keys:
+        yield Signal(target, "feedback", value)
+    elif name in ("citation", "click") and doc_id is not None:
+        yield Signal(target, name, value, document_id=doc_id)
+    else:
+        report.skip(f"feedback or score {name!r} is not configured as a signal", where)
 
 
 def read_langfuse(records: Iterable[tuple[str, dict]], report: ReadReport, policy: SignalPolicy) -> Parsed:
@@ -495,17 +502,13 @@ def read_langfuse(records: Iterable[tuple[str, dict]], report: ReadReport, polic
             value = _float(obj.get("value"))
             if value is None:
                 value = _float(obj.get("stringValue"))
-            name = str(obj.get("name"))
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-            doc_id = _str(metadata.get("document_id"))
             if target is None or value is None:
                 report.skip("score without traceId/observationId or usable value", where)
-            elif name in policy.label_keys and doc_id is not None:
-                yield Signal(target, "label", value, document_id=doc_id)
-            elif name in policy.feedback_keys:
-                yield Signal(target, "feedback", value)
             else:
-                report.skip(f"score name {name!r} is not configured as a signal", where)
+                yield from _named_signal(
+                    target, str(obj.get("name")), value, _str(metadata.get("document_id")), policy, report, where
+                )
         else:
             report.skip("neither an observation nor a score", where)
 
