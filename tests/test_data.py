@@ -139,3 +139,10 @@ def test_split_is_by_query_and_seeded():
     assert ts.split(0.2, seed=4)[1].queries != b.queries
     with pytest.raises(ValueError, match="at least 2 queries"):
         ts.subset(["q1"]).split(0.5)
+
+
+def test_queries_without_a_relevant_document_are_counted(tmp_path):
+    write_beir(tmp_path / "b", GOOD_CORPUS, GOOD_QUERIES, ["q1\td0\t1", "q2\td1\t0"])
+    train = TrainingSet.from_beir(tmp_path / "b", "train")
+    assert list(train.queries) == ["q1"]
+    assert train.read_report.skipped["query without a relevant document (nothing to learn from)"] == 1

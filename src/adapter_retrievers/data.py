@@ -272,8 +272,11 @@ class TrainingSet:
         unknown = [q for q in self.relevant if q not in self.queries]
         if unknown:
             raise DataFormatError(f"relevance judgements for unknown query ids: {unknown[:5]}")
-        # Queries without any positive document carry no training signal; keep only judged ones.
+        # Queries without any positive document carry no training signal: keep only judged ones, and
+        # count the others so nothing is dropped silently.
         self.relevant = {q: dict(docs) for q, docs in self.relevant.items() if docs}
+        for q in sorted((set(self.queries) | set(self.negatives)) - set(self.relevant)):
+            self.read_report.skip("query without a relevant document (nothing to learn from)", q)
         self.queries = {q: t for q, t in self.queries.items() if q in self.relevant}
         self.negatives = {q: set(d) - set(self.relevant[q]) for q, d in self.negatives.items() if q in self.relevant}
 

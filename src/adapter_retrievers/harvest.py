@@ -663,9 +663,6 @@ def harvest(
         seen = info.setdefault(qid, {"timestamp": timestamp, "session": session})
         if timestamp and (seen["timestamp"] is None or timestamp < seen["timestamp"]):
             seen["timestamp"], seen["session"] = timestamp, session
-    no_positive = [q for q in queries if not relevant.get(q)]
-    for q in no_positive:
-        read.skip("query with only negative signals (kept out: no positive to learn from)", q)
     ts = TrainingSet(queries, relevant, hard, name or f"harvest:{fmt}", read)
     report.queries, report.pairs = len(ts), ts.n_pairs
     report.negatives = sum(len(v) for v in ts.negatives.values())
