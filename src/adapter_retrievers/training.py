@@ -192,46 +192,39 @@ class AdapterTrainer:
         model_id = self.model_id or "unknown-model"
         started = time.perf_counter()
 
-        def validation_score(adapter: QueryAdapter) -> float:
+        def validation_scores(adapter: QueryAdapter) -> np.ndarray:
+            """Per-query selection metric on validation (kept: the significance gate reuses it)."""
             scores = score_vectors(adapter.transform(validation_vectors), validation, corpus, (cfg.selection_metric,))
-            return scores.mean()[cfg.selection_metric]
+            return scores.per_query[cfg.selection_metric]
 
         identity = QueryAdapter.identity(dim, model_id)
-        best_adapter, best_score, best_epoch = identity, validation_score(identity), 0
+        base_per_query = validation_scores(identity)
+        best_adapter, best_per_query, best_epoch = identity, base_per_query, 0
+        best_score = float(base_per_query.mean())
         history: list[dict[str, float]] = [{"epoch": 0, "train_loss": float("nan"), cfg.selection_metric: best_score}]
         if cfg.solver == "procrustes":
-            candidate = self._procrustes(train, train_vectors, corpus, model_id)
-            score = validation_score(candidate)
-            history.append({"epoch": 1, "train_loss": float("nan"), cfg.selection_metric: score})
-            if score > best_score:
-                best_adapter, best_score, best_epoch = candidate, score, 1
+            candidates = iter([(1, float("nan"), self._procrustes(train, train_vectors, corpus, model_id))])
         else:
-            for epoch, loss, candidate in self._train_epochs(train, train_vectors, corpus, model_id):
-                score = validation_score(candidate)
-                history.append({"epoch": epoch, "train_loss": loss, cfg.selection_metric: score})
-                if score > best_score + 1e-9:
-                    best_adapter, best_score, best_epoch = candidate, score, epoch
-                elif epoch - best_epoch >= cfg.patience:
-                    break
+            candidates = self._train_epochs(train, train_vectors, corpus, model_id)
+        for epoch, loss, candidate in candidates:
+            per_query = validation_scores(candidate)
+            score = float(per_query.mean())
+            history.append({"epoch": epoch, "train_loss": loss, cfg.selection_metric: score})
+            if score > best_score + 1e-9:
+                best_adapter, best_per_query, best_score, best_epoch = candidate, per_query, score, epoch
+            elif epoch - best_epoch >= cfg.patience:
+                break
         seconds = time.perf_counter() - started
-        report = compare(best_adapter, validation_vectors, validation, corpus, (cfg.selection_metric,))
         rejected = None
-        interval = report.intervals[cfg.selection_metric]
-        if cfg.require_significant_gain and not best_adapter.is_identity:
-            interval = paired_bootstrap(
-                report.baseline.per_query[cfg.selection_metric],
-                report.adapted.per_query[cfg.selection_metric],
-                confidence=cfg.significance,
-                seed=cfg.seed,
+        interval = paired_bootstrap(base_per_query, best_per_query, confidence=cfg.significance, seed=cfg.seed)
+        if cfg.require_significant_gain and not best_adapter.is_identity and interval[0] <= 0:
+            rejected = {"epoch": best_epoch, "score": best_score, "gain_interval": list(interval)}
+            logger.info(
+                "best epoch %d gains %s on validation: not significant, keeping the base model",
+                best_epoch,
+                interval,
             )
-            if interval[0] <= 0:
-                rejected = {"epoch": best_epoch, "score": best_score, "gain_interval": list(interval)}
-                logger.info(
-                    "best epoch %d gains %s on validation: not significant, keeping the base model",
-                    best_epoch,
-                    interval,
-                )
-                best_adapter, best_score, best_epoch = identity, history[0][cfg.selection_metric], 0
+            best_adapter, best_score, best_epoch = identity, history[0][cfg.selection_metric], 0
         best_adapter.metadata = {
             "training": asdict(cfg),
             "training_data": {
