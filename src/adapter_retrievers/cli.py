@@ -144,9 +144,10 @@ def capture(
     ids: set[str] = set()
     targets: set[str] = set()
     times: list[str] = []
-    n_docs = 0
+    n_docs = n_retrievals = 0
     for item in read_traces(logs, "ours", report):
         if isinstance(item, LoggedRetrieval):
+            n_retrievals += 1
             ids.update(filter(None, (item.retrieval_id, item.trace_id)))
             n_docs += len(item.documents)
             if item.session:
@@ -156,7 +157,6 @@ def capture(
         else:
             kinds[item.kind] += 1
             targets.add(item.target)
-    n_retrievals = report.rows_read - sum(kinds.values()) - report.n_skipped
     summary = {
         "records": report.rows_read,
         "retrievals": n_retrievals,

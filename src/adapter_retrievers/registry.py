@@ -109,6 +109,11 @@ def resolve_adapter(adapter: QueryAdapter | AdapterRegistry, key: str | None = N
     return adapter
 
 
+def adapt_query_vector(adapter: QueryAdapter | AdapterRegistry, key: str | None, vector: Any) -> list[float]:
+    """One framework query embedding (a list of floats) adapted for one request, as a list again."""
+    return resolve_adapter(adapter, key).transform(np.asarray(vector, dtype=np.float32)).tolist()
+
+
 def adapter_metadata(adapter: QueryAdapter | AdapterRegistry, key: str | None = None) -> dict[str, Any]:
     """What tracing (LangSmith, callbacks) should show about the adapter in use."""
     if isinstance(adapter, AdapterRegistry):

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
 
-import numpy as np
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
     BaseCallbackHandler,
@@ -35,13 +34,9 @@ from pydantic import ConfigDict, Field, model_validator
 
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
-from adapter_retrievers.registry import ADAPTER_KEY, AdapterRegistry, adapter_metadata, resolve_adapter
+from adapter_retrievers.registry import ADAPTER_KEY, AdapterRegistry, adapt_query_vector, adapter_metadata
 
 AdapterLike = QueryAdapter | AdapterRegistry
-
-
-def _adapt(adapter: AdapterLike, key: str | None, vector: list[float]) -> list[float]:
-    return resolve_adapter(adapter, key).transform(np.asarray(vector, dtype=np.float32)).tolist()
 
 
 class AdapterEmbeddings(Embeddings):
@@ -71,13 +66,13 @@ class AdapterEmbeddings(Embeddings):
         return self.base.embed_documents(texts)
 
     def embed_query(self, text: str) -> list[float]:
-        return _adapt(self.adapter, self.adapter_key, self.base.embed_query(text))
+        return adapt_query_vector(self.adapter, self.adapter_key, self.base.embed_query(text))
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         return await self.base.aembed_documents(texts)
 
     async def aembed_query(self, text: str) -> list[float]:
-        return _adapt(self.adapter, self.adapter_key, await self.base.aembed_query(text))
+        return adapt_query_vector(self.adapter, self.adapter_key, await self.base.aembed_query(text))
 
 
 class AdapterRetriever(BaseRetriever):
@@ -116,7 +111,7 @@ class AdapterRetriever(BaseRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         key = self._key(kwargs, run_manager)
-        vector = _adapt(self.adapter, key, self.embeddings.embed_query(query))
+        vector = adapt_query_vector(self.adapter, key, self.embeddings.embed_query(query))
         params = self._search_params(kwargs)
         if self.search_type == "mmr":
             return self.vectorstore.max_marginal_relevance_search_by_vector(vector, **params)
@@ -126,7 +121,7 @@ class AdapterRetriever(BaseRetriever):
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         key = self._key(kwargs, run_manager)
-        vector = _adapt(self.adapter, key, await self.embeddings.aembed_query(query))
+        vector = adapt_query_vector(self.adapter, key, await self.embeddings.aembed_query(query))
         params = self._search_params(kwargs)
         if self.search_type == "mmr":
             return await self.vectorstore.amax_marginal_relevance_search_by_vector(vector, **params)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -27,11 +26,7 @@ from pydantic import Field
 
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
-from adapter_retrievers.registry import AdapterRegistry, adapter_metadata, resolve_adapter
-
-
-def _adapt(adapter: Any, key: str | None, vector: Embedding) -> Embedding:
-    return resolve_adapter(adapter, key).transform(np.asarray(vector, dtype=np.float32)).tolist()
+from adapter_retrievers.registry import AdapterRegistry, adapt_query_vector, adapter_metadata
 
 
 class AdapterEmbedding(BaseEmbedding):
@@ -64,10 +59,12 @@ class AdapterEmbedding(BaseEmbedding):
         return {**super().to_payload(), **adapter_metadata(self.adapter, self.adapter_key)}
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return _adapt(self.adapter, self.adapter_key, self.base_embed_model.get_query_embedding(query))
+        return adapt_query_vector(self.adapter, self.adapter_key, self.base_embed_model.get_query_embedding(query))
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return _adapt(self.adapter, self.adapter_key, await self.base_embed_model.aget_query_embedding(query))
+        return adapt_query_vector(
+            self.adapter, self.adapter_key, await self.base_embed_model.aget_query_embedding(query)
+        )
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self.base_embed_model.get_text_embedding(text)
@@ -107,7 +104,7 @@ class AdapterVectorRetriever(BaseRetriever):
         return QueryBundle(
             query_str=query_bundle.query_str,
             custom_embedding_strs=query_bundle.custom_embedding_strs,
-            embedding=_adapt(self._adapter, self._adapter_key, vector),
+            embedding=adapt_query_vector(self._adapter, self._adapter_key, vector),
         )
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
