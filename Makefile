@@ -18,8 +18,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/adapter-retrievers demo --output demo-output $(PROGRESS)
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts cookbook/run_all.py
+	$(BIN)/ruff check adapter_retrievers tests benchmarks scripts cookbook/run_all.py
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts cookbook/run_all.py
+	$(BIN)/ruff check adapter_retrievers tests benchmarks scripts cookbook/run_all.py

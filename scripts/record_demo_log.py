@@ -2,7 +2,7 @@
 
 Questions from the bundled XQuAD-es set arrive in a random (seeded) order, the chain retrieves the top
 3 paragraphs, and each user clicks the paragraph that answered them. The log is written gzipped to
-``src/adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz``. Run once; the demo only reads it.
+``adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz``. Run once; the demo only reads it.
 
     HF_HUB_OFFLINE=1 python scripts/record_demo_log.py
 """

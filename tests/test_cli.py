@@ -143,7 +143,8 @@ def test_help_example_runs_as_printed(tmp_path, monkeypatch, command):
     argv = shlex.split(example)
     assert argv[0] == "adapter-retrievers" and argv[1] == command
     root = Path(__file__).resolve().parent.parent
-    (tmp_path / "src").symlink_to(root / "src")  # same relative paths, outputs land in tmp_path
+    # same relative paths, outputs land in tmp_path
+    (tmp_path / "adapter_retrievers").symlink_to(root / "adapter_retrievers")
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, argv[1:])
     assert result.exit_code == 0, result.output

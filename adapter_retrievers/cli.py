@@ -131,7 +131,7 @@ def capture(
 ) -> None:
     """Inspect a capture log: retrievals, signals by kind, sessions, time range, bad lines.
 
-    Example: adapter-retrievers capture src/adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz
+    Example: adapter-retrievers capture adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz
     """
     from collections import Counter
 
@@ -191,7 +191,7 @@ def harvest(
 ) -> None:
     """Turn exported traces and feedback into training pairs, with a summary of what was skipped and why.
 
-    Example: adapter-retrievers harvest src/adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz --corpus src/adapter_retrievers/datasets/xquad_es -o pairs.jsonl --held-out held-out.jsonl
+    Example: adapter-retrievers harvest adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz --corpus adapter_retrievers/datasets/xquad_es -o pairs.jsonl --held-out held-out.jsonl
     """
     from adapter_retrievers.data import Corpus
     from adapter_retrievers.harvest import SignalPolicy
@@ -258,7 +258,7 @@ def synth(
 ) -> None:
     """Generate synthetic queries for documents with an LLM (for corpora without logs).
 
-    Example: adapter-retrievers synth --corpus src/adapter_retrievers/datasets/xquad_es -o synth.jsonl --llm extractive --max-chunks 20
+    Example: adapter-retrievers synth --corpus adapter_retrievers/datasets/xquad_es -o synth.jsonl --llm extractive --max-chunks 20
 
     With a provider: --llm openai:gpt-4o-mini (needs langchain-openai and OPENAI_API_KEY).
     """
