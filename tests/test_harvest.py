@@ -427,3 +427,49 @@ def test_unknown_format(tmp_path, corpus):
     (tmp_path / "x.jsonl").write_text("{}\n")
     with pytest.raises(ValueError, match="unknown trace format"):
         harvest(tmp_path / "x.jsonl", corpus, fmt="splunk")
+
+
+def test_merged_duplicates_are_counted(tmp_path, corpus):
+    """The same question clicked to the same document twice is one pair, and the report says so."""
+    log = RetrievalLog(tmp_path / "log.jsonl")
+    docs = [{"id": "d1", "content": TEXTS["d1"]}, {"id": "d2", "content": TEXTS["d2"]}]
+    for _ in range(2):
+        log.add_click(log.log_retrieval("Same  question", docs), "d1")
+    log.add_click(log.log_retrieval("same question", docs), "d2")  # same question, another document
+    rid = log.log_retrieval("other question", docs)
+    log.add_click(rid, "d1")
+    log.add_label(rid, "d1", relevance=1.0)  # a second signal for a pair already recorded
+    result = harvest(tmp_path / "log.jsonl", corpus)
+    assert result.report.signals == 5 and result.report.pairs == 3
+    merged = result.report.merged.skipped
+    assert merged["same question and document in another retrieval (one pair kept)"] == 1
+    assert merged["signal for a pair already recorded (merged)"] == 1
+    assert "merged 2:" in str(result.report)
+
+
+def test_other_span_and_run_kinds_are_counted(tmp_path, corpus):
+    """Non-retriever records are counted under their own reason, never dropped silently."""
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text(json.dumps({"id": "r1", "run_type": "llm", "inputs": {}, "outputs": {}}) + "\n")
+    result = harvest(runs, corpus, fmt="langsmith")
+    assert result.report.skipped.skipped["run that is not a retriever run"] == 1
+    spans = tmp_path / "spans.jsonl"
+    span = {"context": {"span_id": "ab"}, "attributes": {"openinference.span.kind": "LLM"}}
+    spans.write_text(json.dumps(span) + "\n")
+    result = harvest(spans, corpus, fmt="openinference")
+    assert result.report.skipped.skipped["span that is not a RETRIEVER span"] == 1
+    observations = tmp_path / "observations.jsonl"
+    observations.write_text(json.dumps({"id": "o1", "type": "GENERATION", "traceId": "t"}) + "\n")
+    result = harvest(observations, corpus, fmt="langfuse")
+    assert result.report.skipped.skipped["observation that is not a RETRIEVER"] == 1
+
+
+def test_one_reader_module_per_format():
+    import importlib
+
+    from adapter_retrievers.harvest import FORMATS, READERS
+
+    for fmt in FORMATS:
+        module = importlib.import_module(f"adapter_retrievers.harvest.{fmt}")
+        assert fmt == module.FORMAT and READERS[fmt].__module__ == module.__name__
+        assert module.__doc__ and "format=" in module.__doc__

@@ -1,0 +1,78 @@
+"""What a harvest returns: the training set, counts of everything read and skipped, and time/session splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from adapter_retrievers.data import ReadReport, TrainingSet
+
+
+@dataclass
+class HarvestReport:
+    """Counts of what a harvest read, produced and skipped (with reasons and example locations).
+
+    ``merged`` counts what was folded into an existing pair rather than dropped: a query asked again
+    (several retrievals, one training query) and a document confirmed again by another signal.
+    """
+
+    records_read: int = 0
+    retrievals: int = 0
+    signals: int = 0
+    pairs: int = 0
+    negatives: int = 0
+    queries: int = 0
+    skipped: ReadReport = field(default_factory=ReadReport)
+    merged: ReadReport = field(default_factory=ReadReport)
+
+    def __str__(self) -> str:
+        lines = [
+            f"read {self.records_read} records: {self.retrievals} retrievals, {self.signals} signals",
+            f"produced {self.pairs} positive pairs and {self.negatives} hard negatives over {self.queries} queries",
+        ]
+        for title, counts in (("merged", self.merged), ("skipped", self.skipped)):
+            if counts.n_skipped:
+                lines.append(f"{title} {counts.n_skipped}:")
+                for reason, count in counts.skipped.most_common():
+                    lines.append(f"  {count} x {reason} (e.g. {', '.join(counts.examples.get(reason, []))})")
+        return "\n".join(lines)
+
+
+@dataclass
+class HarvestResult:
+    training_set: TrainingSet
+    report: HarvestReport
+    query_info: dict[str, dict[str, Any]]  # query id -> {"timestamp": first seen, "session": ...}
+
+    def split(self, by: Literal["time", "session"] = "time", fraction: float = 0.2) -> tuple[TrainingSet, TrainingSet]:
+        """Hold out the newest queries (``time``) or whole sessions (``session``): held-out queries are new."""
+        ids = self.training_set.query_ids
+        if len(ids) < 2:
+            raise ValueError("need at least 2 harvested queries to split")
+
+        def timestamp(q: str) -> str:
+            return self.query_info.get(q, {}).get("timestamp") or ""
+
+        def session(q: str) -> str:
+            return str(self.query_info.get(q, {}).get("session"))
+
+        if by == "time":
+            ordered = sorted(ids, key=lambda q: (timestamp(q), q))
+            n_held = max(1, round(len(ordered) * fraction))
+            held = set(ordered[-n_held:])
+        elif by == "session":
+            sessions = sorted({session(q) for q in ids})
+            if len(sessions) < 2:
+                raise ValueError("all harvested queries come from one session: split by time instead")
+            first_seen = {s: min(timestamp(q) for q in ids if session(q) == s) for s in sessions}
+            sessions.sort(key=lambda s: first_seen[s])
+            n_held = max(1, round(len(sessions) * fraction))
+            held_sessions = set(sessions[-n_held:])
+            held = {q for q in ids if session(q) in held_sessions}
+        else:
+            raise ValueError(f"split by 'time' or 'session', got {by!r}")
+        ts = self.training_set
+        return (
+            ts.subset([q for q in ids if q not in held], f"{ts.name} (train)"),
+            ts.subset([q for q in ids if q in held], f"{ts.name} (held out, newest by {by})"),
+        )
