@@ -330,16 +330,90 @@ class TrainingSet:
             name or self.name,
         )
 
-    def split(self, fraction: float, seed: int = 0) -> tuple[TrainingSet, TrainingSet]:
-        """Split by query (no query on both sides): returns ``(rest, held_out)``."""
+    @property
+    def documents(self) -> set[str]:
+        """Ids of every document judged relevant to some query (an adapter's "seen" documents)."""
+        return {d for docs in self.relevant.values() for d in docs}
+
+    @property
+    def documents_fingerprint(self) -> str:
+        """Stable hash of :attr:`documents`: recorded in adapter files so "seen" can be checked later."""
+        return documents_fingerprint(self.documents)
+
+    def document_groups(self) -> list[list[str]]:
+        """Queries grouped so that no relevant document is shared between two groups.
+
+        Two queries land in one group when they share a relevant document (transitively): holding out
+        whole groups leaves no held-out relevant document among the training positives.
+        """
+        parent = {q: q for q in self.queries}
+
+        def root(q: str) -> str:
+            while parent[q] != q:
+                parent[q] = parent[parent[q]]
+                q = parent[q]
+            return q
+
+        owner: dict[str, str] = {}
+        for query_id in sorted(self.queries):
+            for doc_id in self.relevant[query_id]:
+                if doc_id in owner:
+                    a, b = root(owner[doc_id]), root(query_id)
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+                else:
+                    owner[doc_id] = query_id
+        groups: dict[str, list[str]] = {}
+        for query_id in sorted(self.queries):
+            groups.setdefault(root(query_id), []).append(query_id)
+        return sorted(groups.values())
+
+    def split(
+        self, fraction: float, seed: int = 0, by: Literal["query", "document"] = "query"
+    ) -> tuple[TrainingSet, TrainingSet]:
+        """Hold out about ``fraction`` of the queries: returns ``(rest, held_out)``.
+
+        ``by="query"``: random queries (their documents may also have training queries: "seen").
+        ``by="document"``: whole :meth:`document_groups`, so no relevant document of a held-out query
+        is a training positive: the held-out queries measure what carries over to new documents.
+        """
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-        ids = sorted(self.queries)
-        random.Random(seed).shuffle(ids)
-        n_held = max(1, round(len(ids) * fraction))
-        if n_held >= len(ids):
-            raise ValueError(f"cannot split {len(ids)} queries with fraction {fraction}: need at least 2 queries")
-        return self.subset(ids[n_held:], f"{self.name} (train)"), self.subset(ids[:n_held], f"{self.name} (held out)")
+        if by not in ("query", "document"):
+            raise ValueError(f"split by 'query' or 'document', got {by!r}")
+        groups = self.document_groups() if by == "document" else [[q] for q in sorted(self.queries)]
+        if len(groups) < 2:
+            raise ValueError(
+                f"cannot split {len(self.queries)} queries in {len(groups)} group(s) by {by}: need at least 2 queries"
+            )
+        random.Random(seed).shuffle(groups)
+        target = max(1, round(len(self.queries) * fraction))
+        held: list[str] = []
+        for group in groups[:-1]:  # the last group always stays in training
+            if len(held) >= target:
+                break
+            held += group
+        kept = set(held)
+        rest = [q for g in groups for q in g if q not in kept]
+        suffix = "held out" if by == "query" else "held out by document"
+        return self.subset(rest, f"{self.name} (train)"), self.subset(held, f"{self.name} ({suffix})")
+
+    def folds(self, k: int, seed: int = 0, by: Literal["query", "document"] = "document") -> list[TrainingSet]:
+        """``k`` disjoint parts of the queries (whole :meth:`document_groups` with ``by="document"``), sizes balanced.
+
+        For k-fold cross-validation on small data: each part is validation once, the rest trains.
+        """
+        if by not in ("query", "document"):
+            raise ValueError(f"split by 'query' or 'document', got {by!r}")
+        groups = self.document_groups() if by == "document" else [[q] for q in sorted(self.queries)]
+        if k < 2 or len(groups) < k:
+            raise ValueError(f"cannot make {k} folds from {len(groups)} group(s) of queries (by {by})")
+        random.Random(seed).shuffle(groups)
+        groups.sort(key=len, reverse=True)  # biggest first, each to the smallest fold: balanced sizes
+        parts: list[list[str]] = [[] for _ in range(k)]
+        for group in groups:
+            min(parts, key=len).extend(group)
+        return [self.subset(sorted(p), f"{self.name} (fold {i + 1}/{k})") for i, p in enumerate(parts)]
 
     def sample_pairs(self, n_pairs: int, seed: int = 0) -> TrainingSet:
         """A random subset of about ``n_pairs`` pairs, taken whole query by whole query."""
@@ -474,6 +548,14 @@ class TrainingSet:
             rows += [f"{query_id}\t{d}\t{_grade_text(g)}" for d, g in docs.items()]
             rows += [f"{query_id}\t{d}\t0" for d in sorted(self.negatives.get(query_id, ()))]
         atomic_write_text(folder / "qrels" / f"{split}.tsv", "\n".join(rows) + "\n")
+
+
+def documents_fingerprint(doc_ids: Iterable[str]) -> str:
+    """Order-independent hash of a set of document ids."""
+    digest = hashlib.sha256()
+    for doc_id in sorted(set(doc_ids)):
+        digest.update(doc_id.encode() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _grade_text(grade: float) -> str:

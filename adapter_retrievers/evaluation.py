@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,9 +130,28 @@ def paired_bootstrap(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+GROUPS = ("seen", "new")
+GROUP_LABELS = {None: "all queries", "seen": "seen documents", "new": "new documents"}
+
+
+def document_groups(queries: TrainingSet, seen_documents: Collection[str]) -> dict[str, str]:
+    """``query_id -> "seen" | "new"``: seen when any of the query's relevant documents is in ``seen_documents``.
+
+    An adapter gains in two ways: it learns which documents past queries wanted (only helps queries
+    about those documents) and how this application's users ask (carries over to new documents).
+    Splitting held-out queries this way shows which of the two a gain is made of.
+    """
+    seen = set(seen_documents)
+    return {q: "seen" if any(d in seen for d in queries.relevant[q]) else "new" for q in queries.query_ids}
+
+
 @dataclass
 class Comparison:
-    """Base model vs adapted on the same queries, with what they were measured on."""
+    """Base model vs adapted on the same queries, with what they were measured on.
+
+    With ``groups`` (from ``compare(..., seen_documents=...)``) every figure is also given for the
+    held-out queries about documents seen in training and for those about new documents.
+    """
 
     baseline: RetrievalScores
     adapted: RetrievalScores
@@ -142,20 +161,78 @@ class Comparison:
     adapter_kind: str = "adapter"
     confidence: float = 0.95
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    groups: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.intervals:
-            self.intervals = {
-                m: paired_bootstrap(self.baseline.per_query[m], self.adapted.per_query[m], confidence=self.confidence)
-                for m in self.baseline.per_query
-            }
+            self.intervals = {m: self.interval(m) for m in self.baseline.per_query}
+        if self.groups is not None:
+            missing = [q for q in self.baseline.query_ids if q not in self.groups]
+            if missing:
+                raise ValueError(f"groups name no group for queries {missing[:5]}")
+            unknown = set(self.groups.values()) - set(GROUPS)
+            if unknown:
+                raise ValueError(f"unknown groups {sorted(unknown)}; use {GROUPS}")
 
     @property
     def n_queries(self) -> int:
         return len(self.baseline.query_ids)
 
-    def gain(self, metric: str = "ndcg@10") -> float:
-        return self.adapted.mean()[metric] - self.baseline.mean()[metric]
+    @property
+    def has_groups(self) -> bool:
+        return self.groups is not None
+
+    def _mask(self, group: str | None) -> np.ndarray:
+        if group is None:
+            return np.ones(self.n_queries, dtype=bool)
+        if group not in GROUPS:
+            raise ValueError(f"group must be None, 'seen' or 'new', got {group!r}")
+        if self.groups is None:
+            raise ValueError("this comparison has no seen/new groups: pass seen_documents to compare()")
+        return np.array([self.groups[q] == group for q in self.baseline.query_ids], dtype=bool)
+
+    def n_queries_in(self, group: str | None = None) -> int:
+        """Number of queries in ``group`` (None: all)."""
+        return int(self._mask(group).sum())
+
+    def means(self, metric: str = "ndcg@10", group: str | None = None) -> tuple[float, float]:
+        """``(base, adapted)`` mean of ``metric`` over the queries in ``group`` (nan when it is empty)."""
+        mask = self._mask(group)
+        if not mask.any():
+            return float("nan"), float("nan")
+        return float(self.baseline.per_query[metric][mask].mean()), float(self.adapted.per_query[metric][mask].mean())
+
+    def gain(self, metric: str = "ndcg@10", group: str | None = None) -> float:
+        """Adapted minus base mean of ``metric`` on ``group`` (None: all queries; nan when the group is empty)."""
+        base, adapted = self.means(metric, group)
+        return adapted - base
+
+    def interval(self, metric: str = "ndcg@10", group: str | None = None) -> tuple[float, float]:
+        """Paired-bootstrap ``confidence`` interval of the gain on ``group``."""
+        if group is None and metric in self.intervals:
+            return self.intervals[metric]
+        mask = self._mask(group)
+        return paired_bootstrap(
+            self.baseline.per_query[metric][mask], self.adapted.per_query[metric][mask], confidence=self.confidence
+        )
+
+    def group_table(self, metric: str = "ndcg@10") -> str:
+        """One row each for all, seen-document and new-document queries: count, base, adapted, gain, CI."""
+        pct = int(self.confidence * 100)
+        header = f"{metric + ' on':<16} {'queries':>7} {'base':>8} {self.adapter_kind[:10]:>10} {'gain':>8}   {pct}% CI"
+        lines = [header, "-" * len(header)]
+        for group in (None, *GROUPS):
+            n = self.n_queries_in(group)
+            if n == 0:
+                lines.append(f"{GROUP_LABELS[group]:<16} {0:>7} {'-':>8} {'-':>10} {'-':>8}")
+                continue
+            base, adapted = self.means(metric, group)
+            lo, hi = self.interval(metric, group)
+            lines.append(
+                f"{GROUP_LABELS[group]:<16} {n:>7} {base:>8.4f} {adapted:>10.4f} {adapted - base:>+8.4f}"
+                f"   [{lo:+.4f}, {hi:+.4f}]"
+            )
+        return "\n".join(lines)
 
     def table(self) -> str:
         base, adapted = self.baseline.mean(), self.adapted.mean()
@@ -167,16 +244,38 @@ class Comparison:
             lines.append(
                 f"{m:<12} {base[m]:>8.4f} {adapted[m]:>10.4f} {adapted[m] - base[m]:>+8.4f}   [{lo:+.4f}, {hi:+.4f}]"
             )
+        if self.groups is not None:
+            metric = "ndcg@10" if "ndcg@10" in base else next(iter(base))
+            lines += ["", self.group_table(metric)]
         return "\n".join(lines)
 
     def __str__(self) -> str:
+        groups = ""
+        if self.groups is not None:
+            groups = (
+                f" ({self.n_queries_in('seen')} about documents seen in training, "
+                f"{self.n_queries_in('new')} about new documents)"
+            )
         return (
-            f"{self.dataset}: {self.n_queries} queries against {self.n_documents} documents, "
+            f"{self.dataset}: {self.n_queries} queries{groups} against {self.n_documents} documents, "
             f"base model {self.model}\n{self.table()}"
         )
 
+    def group_summary(self) -> dict[str, dict[str, Any]]:
+        """Per group (``all``, ``seen``, ``new``): count, base, adapted and gain CI of every metric."""
+        out: dict[str, dict[str, Any]] = {}
+        for group in (None, *GROUPS):
+            n = self.n_queries_in(group)
+            entry: dict[str, Any] = {"n_queries": n}
+            if n:
+                entry["baseline"] = {m: self.means(m, group)[0] for m in self.baseline.per_query}
+                entry["adapted"] = {m: self.means(m, group)[1] for m in self.baseline.per_query}
+                entry["gain_intervals"] = {m: list(self.interval(m, group)) for m in self.baseline.per_query}
+            out[group or "all"] = entry
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "dataset": self.dataset,
             "model": self.model,
             "n_queries": self.n_queries,
@@ -186,14 +285,18 @@ class Comparison:
             "adapted": self.adapted.mean(),
             "confidence": self.confidence,
             "gain_intervals": {m: list(v) for m, v in self.intervals.items()},
-            "per_query": {
-                q: {
-                    "baseline": {m: float(v[i]) for m, v in self.baseline.per_query.items()},
-                    "adapted": {m: float(v[i]) for m, v in self.adapted.per_query.items()},
-                }
-                for i, q in enumerate(self.baseline.query_ids)
-            },
         }
+        if self.groups is not None:
+            out["groups"] = self.group_summary()
+        out["per_query"] = {
+            q: {
+                "baseline": {m: float(v[i]) for m, v in self.baseline.per_query.items()},
+                "adapted": {m: float(v[i]) for m, v in self.adapted.per_query.items()},
+                **({"group": self.groups[q]} if self.groups is not None else {}),
+            }
+            for i, q in enumerate(self.baseline.query_ids)
+        }
+        return out
 
     def save_json(self, path: os.PathLike | str) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
@@ -205,8 +308,13 @@ def compare(
     queries: TrainingSet,
     corpus: Corpus,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    seen_documents: Collection[str] | None = None,
 ) -> Comparison:
-    """Score the base query vectors and the adapted ones on the same queries and corpus."""
+    """Score the base query vectors and the adapted ones on the same queries and corpus.
+
+    ``seen_documents`` (e.g. ``TrainingResult.training_documents``, the training positives) splits the
+    report into queries about documents seen in training and queries about new documents.
+    """
     cosine = bool(getattr(adapter, "normalize", True))
     baseline = score_vectors(query_vectors, queries, corpus, metrics, cosine=cosine)
     adapted = score_vectors(adapter.transform(query_vectors), queries, corpus, metrics, cosine=cosine)
@@ -217,17 +325,26 @@ def compare(
         getattr(adapter, "base_model", "?"),
         len(corpus),
         getattr(adapter, "kind", "adapter"),
+        groups=None if seen_documents is None else document_groups(queries, seen_documents),
     )
 
 
 def evaluate_adapter(
-    adapter: Any, queries: TrainingSet, corpus: Corpus, encoder: Any, metrics: Sequence[str] = DEFAULT_METRICS
+    adapter: Any,
+    queries: TrainingSet,
+    corpus: Corpus,
+    encoder: Any,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    seen_documents: Collection[str] | None = None,
 ) -> Comparison:
-    """Embed ``queries`` (and the corpus if needed) with ``encoder`` and compare base vs adapted."""
+    """Embed ``queries`` (and the corpus if needed) with ``encoder`` and compare base vs adapted.
+
+    ``seen_documents`` as in :func:`compare`.
+    """
     from adapter_retrievers.encoders import as_encoder
 
     enc = as_encoder(encoder)
     if corpus.embeddings is None:
         corpus = corpus.with_embeddings(enc.embed_documents(corpus.texts))
     vectors = enc.embed_queries([queries.queries[q] for q in queries.query_ids])
-    return compare(adapter, vectors, queries, corpus, metrics)
+    return compare(adapter, vectors, queries, corpus, metrics, seen_documents)

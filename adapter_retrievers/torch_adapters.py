@@ -13,9 +13,11 @@ class TorchAdapter(nn.Module):
     """Trainable form of a :class:`QueryAdapter`; :meth:`export` gives the numpy adapter back.
 
     The orthogonal kind is trained as ``R = exp(A − Aᵀ) R₀`` (a rotation for any A; A starts at 0).
+    ``train_bias=False`` keeps the bias terms at their start (zero): a bias moves every query the same
+    way, towards where the popular training documents are, which is no use to queries about new ones.
     """
 
-    def __init__(self, adapter: QueryAdapter) -> None:
+    def __init__(self, adapter: QueryAdapter, train_bias: bool = True) -> None:
         super().__init__()
         self.template = adapter
         self.kind = adapter.kind
@@ -24,7 +26,25 @@ class TorchAdapter(nn.Module):
             self.skew = nn.Parameter(torch.zeros(adapter.dimension, adapter.dimension))
             self.weights = nn.ParameterDict()
         else:
-            self.weights = nn.ParameterDict({k: nn.Parameter(torch.tensor(v)) for k, v in adapter.params.items()})
+            self.weights = nn.ParameterDict(
+                {
+                    k: nn.Parameter(torch.tensor(v), requires_grad=train_bias or k not in ("bias", "b2"))
+                    for k, v in adapter.params.items()
+                }
+            )
+        self.start = {k: torch.tensor(v) for k, v in adapter.params.items()}
+
+    def distance_from_start(self) -> torch.Tensor:
+        """Squared size of the change from the start (the identity): the pull-toward-identity penalty."""
+        w = self.weights
+        if self.kind == "orthogonal":
+            return (self.skew**2).sum()
+        if self.kind == "low_rank":  # the change is V Uᵀ, whose squared norm is trace(VᵀV UᵀU)
+            change = ((w["down"].T @ w["down"]) * (w["up"].T @ w["up"])).sum()
+            return change + (w["bias"] ** 2).sum()
+        if self.kind == "residual_mlp":  # the output layer is what moves the adapter off the identity
+            return (w["w2"] ** 2).sum() + (w["b2"] ** 2).sum()
+        return sum(((v - self.start[k].to(v.device)) ** 2).sum() for k, v in w.items())
 
     def rotation(self) -> torch.Tensor:
         return torch.linalg.matrix_exp(self.skew - self.skew.T) @ self.start_rotation
@@ -84,3 +104,18 @@ def pair_loss(
         neg_error = ((scores + 1.0) ** 2 * negative_mask).sum(dim=1)
         return (((positive - 1.0) ** 2 + neg_error) / (1 + n_neg)).mean()
     raise ValueError(f"unknown loss {name!r}")
+
+
+def consistency_loss(
+    adapted: torch.Tensor, original: torch.Tensor, documents: torch.Tensor, temperature: float = 0.05
+) -> torch.Tensor:
+    """KL divergence from the base model's score distribution over ``documents`` to the adapted one.
+
+    ``original`` are pseudo-queries (corpus documents, which cost no extra embedding) and ``adapted``
+    their adapted form: the adapter is kept from re-ranking the corpus for inputs that carry no label,
+    so it cannot pull every query toward the popular training documents.
+    """
+    with torch.no_grad():
+        target = F.log_softmax(original @ documents.T / temperature, dim=-1)
+    current = F.log_softmax(adapted @ documents.T / temperature, dim=-1)
+    return F.kl_div(current, target, log_target=True, reduction="batchmean")

@@ -1,10 +1,13 @@
 """The trainer: fits a query-only adapter on (query, relevant document) pairs, with torch.
 
 Embeddings are computed once (documents are read from the corpus when it already has vectors), so
-training never calls the embedding model again. The queries are split by query into train and
-validation; after every epoch the adapter is scored by nDCG@10 on validation against the whole
-corpus, training stops when it stops improving, and the identity (no adapter) is kept as a candidate:
-the returned adapter is never worse than the base model on validation.
+training never calls the embedding model again. Validation queries are held out (by
+document, by query, or both: ``validation_split``); after every epoch the adapter is scored by nDCG@10
+on validation against the whole corpus, training stops when it stops improving, and the identity (no
+adapter) is kept as a candidate: the returned adapter is never worse than the base model on validation,
+and, where validation has queries about documents no training query had ("new" documents), never
+worse on those either. Small training sets use k-fold cross-validation (folds grouped by document)
+instead of one small validation split, then refit on all pairs.
 """
 
 from __future__ import annotations
@@ -21,12 +24,23 @@ import numpy as np
 
 from adapter_retrievers.adapters import OrthogonalAdapter, QueryAdapter
 from adapter_retrievers.data import Corpus, TrainingSet, check_vectors
-from adapter_retrievers.evaluation import Comparison, compare, normalize_rows, paired_bootstrap, score_vectors
+from adapter_retrievers.evaluation import (
+    Comparison,
+    RetrievalScores,
+    compare,
+    document_groups,
+    normalize_rows,
+    paired_bootstrap,
+    score_vectors,
+)
 
 logger = logging.getLogger(__name__)
 
 Loss = Literal["infonce", "triplet", "mse_cosine"]
 LOSSES = ("infonce", "triplet", "mse_cosine")
+ValidationSplit = Literal["document", "query", "both"]
+VALIDATION_SPLITS = ("document", "query", "both")
+BLENDABLE = ("linear", "low_rank", "residual_mlp")
 
 
 @dataclass
@@ -40,6 +54,19 @@ class TrainingConfig:
     ``require_significant_gain``: keep the best epoch only if its validation gain over the base model
     is above zero at the ``significance`` level (paired bootstrap over validation queries); otherwise
     return the identity. A gain that validation cannot tell from noise is not worth shipping.
+    ``validation_split``: how validation queries are held out when none are given: ``"document"``
+    (whole groups of queries that share relevant documents: every validation query is about a "new"
+    document), ``"query"`` (random queries: mostly "seen" documents), or ``"both"`` (half of
+    ``validation_fraction`` each). Whenever validation has queries about new documents, a candidate is
+    only selected (and kept by the gate) if it is not below the base model on them.
+    ``cv_below_queries``/``cv_folds``: with fewer training queries than this, select and gate with
+    ``cv_folds``-fold cross-validation grouped by document, then refit on all pairs.
+    ``bias``: train the bias term (linear, low_rank, residual_mlp). ``identity_weight``: L2 pull of the
+    parameters toward the identity. ``consistency_weight``: keep the base model's rankings for corpus
+    documents used as pseudo-queries (``consistency_batch`` per step; KL between base and adapted
+    score distributions), so the adapter cannot warp the space toward popular training documents.
+    ``blend``: also try ``alpha * adapter + (1 - alpha) * identity`` for each alpha (linear kinds) on
+    validation and keep the best.
     """
 
     kind: str = "linear"
@@ -61,6 +88,14 @@ class TrainingConfig:
     selection_metric: str = "ndcg@10"
     require_significant_gain: bool = True
     significance: float = 0.9
+    validation_split: ValidationSplit = "query"
+    cv_below_queries: int = 0
+    cv_folds: int = 5
+    bias: bool = True
+    identity_weight: float = 0.0
+    consistency_weight: float = 0.0
+    consistency_batch: int = 64
+    blend: tuple[float, ...] = (1.0,)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,6 +113,18 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.validation_split not in VALIDATION_SPLITS:
+            raise ValueError(f"validation_split must be one of {VALIDATION_SPLITS}, got {self.validation_split!r}")
+        if self.cv_below_queries and self.cv_folds < 2:
+            raise ValueError("cv_folds must be >= 2")
+        for name in ("identity_weight", "consistency_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        self.blend = tuple(float(a) for a in self.blend)
+        if not self.blend or any(not 0.0 < a <= 1.0 for a in self.blend):
+            raise ValueError(f"blend factors must be in (0, 1], got {self.blend}")
+        if self.blend != (1.0,) and self.kind not in BLENDABLE:
+            raise ValueError(f"blend applies to kinds {BLENDABLE}, not {self.kind!r}")
 
 
 @dataclass
@@ -92,11 +139,29 @@ class TrainingResult:
     n_train_queries: int
     n_validation_queries: int
     config: TrainingConfig = field(repr=False, default_factory=TrainingConfig)
+    training_documents: set[str] = field(repr=False, default_factory=set)
+    decision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def improved(self) -> bool:
         """False when no epoch beat the base model on validation (the adapter is then the identity)."""
         return not self.adapter.is_identity
+
+    def describe_decision(self) -> str:
+        """One line: which validation decided, by how much, and whether the adapter was kept."""
+        d = self.decision
+        if not d:
+            return ""
+        lo, hi = d["gain_interval"]
+        line = (
+            f"{'kept' if d['kept'] else 'kept the base model'}: {d['split']} ({d['n_queries']} queries) "
+            f"{d['metric']} gain {d['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}] at {d['significance']:.0%}"
+        )
+        if d.get("n_new"):
+            line += f"; on {d['n_new']} queries about new documents {d['new_gain']:+.4f}"
+        if d.get("reason"):
+            line += f" ({d['reason']})"
+        return line
 
     def plot_history(self, path: os.PathLike | str) -> None:
         """PNG of training loss and validation metric per epoch."""
@@ -140,48 +205,84 @@ class AdapterTrainer:
     # ------------------------------------------------------------------------------------ API
 
     def fit(self, train: TrainingSet, corpus: Corpus, validation: TrainingSet | None = None) -> TrainingResult:
-        """Embed what is needed (once), split off validation queries unless given, train, select."""
+        """Embed what is needed (once), hold out validation queries unless given, train, select.
+
+        Without ``validation``: below ``cv_below_queries`` training queries, k-fold cross-validation
+        grouped by document; otherwise a split by ``validation_split``.
+        """
         if len(train) == 0:
             raise ValueError("the training set is empty: it needs at least 2 queries with a relevant document")
         train = train.check_against(corpus)
         fingerprint = train.fingerprint if validation is None else f"{train.fingerprint}+{validation.fingerprint}"
-        if validation is None:
-            if len(train) < 2:
-                raise ValueError("need at least 2 training queries to hold some out for validation")
-            source = train.name
-            train, validation = train.split(self.config.validation_fraction, seed=self.config.seed)
-            train.name, validation.name = source, f"{source}, validation split"
-        else:
-            validation = validation.check_against(corpus)
-            overlap = set(train.queries) & set(validation.queries)
-            if overlap:
-                raise ValueError(f"{len(overlap)} queries are in both train and validation, e.g. {sorted(overlap)[:3]}")
+        if validation is not None:
+            _check_disjoint(train, validation)
         if self.encoder is None:
             raise ValueError("fit() needs an encoder to embed queries; use fit_vectors() with precomputed vectors")
         if corpus.embeddings is None:
             corpus = corpus.with_embeddings(self.encoder.embed_documents(corpus.texts))
         train_vectors = self.encoder.embed_queries([train.queries[q] for q in train.query_ids])
+        if validation is None:
+            return self.fit_vectors(train, train_vectors, None, None, corpus, data_fingerprint=fingerprint)
+        validation = validation.check_against(corpus)
         val_vectors = self.encoder.embed_queries([validation.queries[q] for q in validation.query_ids])
         return self.fit_vectors(train, train_vectors, validation, val_vectors, corpus, data_fingerprint=fingerprint)
+
+    def validation_split(self, train: TrainingSet) -> tuple[TrainingSet, TrainingSet]:
+        """``(train, validation)`` as :meth:`fit` holds them out (``validation_split``, ``validation_fraction``)."""
+        cfg = self.config
+        source = train.name
+        if cfg.validation_split == "both":
+            half = cfg.validation_fraction / 2
+            rest, new = train.split(half, seed=cfg.seed, by="document")
+            rest, seen = rest.split(half / (1 - half), seed=cfg.seed, by="query")
+            validation = TrainingSet(
+                {**new.queries, **seen.queries},
+                {**new.relevant, **seen.relevant},
+                {**new.negatives, **seen.negatives},
+            )
+            label = "grouped by document + by query"
+        else:
+            rest, validation = train.split(cfg.validation_fraction, seed=cfg.seed, by=cfg.validation_split)
+            label = f"by {cfg.validation_split}"
+        rest.name, validation.name = source, f"{source}, validation split {label}"
+        return rest, validation
+
+    def _use_cross_validation(self, train: TrainingSet) -> bool:
+        cfg = self.config
+        return bool(cfg.cv_below_queries) and len(train) < cfg.cv_below_queries and cfg.solver == "gradient"
 
     def fit_vectors(
         self,
         train: TrainingSet,
         train_vectors: np.ndarray,
-        validation: TrainingSet,
-        validation_vectors: np.ndarray,
+        validation: TrainingSet | None,
+        validation_vectors: np.ndarray | None,
         corpus: Corpus,
         data_fingerprint: str | None = None,
     ) -> TrainingResult:
         """Train from precomputed query vectors (rows in ``query_ids`` order) and an embedded corpus.
 
-        ``data_fingerprint`` names the data the caller started from (default: train's own).
+        ``validation=None``: hold out validation from ``train`` as :meth:`fit` does (k-fold
+        cross-validation for small sets). ``data_fingerprint`` names the data the caller started from.
         """
         cfg = self.config
         if corpus.embeddings is None:
             raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
         dim = corpus.embeddings.shape[1]
         train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
+        split_name = "given validation set"
+        if validation is None:
+            if len(train) < 2:
+                raise ValueError("need at least 2 training queries to hold some out for validation")
+            if self._use_cross_validation(train):
+                return self._fit_cross_validated(train, train_vectors, corpus, data_fingerprint)
+            rows = {q: i for i, q in enumerate(train.query_ids)}
+            train, validation = self.validation_split(train)
+            validation_vectors = train_vectors[[rows[q] for q in validation.query_ids]]
+            train_vectors = train_vectors[[rows[q] for q in train.query_ids]]
+            split_name = _split_label(validation.name)
+        else:
+            _check_disjoint(train, validation)
         validation_vectors = check_vectors(
             validation_vectors, "validation query vectors", rows=len(validation), dimension=dim
         )
@@ -191,63 +292,125 @@ class AdapterTrainer:
             )
         model_id = self.model_id or "unknown-model"
         started = time.perf_counter()
-
-        def validation_scores(adapter: QueryAdapter) -> np.ndarray:
-            """Per-query selection metric on validation (kept: the significance gate reuses it)."""
-            scores = score_vectors(adapter.transform(validation_vectors), validation, corpus, (cfg.selection_metric,))
-            return scores.per_query[cfg.selection_metric]
-
+        scorer = _Scorer(validation, validation_vectors, corpus, cfg.selection_metric, train.documents)
         identity = QueryAdapter.identity(dim, model_id)
-        base_per_query = validation_scores(identity)
-        best_adapter, best_per_query, best_epoch = identity, base_per_query, 0
-        best_score = float(base_per_query.mean())
-        history: list[dict[str, float]] = [{"epoch": 0, "train_loss": float("nan"), cfg.selection_metric: best_score}]
         if cfg.solver == "procrustes":
             candidates = iter([(1, float("nan"), self._procrustes(train, train_vectors, corpus, model_id))])
         else:
             candidates = self._train_epochs(train, train_vectors, corpus, model_id)
-        for epoch, loss, candidate in candidates:
-            per_query = validation_scores(candidate)
-            score = float(per_query.mean())
-            history.append({"epoch": epoch, "train_loss": loss, cfg.selection_metric: score})
-            if score > best_score + 1e-9:
-                best_adapter, best_per_query, best_score, best_epoch = candidate, per_query, score, epoch
-            elif epoch - best_epoch >= cfg.patience:
-                break
+        chosen = _select(candidates, [scorer], cfg)
+        best_adapter, best_per_query = identity, scorer.base
+        if chosen.epoch:
+            best_adapter = blend(chosen.adapter, chosen.alpha)
+            best_per_query = chosen.per_query[0]
         seconds = time.perf_counter() - started
-        rejected = None
-        interval = paired_bootstrap(base_per_query, best_per_query, confidence=cfg.significance, seed=cfg.seed)
-        if cfg.require_significant_gain and not best_adapter.is_identity and interval[0] <= 0:
-            rejected = {"epoch": best_epoch, "score": best_score, "gain_interval": list(interval)}
-            logger.info(
-                "best epoch %d gains %s on validation: not significant, keeping the base model",
-                best_epoch,
-                interval,
-            )
-            best_adapter, best_score, best_epoch = identity, history[0][cfg.selection_metric], 0
-        best_adapter.metadata = {
+        decision = _decide(scorer.base, best_per_query, scorer.new, chosen, cfg, split_name)
+        if not decision["kept"]:
+            best_adapter = identity
+        report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
+        return self._result(
+            best_adapter, report, chosen, decision, seconds, train, len(validation), corpus, data_fingerprint
+        )
+
+    def _fit_cross_validated(
+        self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, data_fingerprint: str | None
+    ) -> TrainingResult:
+        """k-fold selection and gate on out-of-fold queries (folds grouped by document), then refit on all."""
+        cfg = self.config
+        model_id = self.model_id or "unknown-model"
+        started = time.perf_counter()
+        rows = {q: i for i, q in enumerate(train.query_ids)}
+        try:
+            folds = train.folds(cfg.cv_folds, seed=cfg.seed, by="document")
+        except ValueError:  # fewer document groups than folds: fall back to folds by query
+            folds = train.folds(min(cfg.cv_folds, len(train)), seed=cfg.seed, by="query")
+        scorers, runs = [], []
+        for fold in folds:
+            held = set(fold.queries)
+            rest = train.subset([q for q in train.query_ids if q not in held])
+            rest_vectors = vectors[[rows[q] for q in rest.query_ids]]
+            fold_vectors = vectors[[rows[q] for q in fold.query_ids]]
+            scorers.append(_Scorer(fold, fold_vectors, corpus, cfg.selection_metric, rest.documents))
+            runs.append(self._train_epochs(rest, rest_vectors, corpus, model_id, show=False))
+        chosen = _select_folds(runs, scorers, cfg)
+        base = np.concatenate([s.base for s in scorers])
+        new = np.concatenate([s.new for s in scorers])
+        adapted = np.concatenate(chosen.per_query) if chosen.epoch else base
+        label = f"{len(folds)}-fold cross-validation grouped by document (out-of-fold)"
+        decision = _decide(base, adapted, new, chosen, cfg, label)
+        adapter: QueryAdapter = QueryAdapter.identity(vectors.shape[1], model_id)
+        if decision["kept"]:  # refit on every pair for the chosen number of epochs
+            refit = cfg.__class__(**{**asdict(cfg), "epochs": chosen.epoch})
+            final = None
+            for _epoch, _loss, snapshot in self._train_epochs(train, vectors, corpus, model_id, config=refit):
+                final = snapshot
+            if final is not None:
+                adapter = blend(final, chosen.alpha)
+        seconds = time.perf_counter() - started
+        metric = cfg.selection_metric
+        ids = [q for f in folds for q in f.query_ids]
+        report = Comparison(
+            RetrievalScores(ids, {metric: base}),
+            RetrievalScores(ids, {metric: adapted if decision["kept"] else base}),
+            f"{train.name}, {label}",
+            model_id,
+            len(corpus),
+            adapter.kind,
+            groups={q: "new" if n else "seen" for q, n in zip(ids, new)},
+        )
+        return self._result(adapter, report, chosen, decision, seconds, train, len(ids), corpus, data_fingerprint)
+
+    def _result(
+        self,
+        adapter: QueryAdapter,
+        report: Comparison,
+        chosen: _Choice,
+        decision: dict[str, Any],
+        seconds: float,
+        train: TrainingSet,
+        n_validation: int,
+        corpus: Corpus,
+        data_fingerprint: str | None,
+    ) -> TrainingResult:
+        cfg = self.config
+        best_epoch = chosen.epoch if decision["kept"] else 0
+        adapter.metadata = {
             "training": asdict(cfg),
             "training_data": {
                 "fingerprint": data_fingerprint or train.fingerprint,
                 "name": train.name,
                 "n_queries": len(train),
                 "n_pairs": train.n_pairs,
+                "documents_fingerprint": train.documents_fingerprint,
+                "n_documents_seen": len(train.documents),
                 "corpus_fingerprint": corpus.fingerprint,
                 "n_documents": len(corpus),
             },
             "validation": {
-                "n_queries": len(validation),
-                "baseline": history[0][cfg.selection_metric],
-                "adapted": best_score,
+                "n_queries": n_validation,
+                "baseline": decision["baseline"],
+                "adapted": decision["adapted"] if decision["kept"] else decision["baseline"],
                 "metric": cfg.selection_metric,
                 "best_epoch": best_epoch,
-                "gain_interval": list(interval),
-                "rejected_not_significant": rejected,
+                "blend": chosen.alpha,
+                "gain_interval": decision["gain_interval"],
+                "rejected_not_significant": None if decision["kept"] or not chosen.epoch else decision,
+                "decision": decision,
             },
             "train_seconds": round(seconds, 3),
         }
-        report = compare(best_adapter, validation_vectors, validation, corpus)
-        return TrainingResult(best_adapter, report, history, best_epoch, seconds, len(train), len(validation), cfg)
+        return TrainingResult(
+            adapter,
+            report,
+            chosen.history,
+            best_epoch,
+            seconds,
+            len(train),
+            n_validation,
+            cfg,
+            training_documents=train.documents,
+            decision=decision,
+        )
 
     # ------------------------------------------------------------------------------- internals
 
@@ -261,21 +424,29 @@ class AdapterTrainer:
         t = normalize_rows(corpus.embeddings[targets])
         return OrthogonalAdapter.procrustes(q, t, model_id)
 
-    def _train_epochs(self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, model_id: str):
+    def _train_epochs(
+        self,
+        train: TrainingSet,
+        vectors: np.ndarray,
+        corpus: Corpus,
+        model_id: str,
+        config: TrainingConfig | None = None,
+        show: bool = True,
+    ):
         """Yield ``(epoch, mean train loss, adapter snapshot)`` after every epoch."""
         import torch
 
-        from adapter_retrievers.torch_adapters import TorchAdapter, pair_loss
+        from adapter_retrievers.torch_adapters import TorchAdapter, consistency_loss, pair_loss
 
-        cfg = self.config
+        cfg = config or self.config
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         device = torch.device(self.device)
         start = QueryAdapter.create(
             cfg.kind, vectors.shape[1], model_id, rank=cfg.rank, hidden=cfg.hidden, seed=cfg.seed
         )
-        module = TorchAdapter(start).to(device)
-        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate)
+        module = TorchAdapter(start, train_bias=cfg.bias).to(device)
+        optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate)
 
         docs = torch.from_numpy(normalize_rows(corpus.embeddings)).to(device)
         queries = torch.from_numpy(vectors).to(device)
@@ -295,8 +466,10 @@ class AdapterTrainer:
         if cfg.negatives == "all" and not use_all:
             logger.warning("%d documents is too many to score per batch: using 256 random negatives", n_docs)
         n_negatives = 0 if use_all else min(256 if cfg.negatives == "all" else int(cfg.negatives), n_docs - 1)
+        # consistency: score pseudo-queries (documents) against all documents, or a random sample of them
+        reference = docs if n_docs <= cfg.all_negatives_limit else None
 
-        bar = _progress(cfg.epochs, self.progress, f"training {cfg.kind} adapter")
+        bar = _progress(cfg.epochs, self.progress and show, f"training {cfg.kind} adapter")
         try:
             for epoch in range(1, cfg.epochs + 1):
                 order = rng.permutation(len(pair_query_arr))
@@ -330,6 +503,16 @@ class AdapterTrainer:
                         temperature=cfg.temperature,
                         margin=cfg.margin,
                     )
+                    if cfg.identity_weight:
+                        loss = loss + cfg.identity_weight * module.distance_from_start()
+                    if cfg.consistency_weight:
+                        pseudo = docs[torch.from_numpy(rng.integers(0, n_docs, cfg.consistency_batch)).to(device)]
+                        ref = reference
+                        if ref is None:
+                            ref = docs[torch.from_numpy(rng.integers(0, n_docs, 4096)).to(device)]
+                        loss = loss + cfg.consistency_weight * consistency_loss(
+                            module(pseudo), pseudo, ref, cfg.temperature
+                        )
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -343,6 +526,177 @@ class AdapterTrainer:
                 yield epoch, mean_loss, module.export()
         finally:
             bar.close()
+
+
+def _check_disjoint(train: TrainingSet, validation: TrainingSet) -> None:
+    overlap = set(train.queries) & set(validation.queries)
+    if overlap:
+        raise ValueError(f"{len(overlap)} queries are in both train and validation, e.g. {sorted(overlap)[:3]}")
+
+
+def _split_label(name: str) -> str:
+    return "validation split " + name.rsplit("validation split ", 1)[-1]
+
+
+def blend(adapter: QueryAdapter, alpha: float) -> QueryAdapter:
+    """``alpha * adapter + (1 - alpha) * identity``, again an adapter of the same kind (linear kinds only).
+
+    For ``linear``: ``W' = alpha W + (1 - alpha) I``, ``b' = alpha b``; for ``low_rank`` and
+    ``residual_mlp`` the residual branch is scaled by ``alpha``.
+    """
+    if alpha == 1.0 or adapter.is_identity:
+        return adapter
+    p = dict(adapter.params)
+    if adapter.kind == "linear":
+        eye = np.eye(adapter.dimension, dtype=np.float32)
+        p["weight"], p["bias"] = alpha * p["weight"] + (1 - alpha) * eye, alpha * p["bias"]
+    elif adapter.kind == "low_rank":
+        p["up"], p["bias"] = alpha * p["up"], alpha * p["bias"]
+    elif adapter.kind == "residual_mlp":
+        p["w2"], p["b2"] = alpha * p["w2"], alpha * p["b2"]
+    else:
+        raise ValueError(f"cannot blend a {adapter.kind!r} adapter with the identity")
+    return type(adapter)(adapter.dimension, adapter.base_model, p, adapter.normalize, dict(adapter.metadata))
+
+
+class _Scorer:
+    """Per-query selection metric of candidates on one validation set; knows which queries are about new docs."""
+
+    def __init__(self, queries: TrainingSet, vectors: np.ndarray, corpus: Corpus, metric: str, seen: set[str]) -> None:
+        self.queries, self.vectors, self.corpus, self.metric = queries, vectors, corpus, metric
+        groups = document_groups(queries, seen)
+        self.new = np.array([groups[q] == "new" for q in queries.query_ids], dtype=bool)
+        self.base = self(None)
+
+    def __call__(self, adapter: QueryAdapter | None) -> np.ndarray:
+        vectors = self.vectors if adapter is None else adapter.transform(self.vectors)
+        return score_vectors(vectors, self.queries, self.corpus, (self.metric,)).per_query[self.metric]
+
+
+@dataclass
+class _Choice:
+    """The selected candidate: epoch (0: none beat the base model), blend factor, per-query scores per scorer."""
+
+    epoch: int = 0
+    alpha: float = 1.0
+    score: float = float("nan")
+    adapter: QueryAdapter | None = None
+    per_query: list[np.ndarray] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _feasible(per_query: np.ndarray, base: np.ndarray, new: np.ndarray) -> bool:
+    """Not below the base model on the validation queries about new documents (when there are any)."""
+    return not new.any() or per_query[new].mean() >= base[new].mean() - 1e-9
+
+
+def _select(candidates: Any, scorers: list[_Scorer], cfg: TrainingConfig) -> _Choice:
+    """Best (epoch, blend) by mean validation score among candidates not below base on new documents."""
+    scorer = scorers[0]
+    metric = cfg.selection_metric
+    base_score = float(scorer.base.mean())
+    choice = _Choice(score=base_score, per_query=[scorer.base])
+    choice.history.append({"epoch": 0, "train_loss": float("nan"), metric: base_score})
+    last_improved, best_raw = 0, -math.inf
+    for epoch, loss, candidate in candidates:
+        row = {"epoch": epoch, "train_loss": loss}
+        for alpha in sorted(cfg.blend, reverse=True):
+            per_query = scorer(blend(candidate, alpha))
+            score = float(per_query.mean())
+            if alpha == max(cfg.blend):
+                row[metric] = score
+                if new_mean := (per_query[scorer.new].mean() if scorer.new.any() else None):
+                    row[f"{metric} new documents"] = float(new_mean)
+                if score > best_raw + 1e-9:
+                    best_raw, last_improved = score, epoch
+            if score > choice.score + 1e-9 and _feasible(per_query, scorer.base, scorer.new):
+                choice = _Choice(epoch, alpha, score, candidate, [per_query], choice.history)
+                last_improved = epoch
+        choice.history.append(row)
+        if epoch - last_improved >= cfg.patience:
+            break
+    return choice
+
+
+def _select_folds(runs: list[Any], scorers: list[_Scorer], cfg: TrainingConfig) -> _Choice:
+    """Best (epoch, blend) by the out-of-fold mean: every fold's run scored at each epoch and blend factor.
+
+    A fold that stopped early keeps its last scores for later epochs. Runs stop when no fold improved
+    for ``patience`` epochs.
+    """
+    metric = cfg.selection_metric
+    alphas = sorted(cfg.blend, reverse=True)
+    base = np.concatenate([s.base for s in scorers])
+    new = np.concatenate([s.new for s in scorers])
+    choice = _Choice(score=float(base.mean()), per_query=[s.base for s in scorers])
+    choice.history.append({"epoch": 0, "train_loss": float("nan"), metric: choice.score})
+    latest: list[dict[float, np.ndarray]] = [{a: s.base for a in alphas} for s in scorers]
+    alive = [True] * len(runs)
+    last_improved, best_raw = 0, -math.inf
+    for epoch in range(1, cfg.epochs + 1):
+        losses = []
+        for i, run in enumerate(runs):
+            if not alive[i]:
+                continue
+            step = next(run, None)
+            if step is None:
+                alive[i] = False
+                continue
+            losses.append(step[1])
+            latest[i] = {a: scorers[i](blend(step[2], a)) for a in alphas}
+        if not any(alive):
+            break
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        for alpha in alphas:
+            parts = [latest[i][alpha] for i in range(len(runs))]
+            per_query = np.concatenate(parts)
+            score = float(per_query.mean())
+            if alpha == alphas[0]:
+                row[metric] = score
+                if score > best_raw + 1e-9:
+                    best_raw, last_improved = score, epoch
+            if score > choice.score + 1e-9 and _feasible(per_query, base, new):
+                choice = _Choice(epoch, alpha, score, None, parts, choice.history)
+                last_improved = epoch
+        choice.history.append(row)
+        if epoch - last_improved >= cfg.patience:
+            break
+    for run in runs:
+        run.close()
+    return choice
+
+
+def _decide(
+    base: np.ndarray, adapted: np.ndarray, new: np.ndarray, chosen: _Choice, cfg: TrainingConfig, split: str
+) -> dict[str, Any]:
+    """The significance gate: keep the chosen candidate only if its validation gain is significant."""
+    interval = paired_bootstrap(base, adapted, confidence=cfg.significance, seed=cfg.seed)
+    kept = bool(chosen.epoch)
+    reason = "" if kept else "no candidate beat the base model on validation"
+    if kept and cfg.require_significant_gain and interval[0] <= 0:
+        kept, reason = False, "gain not significant"
+        logger.info(
+            "best epoch %d gains %s on validation: not significant, keeping the base model", chosen.epoch, interval
+        )
+    decision: dict[str, Any] = {
+        "kept": kept,
+        "split": split,
+        "metric": cfg.selection_metric,
+        "n_queries": len(base),
+        "baseline": float(base.mean()),
+        "adapted": float(adapted.mean()),
+        "gain": float(adapted.mean() - base.mean()),
+        "gain_interval": list(interval),
+        "significance": cfg.significance,
+        "epoch": chosen.epoch,
+        "blend": chosen.alpha,
+        "n_new": int(new.sum()),
+        "new_gain": float(adapted[new].mean() - base[new].mean()) if new.any() else None,
+        "n_seen": int((~new).sum()),
+        "seen_gain": float(adapted[~new].mean() - base[~new].mean()) if (~new).any() else None,
+        "reason": reason,
+    }
+    return decision
 
 
 def _candidates(

@@ -146,3 +146,47 @@ def test_queries_without_a_relevant_document_are_counted(tmp_path):
     train = TrainingSet.from_beir(tmp_path / "b", "train")
     assert list(train.queries) == ["q1"]
     assert train.read_report.skipped["query without a relevant document (nothing to learn from)"] == 1
+
+
+def test_split_by_document_puts_no_document_on_both_sides():
+    rng = np.random.default_rng(0)
+    # 120 queries over 60 documents, each query judging 1-3 of them: many queries share documents
+    relevant = {f"q{i}": {f"d{j}": 1.0 for j in rng.choice(60, rng.integers(1, 4), replace=False)} for i in range(120)}
+    ts = TrainingSet({q: f"text {q}" for q in relevant}, relevant)
+    groups = ts.document_groups()
+    assert sorted(q for g in groups for q in g) == sorted(ts.queries)
+    for i, a in enumerate(groups):  # no document is shared between two groups
+        docs_a = {d for q in a for d in relevant[q]}
+        for b in groups[i + 1 :]:
+            assert not docs_a & {d for q in b for d in relevant[q]}
+    sparse = TrainingSet(
+        {f"q{i}": "t" for i in range(90)},
+        {f"q{i}": {f"d{i // 3}": 1.0, f"e{i % 7 if i < 6 else i}": 1.0} for i in range(90)},
+    )
+    for data in (ts, sparse):
+        rest, held = data.split(0.25, seed=1, by="document")
+        assert len(rest) + len(held) == len(data) and not set(rest.queries) & set(held.queries)
+        assert len(held) > 0 and not rest.documents & held.documents
+    # by query, shared documents do end up on both sides (this is what "seen" means)
+    rest, held = sparse.split(0.25, seed=1, by="query")
+    assert rest.documents & held.documents
+    with pytest.raises(ValueError, match="split by"):
+        ts.split(0.2, by="topic")
+
+
+def test_folds_by_document_cover_every_query_once():
+    ts = TrainingSet(
+        {f"q{i}": "t" for i in range(40)}, {f"q{i}": {f"d{i // 2}": 1.0} for i in range(40)}
+    )  # pairs of queries share a document
+    folds = ts.folds(4, seed=0)
+    assert sorted(q for f in folds for q in f.queries) == sorted(ts.queries)
+    assert [len(f) for f in folds] == [10, 10, 10, 10]
+    for i, a in enumerate(folds):
+        for b in folds[i + 1 :]:
+            assert not a.documents & b.documents
+    assert (
+        ts.documents_fingerprint == TrainingSet(ts.queries, dict(reversed(ts.relevant.items()))).documents_fingerprint
+    )
+    assert ts.documents_fingerprint != folds[0].documents_fingerprint
+    with pytest.raises(ValueError, match="cannot make 30 folds"):
+        ts.folds(30)

@@ -97,3 +97,45 @@ def test_learning_curve_and_plots(tmp_path, rotation_task):
     plot_comparison(compare(result.adapter, rows_for(test, vectors), test, corpus), tmp_path / "cmp.png")
     result.plot_history(tmp_path / "history.png")
     assert (tmp_path / "cmp.png").stat().st_size > 1000 and (tmp_path / "history.png").stat().st_size > 1000
+
+
+def test_report_separates_seen_and_new_documents(tmp_path):
+    # 4 documents; the swap adapter fixes queries about a and b (seen) and breaks nothing about c, d (new)
+    corpus = Corpus(["a", "b", "c", "d"], ["w", "x", "y", "z"], embeddings=np.eye(4, dtype=np.float32)[:, :4].copy())
+    queries = TrainingSet(
+        {"q1": "1", "q2": "2", "q3": "3", "q4": "4", "q5": "5"},
+        {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}, "q4": {"d": 1}, "q5": {"d": 1, "a": 1}},
+        name="tiny",
+    )
+    vectors = np.array(
+        [[0.2, 1, 0, 0], [1, 0.2, 0, 0], [0, 0, 1, 0.1], [0, 0, 0.1, 1], [0.5, 0, 0, 1]], dtype=np.float32
+    )
+    swap = QueryAdapter.create("linear", 4, "test/m")
+    swap.params["weight"] = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
+    report = compare(swap, vectors, queries, corpus, seen_documents={"a", "b"})
+    assert report.has_groups and report.groups == {"q1": "seen", "q2": "seen", "q3": "new", "q4": "new", "q5": "seen"}
+    assert (report.n_queries_in(), report.n_queries_in("seen"), report.n_queries_in("new")) == (5, 3, 2)
+    assert report.gain(group="new") == 0.0 and report.interval("ndcg@10", "new") == (0.0, 0.0)
+    seen_base, seen_adapted = report.means("ndcg@10", "seen")
+    assert report.gain(group="seen") == pytest.approx(seen_adapted - seen_base) and report.gain(group="seen") > 0
+    assert report.gain() == pytest.approx(report.gain(group="seen") * 3 / 5)
+    lo, hi = report.interval("ndcg@10", "seen")
+    assert lo <= report.gain(group="seen") <= hi and hi > 0
+    text = str(report)
+    assert "3 about documents seen in training, 2 about new documents" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith(("all ", "seen ", "new "))}
+    assert lines["all"].split()[2] == "5" and lines["seen"].split()[2] == "3" and lines["new"].split()[2] == "2"
+    assert "+0.0000" in lines["new"] and "[+0.0000, +0.0000]" in lines["new"]
+    data = report.to_dict()
+    assert data["groups"]["new"]["n_queries"] == 2 and data["groups"]["seen"]["n_queries"] == 3
+    assert data["per_query"]["q3"]["group"] == "new"
+    # without seen_documents: no groups, and asking for one is a clear error
+    plain = compare(swap, vectors, queries, corpus)
+    assert "groups" not in plain.to_dict() and "seen documents" not in str(plain)
+    with pytest.raises(ValueError, match="pass seen_documents"):
+        plain.gain(group="new")
+    with pytest.raises(ValueError, match="group must be"):
+        report.gain(group="old")
+    # an empty group prints as such instead of a nan
+    all_seen = compare(swap, vectors, queries, corpus, seen_documents={"a", "b", "c", "d"})
+    assert all_seen.n_queries_in("new") == 0 and "nan" not in str(all_seen)

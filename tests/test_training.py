@@ -177,3 +177,78 @@ def test_all_negatives_falls_back_to_sampling_on_large_corpora(task, caplog):
     result = fit(task, negatives="all", all_negatives_limit=50, epochs=3, require_significant_gain=False)
     assert "using 256 random negatives" in caplog.text
     assert result.history[-1]["epoch"] == 3
+
+
+def test_result_knows_its_training_documents_and_the_report_splits_by_them(task):
+    corpus, train, _validation, test, vectors = task
+    result = fit(task)
+    assert result.training_documents == train.documents and len(result.training_documents) == len(train)
+    meta = result.adapter.metadata["training_data"]
+    assert meta["documents_fingerprint"] == train.documents_fingerprint
+    assert meta["n_documents_seen"] == len(train.documents)
+    # held-out queries: half about training documents (re-asked), half about new ones
+    again = TrainingSet(
+        {f"r{q}": "again" for q in list(train.queries)[:20]},
+        {f"r{q}": train.relevant[q] for q in list(train.queries)[:20]},
+    )
+    mixed = TrainingSet({**again.queries, **test.queries}, {**again.relevant, **test.relevant})
+    mixed_vectors = np.concatenate([rows_for(train, vectors)[:20], rows_for(test, vectors)])
+    report = compare(result.adapter, mixed_vectors, mixed, corpus, seen_documents=result.training_documents)
+    assert report.n_queries_in("seen") == 20 and report.n_queries_in("new") == len(test)
+    assert result.decision["split"] == "given validation set" and result.decision["kept"]
+    assert result.decision["gain"] == pytest.approx(result.report.gain())
+    assert "given validation set" in result.describe_decision()
+
+
+@pytest.mark.parametrize("split", ["document", "query", "both"])
+def test_validation_split_by_document_has_only_new_documents(split):
+    corpus, queries, vectors = make_rotation_task(n_docs=200, dim=16, mix=0.35)
+    # two queries per document: a query split leaves the sibling in training ("seen"), a document split does not
+    doubled = TrainingSet(
+        {**queries.queries, **{f"x{q}": "twin" for q in queries.query_ids}},
+        {**queries.relevant, **{f"x{q}": r for q, r in queries.relevant.items()}},
+    )
+    twin_vectors = np.concatenate([vectors, vectors + 0.01])
+    row = {q: i for i, q in enumerate(doubled.query_ids)}
+    trainer = AdapterTrainer(**FAST, validation_split=split, validation_fraction=0.2)
+    result = trainer.fit_vectors(doubled, twin_vectors[[row[q] for q in doubled.query_ids]], None, None, corpus)
+    seen, new = result.report.n_queries_in("seen"), result.report.n_queries_in("new")
+    assert seen + new == result.n_validation_queries == result.decision["n_queries"]
+    if split == "document":
+        assert seen == 0 and new > 0 and "by document" in result.decision["split"]
+    elif split == "query":
+        assert seen > new  # random queries: most have their twin in training
+    else:
+        assert seen > 0 and new > 0 and result.decision["n_new"] == new
+    assert result.n_train_queries + result.n_validation_queries == len(doubled)
+
+
+def test_small_data_uses_k_fold_cross_validation_then_refits_on_all_pairs(task):
+    corpus, train, _validation, _test, vectors = task
+    trainer = AdapterTrainer(**FAST, cv_below_queries=1000, cv_folds=4)
+    result = trainer.fit_vectors(train, rows_for(train, vectors), None, None, corpus)
+    assert "4-fold cross-validation" in result.decision["split"] and result.decision["n_queries"] == len(train)
+    assert result.n_validation_queries == len(train) and result.n_train_queries == len(train)
+    assert result.improved and result.best_epoch == result.decision["epoch"] > 0
+    assert result.adapter.metadata["training_data"]["n_pairs"] == train.n_pairs  # the refit saw every pair
+    assert result.report.n_queries_in("new") == len(train)  # out-of-fold queries are about new documents
+    assert held_out(task, result.adapter).intervals["ndcg@10"][0] > 0
+    # above the threshold the same trainer holds out one validation split instead
+    plain = AdapterTrainer(**FAST, cv_below_queries=10).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
+    assert "cross-validation" not in plain.decision["split"] and plain.n_train_queries < len(train)
+
+
+def test_blend_is_the_adapter_mixed_with_the_identity(task):
+    from adapter_retrievers.training import blend
+
+    result = fit(task, kind="linear", epochs=3)
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    w, b = result.adapter.params["weight"], result.adapter.params["bias"]
+    half = blend(result.adapter, 0.5)
+    expected = 0.5 * (x @ w.T + b) + 0.5 * x
+    np.testing.assert_allclose(half.transform(x), expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    assert blend(result.adapter, 1.0) is result.adapter
+    chosen = fit(task, blend=(0.5, 1.0))
+    assert chosen.adapter.metadata["validation"]["blend"] in (0.5, 1.0)
+    with pytest.raises(ValueError, match="blend"):
+        AdapterTrainer(kind="orthogonal", blend=(0.5,))
