@@ -299,3 +299,17 @@ def test_export_phoenix_incremental_with_answer_feedback_on_the_trace(phoenix_se
     top = task.ids[task.texts.index(newest["attributes"]["retrieval.documents.0.document.content"])]
     assert got == {newest["attributes"]["input.value"]: {top}, second[1]: {results[1][0].id}}
     assert result.report.merged.skipped["retrieval logged twice (same id)"] == 1
+
+
+def test_export_phoenix_command(traffic, tmp_path):
+    from typer.testing import CliRunner
+
+    from adapter_retrievers.cli import app
+
+    out = tmp_path / "traces.jsonl"
+    result = CliRunner().invoke(app, ["export-phoenix", "--url", traffic.url, "--project", PROJECT, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(traffic.spans)} retriever spans" in result.output and "--since 20" in result.output
+    _check_pairs(harvest(out, traffic.corpus, fmt="openinference"), traffic)
+    missing = CliRunner().invoke(app, ["export-phoenix", "--url", traffic.url, "--page-size", "0", "-o", str(out)])
+    assert missing.exit_code == 2 and "page_size" in missing.output
