@@ -41,7 +41,7 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (DataFormatError, AdapterFileError, FileNotFoundError, ValueError) as exc:
+        except (DataFormatError, AdapterFileError, FileNotFoundError, ConnectionError, ValueError) as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 

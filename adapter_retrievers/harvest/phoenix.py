@@ -84,6 +84,7 @@ class _Phoenix:
         key = self.api_key or os.environ.get("PHOENIX_API_KEY")
         if key:
             headers.setdefault("Authorization", f"Bearer {key}")
+        self.http_errors = (httpx.HTTPError,)
         self.http = httpx.Client(base_url=self.url.rstrip("/"), headers=headers, timeout=self.timeout)
         self.client = Client(http_client=self.http)
 
@@ -189,6 +190,7 @@ def iter_phoenix_records(
     stats = stats if stats is not None else PhoenixExport()
     url = url or os.environ.get("PHOENIX_COLLECTOR_ENDPOINT") or "http://localhost:6006"
     phoenix = _Phoenix(url, project, api_key, dict(headers or {}))
+    traces_done: set[str] = set()
     try:
         for page in phoenix.span_pages(_when(since), _when(until), page_size, span_kind="RETRIEVER"):
             stats.pages += 1
@@ -206,7 +208,8 @@ def iter_phoenix_records(
                 stats.document_annotations += 1
                 yield note
             # answer feedback is usually put on the trace or its root span: it concerns the trace's retrievals
-            trace_ids = sorted({s["context"]["trace_id"] for s in page} - {None})
+            trace_ids = sorted({s["context"]["trace_id"] for s in page} - {None} - traces_done)
+            traces_done.update(trace_ids)  # a trace whose retrievals span two pages is asked about once
             own = set(span_ids)
             roots = {}
             for start in range(0, len(trace_ids), 100):
@@ -220,6 +223,8 @@ def iter_phoenix_records(
             for note in phoenix.trace_annotations(trace_ids):
                 stats.trace_annotations += 1
                 yield note
+    except phoenix.http_errors as exc:
+        raise ConnectionError(f"Phoenix at {url} (project {project!r}): {exc}") from exc
     finally:
         phoenix.close()
 
