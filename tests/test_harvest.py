@@ -528,17 +528,26 @@ def test_phoenix_client_shapes_without_a_server(tmp_path, corpus):
         "attributes.retrieval.documents": [{"document.content": TEXTS["d6"]}],
     }
     annotation_row = {"span_id": "s2", "annotation_name": "user_feedback", "result.label": "thumbs_up"}
+    indexed_row = {"annotation_name": "user_feedback", "result.label": "thumbs_up"}  # span_id left in the index
     graphql = {
         "spanId": "s1",
         "documentEvaluations": [{"name": "relevance", "label": "relevant", "documentPosition": 1}],
     }
     path = tmp_path / "phoenix.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in (span, chain, frame_row, annotation_row, graphql)))
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in (span, chain, frame_row, annotation_row, graphql, indexed_row))
+    )
     result = harvest(path, corpus, fmt="openinference")
     ts = result.training_set
     assert {ts.queries[q]: set(d) for q, d in ts.relevant.items()} == {"which topic": {"d4"}, "frame question": {"d6"}}
     assert result.report.skipped.skipped["span that is not a RETRIEVER span"] == 1
-    assert result.report.records_read == 5 == result.report.retrievals + result.report.signals + 1
+    assert result.report.records_read == 6 == result.report.retrievals + result.report.signals + 2
+    assert (
+        result.report.skipped.skipped[
+            "annotation row without span_id (write get_span_annotations_dataframe().reset_index())"
+        ]
+        == 1
+    )
     assert result.query_info[next(q for q in ts.queries if ts.queries[q] == "frame question")]["timestamp"] == (
         "2026-11-27T23:27:38.714000+00:00"
     )

@@ -72,6 +72,9 @@ def read_openinference(records: Records, report: ReadReport, policy: SignalPolic
         if "documentEvaluations" in obj:
             yield from _graphql_span(obj, where, report, policy)
             continue
+        if "annotation_name" in obj and "span_id" not in obj:
+            report.skip("annotation row without span_id (write get_span_annotations_dataframe().reset_index())", where)
+            continue
         spans = list(_flat_spans(obj))
         if not spans:
             report.skip("not a span or annotation", where)
