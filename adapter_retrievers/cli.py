@@ -222,6 +222,7 @@ def export_phoenix(
     since: Annotated[str | None, typer.Option(help="only spans started at or after this ISO time")] = None,
     until: Annotated[str | None, typer.Option(help="only spans started before this ISO time")] = None,
     page_size: Annotated[int, typer.Option(help="spans per request (1..1000)")] = 500,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Pull retriever spans, span annotations and document annotations from a Phoenix server into JSONL.
 
@@ -229,7 +230,7 @@ def export_phoenix(
     """
     from adapter_retrievers.harvest.phoenix import export_phoenix as run_export
 
-    stats = run_export(output, url, project, since, until, page_size)
+    stats = run_export(output, url, project, since, until, page_size, progress=progress)
     typer.echo(f"wrote {stats} to {output}")
     if stats.watermark is not None:
         typer.echo(f"next incremental export: --since {stats.watermark.isoformat()}")

@@ -22,6 +22,7 @@ callers pass ``since`` = the previous watermark minus the time users take to giv
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,6 +85,7 @@ class _Phoenix:
         key = self.api_key or os.environ.get("PHOENIX_API_KEY")
         if key:
             headers.setdefault("Authorization", f"Bearer {key}")
+        self.path = urllib.parse.quote(self.project, safe="")  # a project name or id, in a URL path
         self.http_errors = (httpx.HTTPError,)
         self.http = httpx.Client(base_url=self.url.rstrip("/"), headers=headers, timeout=self.timeout)
         self.client = Client(http_client=self.http)
@@ -98,7 +100,7 @@ class _Phoenix:
         cursor = None
         while True:
             response = self.http.get(
-                f"/v1/projects/{self.project}/spans", params={**params, **({"cursor": cursor} if cursor else {})}
+                f"/v1/projects/{self.path}/spans", params={**params, **({"cursor": cursor} if cursor else {})}
             )
             if response.status_code == 404:  # a project exists only once its first span is stored
                 return
@@ -123,7 +125,7 @@ class _Phoenix:
                 params: dict[str, Any] = {"trace_ids": trace_ids[start : start + 100], "limit": 1000}
                 if cursor:
                     params["cursor"] = cursor
-                response = self.http.get(f"/v1/projects/{self.project}/trace_annotations", params=params)
+                response = self.http.get(f"/v1/projects/{self.path}/trace_annotations", params=params)
                 if response.status_code == 404:
                     break
                 response.raise_for_status()
@@ -238,12 +240,19 @@ def export_phoenix(
     page_size: int = 500,
     api_key: str | None = None,
     headers: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> PhoenixExport:
     """Write :func:`iter_phoenix_records` to a JSONL file (atomically) that ``harvest`` reads."""
     import json
 
+    from tqdm.auto import tqdm
+
     stats = PhoenixExport()
-    with atomic_writer(Path(output), "w") as handle:
+    with (
+        atomic_writer(Path(output), "w") as handle,
+        tqdm(disable=not progress, desc="exporting from Phoenix", unit="record") as bar,
+    ):
         for record in iter_phoenix_records(url, project, since, until, page_size, api_key, headers, stats):
             handle.write(json.dumps(record, default=str) + "\n")
+            bar.update()
     return stats
