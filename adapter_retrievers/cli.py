@@ -41,7 +41,7 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (DataFormatError, AdapterFileError, FileNotFoundError, ValueError) as exc:
+        except (DataFormatError, AdapterFileError, FileNotFoundError, ConnectionError, ValueError) as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
@@ -211,6 +211,29 @@ def harvest(
     else:
         result.training_set.to_pairs_jsonl(output)
         typer.echo(f"wrote {result.training_set.n_pairs} pairs to {output}")
+
+
+@app.command("export-phoenix")
+@_friendly_errors
+def export_phoenix(
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write (harvest --format openinference)")],
+    url: Annotated[str | None, typer.Option(help="Phoenix base URL (default: $PHOENIX_COLLECTOR_ENDPOINT)")] = None,
+    project: Annotated[str, typer.Option(help="Phoenix project name or id")] = "default",
+    since: Annotated[str | None, typer.Option(help="only spans started at or after this ISO time")] = None,
+    until: Annotated[str | None, typer.Option(help="only spans started before this ISO time")] = None,
+    page_size: Annotated[int, typer.Option(help="spans per request (1..1000)")] = 500,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Pull retriever spans, span annotations and document annotations from a Phoenix server into JSONL.
+
+    Example: adapter-retrievers export-phoenix --url http://localhost:6006 --project default -o traces.jsonl
+    """
+    from adapter_retrievers.harvest.phoenix import export_phoenix as run_export
+
+    stats = run_export(output, url, project, since, until, page_size, progress=progress)
+    typer.echo(f"wrote {stats} to {output}")
+    if stats.watermark is not None:
+        typer.echo(f"next incremental export: --since {stats.watermark.isoformat()}")
 
 
 PROVIDERS = {

@@ -473,3 +473,81 @@ def test_one_reader_module_per_format():
         module = importlib.import_module(f"adapter_retrievers.harvest.{fmt}")
         assert fmt == module.FORMAT and READERS[fmt].__module__ == module.__name__
         assert module.__doc__ and "format=" in module.__doc__
+
+
+def test_answer_feedback_names_no_document(tmp_path, corpus):
+    """A thumbs up on the answer is not a pair by itself: it makes the top retrieved document a positive only
+    when nothing names the useful document; a click/label on the same retrieval takes its place."""
+    log = RetrievalLog(tmp_path / "log.jsonl")
+    docs = [{"id": f"d{i}", "content": TEXTS[f"d{i}"]} for i in range(3)]
+    alone = log.log_retrieval("thumbs up alone", docs)
+    log.add_feedback(alone, 1.0)
+    named = log.log_retrieval("thumbs up and a click", docs)
+    log.add_feedback(named, 1.0)  # before the click in the log: order does not matter
+    log.add_click(named, "d2")
+    down = log.log_retrieval("thumbs down and a label", docs)
+    log.add_label(down, "d0", relevance=1.0)
+    log.add_feedback(down, 0.0)
+    result = harvest(tmp_path / "log.jsonl", corpus)
+    ts = result.training_set
+    by_text = {ts.queries[q]: q for q in ts.queries}
+    assert ts.relevant[by_text["thumbs up alone"]] == {"d0": 1.0}
+    assert ts.relevant[by_text["thumbs up and a click"]] == {"d2": 1.0}
+    assert ts.relevant[by_text["thumbs down and a label"]] == {"d0": 1.0}
+    assert not ts.negatives[by_text["thumbs down and a label"]]  # a labelled-relevant document is never negative
+    assert (result.report.feedback_to_top_k, result.report.feedback_with_named_documents) == (2, 1)
+    assert "1 x thumbs up left to the documents a click, citation or label named" in str(result.report)
+    ignored = harvest(tmp_path / "log.jsonl", corpus, policy=SignalPolicy(feedback_top_k=0)).training_set
+    assert "thumbs up alone" not in ignored.queries.values()
+
+
+def test_phoenix_client_shapes_without_a_server(tmp_path, corpus):
+    """The record shapes Phoenix's client and GraphQL return (taken from a real Phoenix 20.26, see
+    tests/integrations/test_phoenix.py for the live round trip)."""
+    span = {
+        "id": "U3Bhbjo3",
+        "name": "VectorStoreRetriever",
+        "context": {"trace_id": "t1", "span_id": "s1"},
+        "span_kind": "RETRIEVER",  # no openinference.span.kind attribute
+        "parent_id": "root",
+        "start_time": "2026-11-27T23:27:38.714723+00:00",
+        "attributes": {
+            "input.value": "which topic",
+            "retrieval.documents.0.document.content": "not in the corpus",
+            "retrieval.documents.1.document.content": "whatever",
+            "retrieval.documents.1.document.metadata.doc_id": "d4",  # flattened metadata
+        },
+    }
+    chain = {**span, "span_kind": "CHAIN", "context": {"trace_id": "t1", "span_id": "root"}, "attributes": {}}
+    frame_row = {
+        "context.span_id": "s2",
+        "context.trace_id": "t2",
+        "span_kind": "RETRIEVER",
+        "start_time": 1795822058714,  # pandas' to_json: epoch milliseconds
+        "attributes.input.value": "frame question",
+        "attributes.retrieval.documents": [{"document.content": TEXTS["d6"]}],
+    }
+    annotation_row = {"span_id": "s2", "annotation_name": "user_feedback", "result.label": "thumbs_up"}
+    indexed_row = {"annotation_name": "user_feedback", "result.label": "thumbs_up"}  # span_id left in the index
+    graphql = {
+        "spanId": "s1",
+        "documentEvaluations": [{"name": "relevance", "label": "relevant", "documentPosition": 1}],
+    }
+    path = tmp_path / "phoenix.jsonl"
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in (span, chain, frame_row, annotation_row, graphql, indexed_row))
+    )
+    result = harvest(path, corpus, fmt="openinference")
+    ts = result.training_set
+    assert {ts.queries[q]: set(d) for q, d in ts.relevant.items()} == {"which topic": {"d4"}, "frame question": {"d6"}}
+    assert result.report.skipped.skipped["span that is not a RETRIEVER span"] == 1
+    assert result.report.records_read == 6 == result.report.retrievals + result.report.signals + 2
+    assert (
+        result.report.skipped.skipped[
+            "annotation row without span_id (write get_span_annotations_dataframe().reset_index())"
+        ]
+        == 1
+    )
+    assert result.query_info[next(q for q in ts.queries if ts.queries[q] == "frame question")]["timestamp"] == (
+        "2026-11-27T23:27:38.714000+00:00"
+    )

@@ -9,6 +9,9 @@ One module per source format, each turning its records into the same two types
 - :mod:`.langfuse`: Langfuse RETRIEVER observations and scores.
 - :mod:`.llamaindex`: LlamaIndex retrieval instrumentation events.
 
+:mod:`.phoenix` (not imported here: it needs ``arize-phoenix-client``) pulls spans and their span, trace and
+document annotations from a running Arize Phoenix server into the JSONL that ``openinference`` reads.
+
 :func:`harvest` (:mod:`.join`) matches documents to a corpus (by id, a metadata id field, or a content
 hash), applies a :class:`SignalPolicy` (:mod:`.policy`), merges duplicates, and reports every record
 (:mod:`.report`): read, merged, or skipped with its reason.

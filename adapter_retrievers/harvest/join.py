@@ -121,13 +121,19 @@ def harvest(
 
     positives: dict[str, dict[str, float]] = defaultdict(dict)
     negatives: dict[str, set[str]] = defaultdict(set)
+    signals.sort(key=lambda s: s.kind == "feedback")  # answer feedback last: it yields to named documents
     for signal in signals:
         matched = [signal.target] if signal.target in retrievals else trace_to_retrievals.get(signal.target, [])
         if not matched:
             read.skip("signal for an unknown retrieval or trace", signal.target)
             continue
         for rid in matched:
-            apply_signal(signal, rid, retrievals[rid][3], policy, positives, negatives, read, match, report.merged)
+            docs = retrievals[rid][3]
+            used = apply_signal(signal, rid, docs, policy, positives, negatives, read, match, report.merged)
+            if used == "top_k":
+                report.feedback_to_top_k += 1
+            elif used == "named":
+                report.feedback_with_named_documents += 1
 
     queries: dict[str, str] = {}
     relevant: dict[str, dict[str, float]] = {}

@@ -15,9 +15,13 @@ class SignalPolicy:
 
     - ``label`` per document: ``value >= label_threshold`` is a positive, below is a hard negative.
     - ``citation`` and ``click`` on a document: positive.
-    - answer-level ``feedback``: at or above ``feedback_threshold`` the top ``feedback_top_k`` retrieved
-      documents become positives; below it (thumbs down) they become hard negatives when
-      ``negative_feedback_as_negatives``.
+    - answer-level ``feedback`` (a thumbs up/down on the answer, the trace or the retrieval span: it names no
+      document, so it is not a pair by itself): at or above ``feedback_threshold`` the top ``feedback_top_k``
+      retrieved documents become positives, unless a citation, click or positive label on the same
+      retrieval names the useful documents, in which case those are the positives and the thumbs up adds
+      nothing; below it (thumbs down) the top ``feedback_top_k`` become hard negatives when
+      ``negative_feedback_as_negatives`` (except documents a signal marked positive). ``feedback_top_k=0``
+      ignores answer feedback. The report counts each use.
     - ``feedback_keys``: names of feedback/score records that count as answer feedback (LangSmith
       ``key``, Langfuse/Phoenix ``name``); ``label_keys``: names that are per-document relevance labels.
     """
@@ -60,10 +64,13 @@ def apply_signal(
     read: ReadReport,
     match: Callable[[LoggedDocument], str | None],
     merged: ReadReport | None = None,
-) -> None:
+) -> str | None:
     """Turn one signal on one retrieval into positive and negative corpus ids.
 
     A signal that confirms a positive already recorded for the retrieval is counted in ``merged``.
+    Answer feedback must come after the retrieval's document-level signals (``harvest`` orders them so);
+    for it the return value says how it was used: ``"top_k"`` or ``"named"`` (documents named by other
+    signals took its place).
     """
 
     def add_positive(doc_id: str, grade: float) -> None:
@@ -83,6 +90,8 @@ def apply_signal(
 
     value = signal.value if signal.value is not None else 1.0
     if signal.kind == "feedback":
+        if value >= policy.feedback_threshold and positives[rid]:
+            return "named"
         top = sorted(docs, key=lambda d: d[1])[: policy.feedback_top_k]
         if any(corpus_id is None for corpus_id, _, _ in top):
             read.skip("unknown document (not in the corpus)", rid)
@@ -91,16 +100,17 @@ def apply_signal(
             for doc_id in ids:
                 add_positive(doc_id, 1.0)
         elif policy.negative_feedback_as_negatives:
-            negatives[rid].update(ids)
-        return
+            negatives[rid].update(doc_id for doc_id in ids if doc_id not in positives[rid])
+        return "top_k"
     if (signal.kind == "citation" and not policy.use_citations) or (signal.kind == "click" and not policy.use_clicks):
         read.skip(f"{signal.kind} signal (turned off in the policy)", rid)
-        return
+        return None
     doc_id = resolve()
     if doc_id is None:
         read.skip("unknown document (not in the corpus)", rid)
-        return
+        return None
     if signal.kind in ("citation", "click") or value >= policy.label_threshold:
         add_positive(doc_id, 1.0 if signal.kind != "label" else value)
     else:
         negatives[rid].add(doc_id)
+    return None

@@ -14,6 +14,9 @@ class HarvestReport:
 
     ``merged`` counts what was folded into an existing pair rather than dropped: a query asked again
     (several retrievals, one training query) and a document confirmed again by another signal.
+    Answer feedback names no document: ``feedback_to_top_k`` counts uses on the top-ranked retrieved
+    documents (``SignalPolicy.feedback_top_k``), ``feedback_with_named_documents`` thumbs up on retrievals
+    where a click, citation or label named the useful documents instead.
     """
 
     records_read: int = 0
@@ -24,12 +27,20 @@ class HarvestReport:
     queries: int = 0
     skipped: ReadReport = field(default_factory=ReadReport)
     merged: ReadReport = field(default_factory=ReadReport)
+    feedback_to_top_k: int = 0
+    feedback_with_named_documents: int = 0
 
     def __str__(self) -> str:
         lines = [
             f"read {self.records_read} records: {self.retrievals} retrievals, {self.signals} signals",
             f"produced {self.pairs} positive pairs and {self.negatives} hard negatives over {self.queries} queries",
         ]
+        if self.feedback_to_top_k or self.feedback_with_named_documents:
+            lines.append(
+                f"answer feedback (names no document): {self.feedback_to_top_k} x applied to the top-ranked "
+                f"retrieved documents (SignalPolicy.feedback_top_k), {self.feedback_with_named_documents} x thumbs "
+                "up left to the documents a click, citation or label named"
+            )
         for title, counts in (("merged", self.merged), ("skipped", self.skipped)):
             if counts.n_skipped:
                 lines.append(f"{title} {counts.n_skipped}:")

@@ -18,6 +18,7 @@ import pytest
 
 from adapter_retrievers import AdapterTrainer, Corpus, QueryAdapter, TrainingSet
 from conftest import HashingEncoder
+from integrations.phoenix_fixture import phoenix_server  # noqa: F401 - a session fixture shared by Phoenix tests
 
 TOPICS = [
     "apples",
