@@ -57,6 +57,7 @@ MUTATIONS = (
     "none",
     "none",
     "wrong type",
+    "nested wrong type",
     "missing field",
     "truncated",
     "huge number",
@@ -73,6 +74,14 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
+def _paths(value: Any, prefix: tuple = ()) -> Any:
+    """Every (key or index) path inside a JSON value."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        yield (*prefix, key)
+        yield from _paths(child, (*prefix, key))
+
+
 @st.composite
 def mutated_line(draw: Any, record: st.SearchStrategy, keys: tuple[str, ...]) -> tuple[str, bytes]:
     """One JSONL line: a valid ``record`` or one of :data:`MUTATIONS` of it; returns ``(mutation, bytes)``."""
@@ -81,6 +90,15 @@ def mutated_line(draw: Any, record: st.SearchStrategy, keys: tuple[str, ...]) ->
     key = draw(st.sampled_from(keys))
     if mutation == "wrong type":
         obj[key] = draw(ANY_JSON)
+    elif mutation == "nested wrong type":
+        obj = json.loads(json.dumps(obj))  # a deep copy
+        paths = list(_paths(obj))
+        if paths:
+            *parents, last = draw(st.sampled_from(paths))
+            container = obj
+            for step in parents:
+                container = container[step]
+            container[last] = draw(ANY_JSON)
     elif mutation == "missing field":
         obj.pop(key, None)
     elif mutation == "huge number":
@@ -291,6 +309,224 @@ def check_llamaindex_json(raw: bytes) -> tuple[str, str]:
         return outcomes[0], outcomes[1]
 
 
+# -------------------------------------------------------------------------------------------- harvest
+
+SPAN = st.sampled_from(["r1", "r2", "r3", "0xabc"])
+DOC = st.sampled_from(["d1", "d2", "d3", "d9"])
+QUERY = st.text(max_size=15)
+SCORE = st.one_of(st.floats(0, 1), st.sampled_from(["relevant", "no", "0.5"]))
+OURS_DOC = st.fixed_dictionaries(
+    {
+        "id": DOC,
+        "content": st.text(max_size=10),
+        "score": st.floats(0, 1),
+        "position": st.integers(0, 3),
+        "metadata": st.just({}),
+    }
+)
+HARVEST_RECORDS = {
+    "ours": st.one_of(
+        st.fixed_dictionaries(
+            {
+                "schema": st.just(1),
+                "type": st.just("retrieval"),
+                "id": SPAN,
+                "trace_id": SPAN,
+                "query": QUERY,
+                "timestamp": st.just("2026-01-01T00:00:00Z"),
+                "session": st.just("s1"),
+                "documents": st.lists(OURS_DOC, max_size=3),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "schema": st.just(1),
+                "type": st.just("signal"),
+                "target": SPAN,
+                "kind": st.sampled_from(["feedback", "citation", "click", "label"]),
+                "value": SCORE,
+                "document_id": DOC,
+                "document_position": st.integers(0, 3),
+            }
+        ),
+    ),
+    "openinference": st.one_of(
+        st.builds(
+            lambda span, query, docs: {
+                "name": "retrieve",
+                "context": {"trace_id": "t1", "span_id": span},
+                "start_time": "2026-01-01T00:00:00Z",
+                "attributes": {
+                    "openinference.span.kind": "RETRIEVER",
+                    "input.value": query,
+                    **{f"retrieval.documents.{i}.document.{k}": v for i, d in enumerate(docs) for k, v in d.items()},
+                },
+            },
+            SPAN,
+            QUERY,
+            st.lists(
+                st.fixed_dictionaries({"id": DOC, "content": st.text(max_size=8), "score": st.floats(0, 1)}), max_size=3
+            ),
+        ),
+        st.builds(
+            lambda span, query, doc: {
+                "resourceSpans": [
+                    {
+                        "scopeSpans": [
+                            {
+                                "spans": [
+                                    {
+                                        "spanId": span,
+                                        "traceId": "t1",
+                                        "startTimeUnixNano": "1700000000000000000",
+                                        "attributes": [
+                                            {"key": "openinference.span.kind", "value": {"stringValue": "RETRIEVER"}},
+                                            {"key": "input.value", "value": {"stringValue": query}},
+                                            {"key": "retrieval.documents.0.document.id", "value": {"stringValue": doc}},
+                                            {
+                                                "key": "retrieval.documents.0.document.score",
+                                                "value": {"doubleValue": 0.5},
+                                            },
+                                            {"key": "llm.token_count.total", "value": {"intValue": "12"}},
+                                        ],
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                ]
+            },
+            SPAN,
+            QUERY,
+            DOC,
+        ),
+        st.fixed_dictionaries(
+            {
+                "span_id": SPAN,
+                "name": st.sampled_from(["relevance", "user_feedback", ""]),
+                "result": st.fixed_dictionaries({"label": st.sampled_from(["relevant", "irrelevant"]), "score": SCORE}),
+            },
+            optional={"document_position": st.integers(0, 3)},
+        ),
+    ),
+    "langsmith": st.one_of(
+        st.fixed_dictionaries(
+            {
+                "id": SPAN,
+                "trace_id": SPAN,
+                "run_type": st.sampled_from(["retriever", "retriever", "llm"]),
+                "inputs": st.fixed_dictionaries({"query": QUERY}),
+                "start_time": st.just("2026-01-01T00:00:00"),
+                "outputs": st.fixed_dictionaries(
+                    {
+                        "documents": st.lists(
+                            st.fixed_dictionaries(
+                                {"page_content": st.text(max_size=8), "metadata": st.fixed_dictionaries({"id": DOC})}
+                            ),
+                            max_size=3,
+                        )
+                    }
+                ),
+                "extra": st.just({"metadata": {"session_id": "s1"}}),
+            }
+        ),
+        st.fixed_dictionaries(
+            {"run_id": SPAN, "key": st.sampled_from(["user_score", "relevance", "citation", "other"]), "score": SCORE},
+            optional={"extra": st.fixed_dictionaries({"document_id": DOC})},
+        ),
+    ),
+    "langfuse": st.one_of(
+        st.fixed_dictionaries(
+            {
+                "id": SPAN,
+                "traceId": SPAN,
+                "type": st.sampled_from(["RETRIEVER", "RETRIEVER", "GENERATION"]),
+                "startTime": st.just("2026-01-01T00:00:00Z"),
+                "input": st.fixed_dictionaries({"query": QUERY}),
+                "output": st.fixed_dictionaries(
+                    {
+                        "documents": st.lists(
+                            st.fixed_dictionaries({"id": DOC, "content": st.text(max_size=8)}), max_size=3
+                        )
+                    }
+                ),
+            }
+        ),
+        st.fixed_dictionaries(
+            {"traceId": SPAN, "name": st.sampled_from(["user-feedback", "relevance", "click"]), "value": SCORE},
+            optional={"observationId": SPAN, "metadata": st.fixed_dictionaries({"document_id": DOC})},
+        ),
+    ),
+    "llamaindex": st.one_of(
+        st.fixed_dictionaries(
+            {
+                "class_name": st.just("RetrievalStartEvent"),
+                "span_id": SPAN,
+                "str_or_query_bundle": QUERY,
+                "timestamp": st.just("2026-01-01T00:00:00"),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "class_name": st.just("RetrievalEndEvent"),
+                "span_id": SPAN,
+                "str_or_query_bundle": st.one_of(QUERY, st.builds(lambda q: {"query_str": q}, QUERY)),
+                "nodes": st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "node": st.fixed_dictionaries(
+                                {"id_": DOC, "text": st.text(max_size=8), "metadata": st.just({})}
+                            ),
+                            "score": st.floats(0, 1),
+                        }
+                    ),
+                    max_size=3,
+                ),
+            }
+        ),
+    ),
+}
+
+
+def _keys(fmt: str) -> tuple[str, ...]:
+    return {
+        "ours": ("type", "id", "query", "documents", "target", "kind", "value", "document_position"),
+        "openinference": ("context", "attributes", "resourceSpans", "span_id", "result", "document_position"),
+        "langsmith": ("id", "run_type", "inputs", "outputs", "run_id", "key", "score", "extra"),
+        "langfuse": ("id", "type", "input", "output", "traceId", "name", "value", "metadata"),
+        "llamaindex": ("class_name", "span_id", "str_or_query_bundle", "nodes"),
+    }[fmt]
+
+
+def check_harvest_reader(fmt: str, spec: dict) -> tuple[str, str]:
+    """The reader reads every non-blank line; each record yields something or is counted as skipped;
+    ``harvest`` over the file raises nothing and counts every record it read."""
+    from adapter_retrievers.data import ReadReport
+    from adapter_retrievers.harvest import SignalPolicy, harvest, read_traces
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = write_lines(folder, "traces", spec)
+        report = ReadReport()
+        items = list(read_traces([path], fmt, report, SignalPolicy()))
+        if spec["cut"] is None:
+            assert report.rows_read == non_blank_lines(spec), f"{report.rows_read} of {non_blank_lines(spec)} read"
+        if fmt != "llamaindex":  # LlamaIndex pairs a start event with its end event: checked over the file
+            for i, line in enumerate(spec["lines"]):
+                if not line.strip():
+                    continue
+                one = folder / f"line-{i}.jsonl"
+                one.write_bytes(line + b"\n")
+                single = ReadReport()
+                produced = list(read_traces([one], fmt, single, SignalPolicy()))
+                assert produced or single.n_skipped, f"line {i} was dropped silently: {line[:200]!r}"
+        corpus = Corpus(["d1", "d2", "d3"], ["one", "two", "three"])
+        result = harvest([path], corpus, fmt=fmt)
+        assert result.report.records_read == report.rows_read
+        lenient = "skips counted" if report.n_skipped else "read cleanly"
+        return lenient, f"{len(items)} items" if items else "no items"
+
+
 # ------------------------------------------------------------------------------------------- adapters
 
 ADAPTER_DIM = 4
@@ -408,6 +644,11 @@ def properties(record: Counter | None = None) -> dict[str, Any]:
         "from_llamaindex_json": (st.tuples(qa_json()), check_llamaindex_json),
         "QueryAdapter.load": (st.tuples(adapter_folder()), check_adapter_load),
     }
+    for fmt, record in HARVEST_RECORDS.items():
+        pairs[f"harvest {fmt}"] = (
+            st.tuples(st.just(fmt), jsonl_file(record, _keys(fmt))),
+            check_harvest_reader,
+        )
     return pairs
 
 

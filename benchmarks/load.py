@@ -427,9 +427,7 @@ def concurrent_appends(folder: Path, n_processes: int = 4, n_lines: int = 25_000
     path = folder / "shared-log.jsonl"
     context = multiprocessing.get_context("spawn")
     start = context.Event()
-    workers = [
-        context.Process(target=_append_worker, args=(str(path), w, n_lines, start)) for w in range(n_processes)
-    ]
+    workers = [context.Process(target=_append_worker, args=(str(path), w, n_lines, start)) for w in range(n_processes)]
     for w in workers:
         w.start()
     time.sleep(0.5)
