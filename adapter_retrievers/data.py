@@ -91,28 +91,29 @@ class _RowErrors:
         self.report.skip(reason, where)
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
 
 
-def iter_lines(path: os.PathLike | str, errors: _RowErrors) -> Iterator[tuple[int, str]]:
+def iter_lines(
+    path: os.PathLike | str, errors: _RowErrors, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each non-blank line, decoded one line at a time.
 
-    A line that is not UTF-8 is one bad row (the next lines are still read); a gzip file cut short or
-    corrupted ends the file with one bad row. Each non-blank line counts once in ``rows_read``.
+    A line that is not UTF-8 (or longer than ``max_line_bytes``) is one bad row and the next lines are
+    still read; a gzip file cut short or corrupted ends the file with one bad row. Each non-blank line
+    counts once in ``rows_read``.
     """
     path = Path(path)
+    limit = -1 if max_line_bytes is None else max_line_bytes + 1
     with _open_binary(path) as handle:
         line_no = 0
         while True:
             try:
-                raw = handle.readline()
+                raw = handle.readline(limit)
+                too_long = max_line_bytes is not None and len(raw) > max_line_bytes
+                while too_long and raw and not raw.endswith(b"\n"):  # skip the rest of a huge line
+                    raw = handle.readline(max_line_bytes)
             except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupted gzip
                 errors.report.rows_read += 1
                 errors.bad(f"unreadable data ({type(exc).__name__}: {exc})", path, line_no + 1)
@@ -120,6 +121,10 @@ def iter_lines(path: os.PathLike | str, errors: _RowErrors) -> Iterator[tuple[in
             if not raw:
                 return
             line_no += 1
+            if too_long:
+                errors.report.rows_read += 1
+                errors.bad(f"line longer than {max_line_bytes // 2**20} MiB", path, line_no)
+                continue
             if not raw.strip():
                 continue
             errors.report.rows_read += 1

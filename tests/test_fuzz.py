@@ -102,3 +102,45 @@ def test_adapter_files_that_used_to_crash_the_loader(tmp_path):
     (path / fuzz.WEIGHTS_FILE).write_bytes(save({k: np.array(1.0, np.float32) for k in ("up", "down", "bias")}))
     with pytest.raises(fuzz.AdapterFileError, match="shape"):  # 0-d tensors: used to raise IndexError
         QueryAdapter.load(path)
+
+
+def test_trace_files_that_used_to_crash_or_vanish_in_harvest(tmp_path):
+    import gzip
+    import json
+
+    from adapter_retrievers.data import ReadReport
+    from adapter_retrievers.harvest import SignalPolicy, read_traces
+
+    good = {"type": "retrieval", "id": "r1", "query": "q", "documents": [{"id": "d1"}]}
+    lines = [
+        b"[1, 2]",  # a first line that is an array: the whole file used to be read as one JSON array, and lost
+        b"\xff" + json.dumps(good).encode(),  # invalid UTF-8 on the first byte: UnicodeDecodeError
+        b'{"type": "signal", "target": "r1", "kind": "feedback", "value": NaN}',  # NaN: was negative feedback
+        b'{"type": "signal", "target": "r1", "kind": "feedback", "value": 1' + b"0" * 400 + b"}",  # OverflowError
+        json.dumps(good).encode(),
+    ]
+    path = tmp_path / "log.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n")[:-6])  # and the gzip is cut short
+    report = ReadReport()
+    items = list(read_traces([path], "ours", report, SignalPolicy()))
+    assert [type(i).__name__ for i in items] == ["LoggedRetrieval"]
+    assert report.rows_read == 6 and report.n_skipped == 5  # 5 lines + the unreadable end
+
+    otlp = {
+        "resourceSpans": [
+            None,
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {"spanId": "s1", "attributes": [{"key": ["x"]}, {"key": "n", "value": {"intValue": "x"}}]}
+                        ]
+                    }
+                ]
+            },
+        ]
+    }
+    (tmp_path / "spans.jsonl").write_text(json.dumps(otlp) + "\n")
+    report = ReadReport()
+    assert list(read_traces([tmp_path / "spans.jsonl"], "openinference", report, SignalPolicy())) == []
+    assert report.n_skipped == 1  # a span that is not a RETRIEVER span, counted

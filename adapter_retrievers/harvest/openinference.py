@@ -34,7 +34,7 @@ from adapter_retrievers.harvest.records import (
 )
 
 FORMAT = "openinference"
-_DOC_KEY = re.compile(r"^retrieval\.documents\.(\d+)\.document\.(id|content|score|metadata)$")
+_DOC_KEY = re.compile(r"^retrieval\.documents\.(\d{1,6})\.document\.(id|content|score|metadata)$")
 
 
 def read_openinference(records: Records, report: ReadReport, policy: SignalPolicy) -> Parsed:
@@ -76,26 +76,35 @@ def read_openinference(records: Records, report: ReadReport, policy: SignalPolic
             )
 
 
-def _otlp_value(value: dict) -> Any:
+def _dicts(value: Any) -> list[dict]:
+    """The objects in a JSON list (anything else in it, or a non-list, gives nothing)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _otlp_value(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return None
     for key in ("stringValue", "intValue", "doubleValue", "boolValue"):
         if key in value:
-            return int(value[key]) if key == "intValue" else value[key]
+            if key != "intValue":
+                return value[key]
+            try:
+                return int(value[key])  # OTLP/JSON writes 64-bit integers as strings
+            except (TypeError, ValueError):
+                return None
     if "arrayValue" in value:
-        return [_otlp_value(v) for v in value["arrayValue"].get("values", [])]
+        array = value["arrayValue"]
+        return [_otlp_value(v) for v in _dicts(array.get("values") if isinstance(array, dict) else None)]
     return None
 
 
 def _flat_spans(obj: dict) -> Iterator[dict]:
     """Normalise the three span shapes to ``{"span_id", "trace_id", "start", "attributes": {flat}}``."""
     if "resourceSpans" in obj:  # OTLP/JSON export request
-        for resource in obj.get("resourceSpans") or []:
-            for scope in resource.get("scopeSpans") or []:
-                for span in scope.get("spans") or []:
-                    attrs = {
-                        a.get("key"): _otlp_value(a.get("value") or {})
-                        for a in span.get("attributes") or []
-                        if isinstance(a, dict)
-                    }
+        for resource in _dicts(obj.get("resourceSpans")):
+            for scope in _dicts(resource.get("scopeSpans")):
+                for span in _dicts(scope.get("spans")):
+                    attrs = {as_str(a.get("key")): _otlp_value(a.get("value")) for a in _dicts(span.get("attributes"))}
                     yield {
                         "span_id": span.get("spanId"),
                         "trace_id": span.get("traceId"),
@@ -103,7 +112,7 @@ def _flat_spans(obj: dict) -> Iterator[dict]:
                         "attributes": attrs,
                     }
     elif isinstance(obj.get("attributes"), dict):  # OTel SDK span.to_json()
-        context = obj.get("context") or {}
+        context = obj.get("context") if isinstance(obj.get("context"), dict) else {}
         yield {
             "span_id": context.get("span_id"),
             "trace_id": context.get("trace_id"),
@@ -118,7 +127,7 @@ def _flat_spans(obj: dict) -> Iterator[dict]:
             name = key[len("attributes.") :]
             if name == "retrieval.documents" and isinstance(value, list):
                 for i, doc in enumerate(value):
-                    for doc_key, doc_value in (doc or {}).items():
+                    for doc_key, doc_value in (doc if isinstance(doc, dict) else {}).items():
                         attrs[f"retrieval.documents.{i}.{doc_key}"] = doc_value
             else:
                 attrs[name] = value
@@ -144,14 +153,15 @@ def _annotation(obj: dict, where: str, report: ReadReport, policy: SignalPolicy)
     value = as_float(result.get("score"))
     if value is None:
         value = as_float(result.get("label"))
-    name = str(obj.get("name") or "")
+    name = as_str(obj.get("name")) or ""
     position = obj.get("document_position")
-    if value is None:
-        report.skip("annotation without a usable label or score", where)
+    span_id = as_str(obj.get("span_id"))
+    if value is None or span_id is None:
+        report.skip("annotation without a span id or a usable label or score", where)
         return
     if isinstance(position, int) and not isinstance(position, bool):
-        yield Signal(str(obj["span_id"]), "label", value, document_position=position)
+        yield Signal(span_id, "label", value, document_position=position)
     elif name in policy.feedback_keys or not name:
-        yield Signal(str(obj["span_id"]), "feedback", value)
+        yield Signal(span_id, "feedback", value)
     else:
         report.skip(f"span annotation {name!r} is neither feedback nor a document label", where)
