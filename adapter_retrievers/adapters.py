@@ -180,8 +180,8 @@ class QueryAdapter:
             raise AdapterFileError(f"{path} is not an adapter folder: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AdapterFileError(f"{config_path}: not valid JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an over-long integer, deep nesting
+            raise AdapterFileError(f"{config_path}: not valid JSON ({type(exc).__name__}: {exc})") from exc
         if not isinstance(config, dict):
             raise AdapterFileError(f"{config_path}: expected a JSON object")
         version = config.get("format_version")
@@ -195,8 +195,11 @@ class QueryAdapter:
         if adapter_cls is None:
             raise AdapterFileError(f"{config_path}: unknown adapter kind {kind!r}; known: {cls.kinds()}")
         dim, model = config.get("dimension"), config.get("base_model")
-        if not isinstance(dim, int) or dim <= 0 or not isinstance(model, str):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0 or not isinstance(model, str):
             raise AdapterFileError(f"{config_path}: missing or invalid 'dimension' or 'base_model'")
+        metadata = config.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise AdapterFileError(f"{config_path}: 'metadata' must be a JSON object")
         try:
             params = load(weights_path.read_bytes())
         except (SafetensorError, ValueError, OSError) as exc:
@@ -208,7 +211,7 @@ class QueryAdapter:
             if value.dtype != np.float32:
                 raise AdapterFileError(f"{weights_path}: tensor {name!r} has dtype {value.dtype}, expected float32")
         try:
-            adapter = adapter_cls(dim, model, params, bool(config.get("normalize", True)), config.get("metadata") or {})
+            adapter = adapter_cls(dim, model, params, bool(config.get("normalize", True)), metadata)
         except AdapterFileError as exc:
             raise AdapterFileError(f"{weights_path}: {exc}") from exc
         adapter.check_compatible(base_model, dimension)
@@ -278,7 +281,8 @@ class LowRankAdapter(QueryAdapter):
         return int(self.params["up"].shape[1])
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        rank = self.params.get("up", np.zeros((0, 0))).shape[-1]
+        up = self.params.get("up")
+        rank = up.shape[-1] if up is not None and up.ndim == 2 else 0
         return {"up": (self.dimension, rank), "down": (self.dimension, rank), "bias": (self.dimension,)}
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
@@ -332,7 +336,8 @@ class ResidualMLPAdapter(QueryAdapter):
         }
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        hidden = self.params.get("w1", np.zeros((0, 0))).shape[0]
+        w1 = self.params.get("w1")
+        hidden = w1.shape[0] if w1 is not None and w1.ndim == 2 else 0
         d = self.dimension
         return {"w1": (hidden, d), "b1": (hidden,), "w2": (d, hidden), "b2": (d,)}
 

@@ -16,8 +16,10 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import random
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ import numpy as np
 from adapter_retrievers._files import atomic_write_text
 
 ErrorMode = Literal["raise", "skip"]
+NO_RELEVANT_DOCUMENT = "query without a relevant document (nothing to learn from)"  # a skipped query, not a row
 
 
 class DataFormatError(ValueError):
@@ -37,9 +40,14 @@ class DataFormatError(ValueError):
 
 @dataclass
 class ReadReport:
-    """What a lenient read skipped, counted by reason, with the first few locations of each."""
+    """What a lenient read skipped, counted by reason, with the first few locations of each.
+
+    Every row read is either used or skipped: ``rows_read == rows_used + rows skipped`` (a skip whose
+    location has no line, such as a query left without any relevant document, is not a row).
+    """
 
     rows_read: int = 0
+    rows_used: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -55,6 +63,7 @@ class ReadReport:
 
     def merge(self, other: ReadReport) -> None:
         self.rows_read += other.rows_read
+        self.rows_used += other.rows_used
         self.skipped.update(other.skipped)
         for reason, where in other.examples.items():
             self.examples.setdefault(reason, []).extend(where[: 5 - len(self.examples[reason])])
@@ -82,38 +91,84 @@ class _RowErrors:
         self.report.skip(reason, where)
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+
+
+def iter_lines(
+    path: os.PathLike | str, errors: _RowErrors, max_line_bytes: int | None = None
+) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each non-blank line, decoded one line at a time.
+
+    A line that is not UTF-8 (or longer than ``max_line_bytes``) is one bad row and the next lines are
+    still read; a gzip file cut short or corrupted ends the file with one bad row. Each non-blank line
+    counts once in ``rows_read``.
+    """
+    path = Path(path)
+    limit = -1 if max_line_bytes is None else max_line_bytes + 1
+    with _open_binary(path) as handle:
+        line_no = 0
+        while True:
+            try:
+                raw = handle.readline(limit)
+                too_long = max_line_bytes is not None and len(raw) > max_line_bytes
+                while too_long and raw and not raw.endswith(b"\n"):  # skip the rest of a huge line
+                    raw = handle.readline(max_line_bytes)
+            except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupted gzip
+                errors.report.rows_read += 1
+                errors.bad(f"unreadable data ({type(exc).__name__}: {exc})", path, line_no + 1)
+                return
+            if not raw:
+                return
+            line_no += 1
+            if too_long:
+                errors.report.rows_read += 1
+                errors.bad(f"line longer than {max_line_bytes // 2**20} MiB", path, line_no)
+                continue
+            if not raw.strip():
+                continue
+            errors.report.rows_read += 1
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.bad(f"invalid UTF-8 ({exc.reason} at byte {exc.start})", path, line_no)
+
+
+def _json(text: str) -> Any:
+    """``json.loads`` whose only error is :class:`json.JSONDecodeError` (also for deep nesting, huge numbers)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:20], 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+        raise json.JSONDecodeError(str(exc).split(";")[0], text[:20], 0) from None
 
 
 def iter_jsonl(path: os.PathLike | str, errors: _RowErrors) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each JSON object line; blank lines are ignored."""
-    path = Path(path)
-    with _open_text(path) as handle:
-        line_no = 0
-        while True:
-            try:
-                line = handle.readline()
-            except (EOFError, OSError, UnicodeDecodeError) as exc:  # truncated gzip, bad bytes
-                errors.bad(f"unreadable data ({type(exc).__name__}: {exc})", path, line_no + 1)
-                return
-            if not line:
-                return
-            line_no += 1
-            if not line.strip():
-                continue
-            errors.report.rows_read += 1
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.bad(f"malformed JSON ({exc.msg})", path, line_no)
-                continue
-            if not isinstance(obj, dict):
-                errors.bad("line is not a JSON object", path, line_no)
-                continue
-            yield line_no, obj
+    for line_no, line in iter_lines(path, errors):
+        try:
+            obj = _json(line)
+        except json.JSONDecodeError as exc:
+            errors.bad(f"malformed JSON ({exc.msg})", path, line_no)
+            continue
+        if not isinstance(obj, dict):
+            errors.bad("line is not a JSON object", path, line_no)
+            continue
+        yield line_no, obj
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or ``None`` (bools, strings, NaN, inf and numbers beyond float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _text_fingerprint(text: str) -> str:
@@ -217,6 +272,7 @@ class Corpus:
                 row_errors.bad(f"duplicated document id {doc_id!r}", path, line_no)
                 continue
             seen.add(doc_id)
+            row_errors.report.rows_used += 1
             ids.append(doc_id)
             texts.append(f"{title}{title_separator}{text}".strip() if title else text)
         return cls(ids, texts, name=folder.name, read_report=row_errors.report)
@@ -276,7 +332,7 @@ class TrainingSet:
         # count the others so nothing is dropped silently.
         self.relevant = {q: dict(docs) for q, docs in self.relevant.items() if docs}
         for q in sorted((set(self.queries) | set(self.negatives)) - set(self.relevant)):
-            self.read_report.skip("query without a relevant document (nothing to learn from)", q)
+            self.read_report.skip(NO_RELEVANT_DOCUMENT, q)
         self.queries = {q: t for q, t in self.queries.items() if q in self.relevant}
         self.negatives = {q: set(d) - set(self.relevant[q]) for q, d in self.negatives.items() if q in self.relevant}
 
@@ -462,6 +518,7 @@ class TrainingSet:
             if query_id is None or not isinstance(text, str) or not text.strip():
                 row_errors.bad("missing _id or text", queries_path, line_no)
                 continue
+            row_errors.report.rows_used += 1
             all_queries[query_id] = text
         qrels_path = folder / "qrels" / f"{split}.tsv"
         if not qrels_path.exists():
@@ -500,19 +557,18 @@ class TrainingSet:
             if doc_id is None:
                 row_errors.bad("missing or invalid doc_id", path, line_no)
                 continue
-            grade = obj.get("score", obj.get("label", 1))
-            if isinstance(grade, bool) or not isinstance(grade, (int, float)) or not np.isfinite(grade):
-                row_errors.bad("label/score is not a number", path, line_no)
+            grade = _finite(obj.get("score", obj.get("label", 1)))
+            if grade is None:
+                row_errors.bad("label/score is not a finite number", path, line_no)
                 continue
             query_id = _as_id(obj.get("query_id")) or _query_id_for(text)
             if query_id in queries and queries[query_id] != text:
                 row_errors.bad(f"query_id {query_id!r} used for two different texts", path, line_no)
                 continue
             queries[query_id] = text
+            row_errors.report.rows_used += 1
             if grade > 0:
-                relevant.setdefault(query_id, {})[doc_id] = max(
-                    float(grade), relevant.get(query_id, {}).get(doc_id, 0.0)
-                )
+                relevant.setdefault(query_id, {})[doc_id] = max(grade, relevant.get(query_id, {}).get(doc_id, 0.0))
             else:
                 negatives.setdefault(query_id, set()).add(doc_id)
         return cls(queries, relevant, negatives, path.stem, row_errors.report)
@@ -571,39 +627,44 @@ def _read_qrels(
 ) -> tuple[dict[str, dict[str, float]], dict[str, set[str]]]:
     relevant: dict[str, dict[str, float]] = {}
     negatives: dict[str, set[str]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            parts = line.rstrip("\n\r").split("\t")
-            if not line.strip():
-                continue
-            if line_no == 1 and parts[0] in ("query-id", "query_id", "qid"):
-                continue
-            row_errors.report.rows_read += 1
-            if len(parts) == 4:  # TREC qrels: qid 0 docid grade
-                parts = [parts[0], parts[2], parts[3]]
-            if len(parts) != 3:
-                row_errors.bad(f"expected 3 tab-separated columns, got {len(parts)}", path, line_no)
-                continue
-            query_id, doc_id, grade_text = (p.strip() for p in parts)
-            try:
-                grade = float(grade_text)
-            except ValueError:
-                row_errors.bad(f"score {grade_text!r} is not a number", path, line_no)
-                continue
-            if query_id not in known_queries:
-                row_errors.bad(f"unknown query id {query_id!r}", path, line_no)
-                continue
-            if grade > 0:
-                relevant.setdefault(query_id, {})[doc_id] = grade
-            else:
-                negatives.setdefault(query_id, set()).add(doc_id)
+    for line_no, line in iter_lines(path, row_errors):
+        parts = line.rstrip("\n\r").split("\t")
+        if line_no == 1 and parts[0] in ("query-id", "query_id", "qid"):
+            row_errors.report.rows_read -= 1  # the header is not a row
+            continue
+        if len(parts) == 4:  # TREC qrels: qid 0 docid grade
+            parts = [parts[0], parts[2], parts[3]]
+        if len(parts) != 3:
+            row_errors.bad(f"expected 3 tab-separated columns, got {len(parts)}", path, line_no)
+            continue
+        query_id, doc_id, grade_text = (p.strip() for p in parts)
+        try:
+            grade = float(grade_text)
+        except ValueError:
+            grade = math.nan
+        if not math.isfinite(grade):
+            row_errors.bad(f"score {grade_text[:40]!r} is not a finite number", path, line_no)
+            continue
+        if not query_id or not doc_id:
+            row_errors.bad("empty query or document id", path, line_no)
+            continue
+        if query_id not in known_queries:
+            row_errors.bad(f"unknown query id {query_id[:40]!r}", path, line_no)
+            continue
+        row_errors.report.rows_used += 1
+        if grade > 0:
+            relevant.setdefault(query_id, {})[doc_id] = grade
+        else:
+            negatives.setdefault(query_id, set()).add(doc_id)
     return relevant, negatives
 
 
 def _read_qa_json(path: os.PathLike | str) -> dict:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        with open(path, "rb") as handle:
+            data = _json(handle.read().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: invalid UTF-8 at byte {exc.start}") from exc
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
@@ -611,4 +672,15 @@ def _read_qa_json(path: os.PathLike | str) -> dict:
     missing = [k for k in ("queries", "corpus", "relevant_docs") if not isinstance(data.get(k), dict)]
     if missing:
         raise DataFormatError(f"{path}: missing or non-object keys {missing} (expected LlamaIndex QA JSON)")
+    for key in ("queries", "corpus"):
+        bad = [k for k, v in data[key].items() if not isinstance(v, str)]
+        if bad:
+            raise DataFormatError(f"{path}: {key} must map ids to strings; not so for {bad[:5]}")
+    bad = [
+        q
+        for q, docs in data["relevant_docs"].items()
+        if not isinstance(docs, list) or not all(isinstance(d, str) or _as_id(d) for d in docs)
+    ]
+    if bad:
+        raise DataFormatError(f"{path}: relevant_docs must map query ids to lists of document ids; not for {bad[:5]}")
     return data

@@ -54,7 +54,7 @@ from adapter_retrievers.harvest.records import (
 
 FORMAT = "openinference"
 # the SDK keeps document metadata as one JSON string; Phoenix flattens it to one attribute per key
-_DOC_KEY = re.compile(r"^retrieval\.documents\.(\d+)\.document\.(id|content|score|metadata)(?:\.(.+))?$")
+_DOC_KEY = re.compile(r"^retrieval\.documents\.(\d{1,6})\.document\.(id|content|score|metadata)(?:\.(.+))?$")
 _ANNOTATION_VALUES = ("result", "label", "score", "result.label", "result.score")
 
 
@@ -134,26 +134,35 @@ def _timestamp(value: Any) -> str | None:
         return as_str(value)
 
 
-def _otlp_value(value: dict) -> Any:
+def _dicts(value: Any) -> list[dict]:
+    """The objects in a JSON list (anything else in it, or a non-list, gives nothing)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _otlp_value(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return None
     for key in ("stringValue", "intValue", "doubleValue", "boolValue"):
         if key in value:
-            return int(value[key]) if key == "intValue" else value[key]
+            if key != "intValue":
+                return value[key]
+            try:
+                return int(value[key])  # OTLP/JSON writes 64-bit integers as strings
+            except (TypeError, ValueError):
+                return None
     if "arrayValue" in value:
-        return [_otlp_value(v) for v in value["arrayValue"].get("values", [])]
+        array = value["arrayValue"]
+        return [_otlp_value(v) for v in _dicts(array.get("values") if isinstance(array, dict) else None)]
     return None
 
 
 def _flat_spans(obj: dict) -> Iterator[dict]:
     """Normalise the span shapes to ``{"span_id", "trace_id", "start", "kind", "attributes": {flat}}``."""
     if "resourceSpans" in obj:  # OTLP/JSON export request
-        for resource in obj.get("resourceSpans") or []:
-            for scope in resource.get("scopeSpans") or []:
-                for span in scope.get("spans") or []:
-                    attrs = {
-                        a.get("key"): _otlp_value(a.get("value") or {})
-                        for a in span.get("attributes") or []
-                        if isinstance(a, dict)
-                    }
+        for resource in _dicts(obj.get("resourceSpans")):
+            for scope in _dicts(resource.get("scopeSpans")):
+                for span in _dicts(scope.get("spans")):
+                    attrs = {as_str(a.get("key")): _otlp_value(a.get("value")) for a in _dicts(span.get("attributes"))}
                     yield {
                         "span_id": span.get("spanId"),
                         "trace_id": span.get("traceId"),
@@ -162,7 +171,7 @@ def _flat_spans(obj: dict) -> Iterator[dict]:
                         "attributes": attrs,
                     }
     elif isinstance(obj.get("attributes"), dict):  # OTel SDK span.to_json(), Phoenix client.spans.get_spans()
-        context = obj.get("context") or {}
+        context = obj.get("context") if isinstance(obj.get("context"), dict) else {}
         attrs = obj["attributes"]
         yield {
             "span_id": context.get("span_id"),
@@ -179,7 +188,7 @@ def _flat_spans(obj: dict) -> Iterator[dict]:
             name = key[len("attributes.") :]
             if name == "retrieval.documents" and isinstance(value, list):
                 for i, doc in enumerate(value):
-                    for doc_key, doc_value in (doc or {}).items():
+                    for doc_key, doc_value in (doc if isinstance(doc, dict) else {}).items():
                         attrs[f"retrieval.documents.{i}.{doc_key}"] = doc_value
             else:
                 attrs[name] = value
@@ -226,7 +235,7 @@ def _annotation(obj: dict, where: str, report: ReadReport, policy: SignalPolicy)
     if result:
         scores_then_labels = (result.get("score"), result.get("label"))
     value = next((v for v in map(as_float, scores_then_labels) if v is not None), None)
-    name = str(obj.get("name") or obj.get("annotation_name") or "")
+    name = as_str(obj.get("name")) or as_str(obj.get("annotation_name")) or ""
     position = obj.get("document_position")
     if isinstance(position, float) and position.is_integer():  # a dataframe column with gaps is float
         position = int(position)

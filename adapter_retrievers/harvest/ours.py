@@ -53,11 +53,15 @@ def signal_record(obj: dict, where: str, report: ReadReport) -> Parsed:
     if target is None or signal_kind not in SIGNAL_KINDS:
         report.skip("signal without target or with unknown kind", where)
         return
+    value = as_float(obj.get("value"))
+    if value is None and obj.get("value") is not None:  # no value means 1; a value that is not a number is bad
+        report.skip("signal whose value is not a finite number", where)
+        return
     position = obj.get("document_position")
     yield Signal(
         target,
         signal_kind,
-        as_float(obj.get("value")),
+        value,
         as_str(obj.get("document_id")),
         position if isinstance(position, int) and not isinstance(position, bool) else None,
     )

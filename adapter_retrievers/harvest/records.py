@@ -8,13 +8,15 @@ Everything after that (matching documents to the corpus, the signal policy, the 
 from __future__ import annotations
 
 import json
+import math
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapter_retrievers.data import ReadReport, _open_text
+from adapter_retrievers.data import ReadReport, _json, _open_binary, _RowErrors, iter_lines
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 POSITIVE_WORDS = frozenset({"relevant", "yes", "true", "thumbs_up", "up", "correct", "good"})
@@ -66,11 +68,11 @@ def as_str(value: Any) -> str | None:
 
 
 def as_float(value: Any) -> float | None:
-    """A number from a number, a numeric string, or a label word (``thumbs_up`` -> 1, ``irrelevant`` -> 0)."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
+    """A finite number from a number, a numeric string, or a label word (``thumbs_up`` -> 1, ``irrelevant`` -> 0).
+
+    ``None`` for anything else, NaN, infinities and numbers beyond float range: an unusable value is skipped
+    and counted by the reader, never read as a negative signal.
+    """
     if isinstance(value, str):
         lowered = value.strip().lower()
         if lowered in POSITIVE_WORDS:
@@ -78,10 +80,16 @@ def as_float(value: Any) -> float | None:
         if lowered in NEGATIVE_WORDS:
             return 0.0
         try:
-            return float(lowered)
+            value = float(lowered)
         except ValueError:
             return None
-    return None
+    if not isinstance(value, (bool, int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def json_maybe(value: Any) -> Any:
@@ -113,49 +121,38 @@ def logged_documents(items: list) -> list[LoggedDocument]:
     return [doc for doc in (logged_document(d, i) for i, d in enumerate(items)) if doc is not None]
 
 
+def _json_array(path: Path) -> list | None:
+    """The items of a file holding one JSON array (LangSmith / Langfuse API dumps); ``None`` for JSONL."""
+    try:
+        with _open_binary(path) as handle:
+            if handle.read(1) != b"[":
+                return None
+            data = _json((b"[" + handle.read()).decode("utf-8"))
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # read it line by line: each bad line is then counted where it is
+    return data if isinstance(data, list) else None
+
+
 def iter_records(paths: Iterable[os.PathLike | str], report: ReadReport) -> Iterator[tuple[str, dict]]:
     """Yield ``(location, object)`` from JSONL files or JSON files holding a list; bad lines are counted."""
+    errors = _RowErrors("skip", report)
     for path in map(Path, paths):
-        with _open_text(path) as handle:
-            first = handle.read(1)
-            handle.seek(0)
-            if first == "[":  # one JSON array (LangSmith / Langfuse API dumps)
-                try:
-                    items = json.load(handle)
-                except json.JSONDecodeError as exc:
-                    report.skip("malformed JSON", f"{path}:{exc.lineno}")
-                    continue
-                for i, item in enumerate(items):
-                    report.rows_read += 1
-                    if isinstance(item, dict):
-                        yield f"{path}[{i}]", item
-                    else:
-                        report.skip("record is not a JSON object", f"{path}[{i}]")
-                continue
-            line_no = 0
-            while True:
-                try:
-                    line = handle.readline(MAX_LINE_BYTES + 1)
-                except (EOFError, OSError, UnicodeDecodeError) as exc:
-                    report.skip(f"unreadable data ({type(exc).__name__})", f"{path}:{line_no + 1}")
-                    break
-                if not line:
-                    break
-                line_no += 1
-                if len(line) > MAX_LINE_BYTES:
-                    report.skip("line longer than 16 MiB", f"{path}:{line_no}")
-                    while line and not line.endswith("\n"):  # drop the rest of the huge line
-                        line = handle.readline(MAX_LINE_BYTES)
-                    continue
-                if not line.strip():
-                    continue
+        items = _json_array(path)
+        if items is not None:
+            for i, item in enumerate(items):
                 report.rows_read += 1
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    report.skip("malformed JSON line", f"{path}:{line_no}")
-                    continue
-                if not isinstance(obj, dict):
-                    report.skip("line is not a JSON object", f"{path}:{line_no}")
-                    continue
-                yield f"{path}:{line_no}", obj
+                if isinstance(item, dict):
+                    yield f"{path}[{i}]", item
+                else:
+                    report.skip("record is not a JSON object", f"{path}[{i}]")
+            continue
+        for line_no, line in iter_lines(path, errors, MAX_LINE_BYTES):
+            try:
+                obj = _json(line)
+            except json.JSONDecodeError:
+                report.skip("malformed JSON line", f"{path}:{line_no}")
+                continue
+            if not isinstance(obj, dict):
+                report.skip("line is not a JSON object", f"{path}:{line_no}")
+                continue
+            yield f"{path}:{line_no}", obj

@@ -17,6 +17,7 @@ call from ``retriever.invoke(q, adapter_key="tenant-a")`` or from the run config
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
@@ -134,26 +135,46 @@ class RetrievalLogger(BaseCallbackHandler):
     Pass it in the run config: ``chain.invoke(q, config={"callbacks": [logger], "run_id": run_id,
     "metadata": {"session_id": "..."}})``. Each record's ``id`` is the retriever run id and its
     ``trace_id`` the root run id, so feedback can be attached to either later.
+
+    It holds only the runs still in progress (a run is forgotten when it ends or fails), under a lock,
+    so one logger can serve concurrent chains for as long as the application runs.
     """
 
     def __init__(self, log: RetrievalLog | str | Any) -> None:
         self.log = log if isinstance(log, RetrievalLog) else RetrievalLog(log)
-        self._parents: dict[UUID, UUID | None] = {}
-        self._pending: dict[UUID, tuple[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._parents: dict[UUID, UUID | None] = {}  # runs in progress that may have a retriever below them
+        self._pending: dict[UUID, tuple[str, dict[str, Any], UUID]] = {}  # retriever run -> query, metadata, root
 
-    def _root(self, run_id: UUID) -> UUID:
-        while self._parents.get(run_id) is not None:
-            run_id = self._parents[run_id]  # type: ignore[assignment]
-        return run_id
+    def _start(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+        with self._lock:
+            self._parents[run_id] = parent_run_id
+
+    def _forget(self, run_id: UUID) -> None:
+        with self._lock:
+            self._parents.pop(run_id, None)
 
     def on_chain_start(
         self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
-        self._parents[run_id] = parent_run_id
+        self._start(run_id, parent_run_id)
+
+    def on_tool_start(
+        self, serialized: Any, input_str: str, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        self._start(run_id, parent_run_id)  # agents call retrievers inside tools
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        if run_id not in self._pending and all(p != run_id for p in self._parents.values()):
-            self._parents.pop(run_id, None)
+        self._forget(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._forget(run_id)
 
     def on_retriever_start(
         self,
@@ -165,14 +186,20 @@ class RetrievalLogger(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._parents[run_id] = parent_run_id
-        self._pending[run_id] = (query, metadata or {})
+        with self._lock:
+            root = run_id if parent_run_id is None else parent_run_id
+            while self._parents.get(root) is not None:
+                root = self._parents[root]  # type: ignore[assignment]
+            self._parents[run_id] = parent_run_id
+            self._pending[run_id] = (query, metadata or {}, root)
 
     def on_retriever_end(self, documents: Sequence[Document], *, run_id: UUID, **kwargs: Any) -> None:
-        query, metadata = self._pending.pop(run_id, (None, {}))
-        if query is None:
+        with self._lock:
+            self._parents.pop(run_id, None)
+            pending = self._pending.pop(run_id, None)
+        if pending is None:
             return
-        root = self._root(run_id)
+        query, metadata, root = pending
         docs = [
             {
                 "id": d.id or d.metadata.get("id"),
@@ -192,8 +219,8 @@ class RetrievalLogger(BaseCallbackHandler):
             user=metadata.get("user_id"),
             source="langchain",
         )
-        self._parents.pop(run_id, None)
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._pending.pop(run_id, None)
-        self._parents.pop(run_id, None)
+        with self._lock:
+            self._parents.pop(run_id, None)
+            self._pending.pop(run_id, None)

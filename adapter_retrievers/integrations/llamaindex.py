@@ -15,18 +15,35 @@ working; texts are passed through in batches, untouched.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
+from llama_index.core.instrumentation.events.span import SpanDropEvent
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from pydantic import Field
 
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.registry import AdapterRegistry, adapt_query_vector, adapter_metadata
+
+# Set while AdapterVectorRetriever runs the index's own retriever: that inner retrieval is the same
+# retrieval as the wrapper's, so RetrievalEventLogger records the wrapper's only (one record per query).
+_delegated_retrieval: ContextVar[bool] = ContextVar("adapter_retrievers_delegated_retrieval", default=False)
+
+
+@contextmanager
+def _delegating() -> Iterator[None]:
+    token = _delegated_retrieval.set(True)
+    try:
+        yield
+    finally:
+        _delegated_retrieval.reset(token)
 
 
 class AdapterEmbedding(BaseEmbedding):
@@ -109,11 +126,15 @@ class AdapterVectorRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         vector = query_bundle.embedding or self._embed_model.get_query_embedding(query_bundle.query_str)
-        return self._inner.retrieve(self._adapted_bundle(query_bundle, vector))
+        bundle = self._adapted_bundle(query_bundle, vector)
+        with _delegating():
+            return self._inner.retrieve(bundle)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         vector = query_bundle.embedding or await self._embed_model.aget_query_embedding(query_bundle.query_str)
-        return await self._inner.aretrieve(self._adapted_bundle(query_bundle, vector))
+        bundle = self._adapted_bundle(query_bundle, vector)
+        with _delegating():
+            return await self._inner.aretrieve(bundle)
 
 
 class RetrievalEventLogger(BaseEventHandler):
@@ -121,6 +142,7 @@ class RetrievalEventLogger(BaseEventHandler):
 
     ``get_dispatcher().add_event_handler(RetrievalEventLogger("rag-log.jsonl"))``; the record's ``id``
     is the retrieval's span id. A ``session_id`` tag (``instrument_tags({"session_id": ...})``) is kept.
+    A retrieval that fails is forgotten (its span's drop event), so memory stays bounded however many fail.
     """
 
     log: Any = Field(default=None, exclude=True)
@@ -134,8 +156,12 @@ class RetrievalEventLogger(BaseEventHandler):
         return "RetrievalEventLogger"
 
     def handle(self, event: Any, **kwargs: Any) -> None:
+        if _delegated_retrieval.get():
+            return
         if isinstance(event, RetrievalStartEvent):
             self.pending[event.span_id] = event.timestamp.isoformat()
+        elif isinstance(event, SpanDropEvent):
+            self.pending.pop(event.span_id, None)
         elif isinstance(event, RetrievalEndEvent):
             started = self.pending.pop(event.span_id, None)
             query = event.str_or_query_bundle
