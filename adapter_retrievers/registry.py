@@ -109,9 +109,7 @@ def resolve_adapter(adapter: QueryAdapter | AdapterRegistry, key: str | None = N
     return adapter
 
 
-def check_adapter_for(
-    adapter: QueryAdapter | AdapterRegistry, embeddings: Any, model_id: str | None = None
-) -> None:
+def check_adapter_for(adapter: QueryAdapter | AdapterRegistry, embeddings: Any, model_id: str | None = None) -> None:
     """Refuse, when a wrapper is built, an adapter for another model or dimension than ``embeddings``.
 
     Uses what the embeddings expose (model name, dimension) without embedding anything; ``model_id``
