@@ -453,7 +453,25 @@ def load_minilm(cache_dir: os.PathLike | str | None = None) -> Any:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise ImportError("the bundled model needs sentence-transformers: the 'local' extra installs it") from exc
-    return SentenceTransformer(str(path), device="cpu")
+    with _quiet_transformers():
+        return SentenceTransformer(str(path), device="cpu")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """No "Loading weights" progress bar for a 90 MB local model (it clutters every command's output)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers brings transformers
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def minilm_encoder(cache_dir: os.PathLike | str | None = None) -> Encoder:
