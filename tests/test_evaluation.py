@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -151,4 +153,4 @@ def test_learning_curve_axis_labels_do_not_overlap():
     labels = [t for t in fig.axes[0].get_xticklabels() if t.get_visible() and t.get_text()]
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
     assert [t.get_text() for t in labels][:3] == ["25", "50", "100"]  # plain numbers at the measured sizes
-    assert all(left.x1 <= right.x0 for left, right in zip(boxes, boxes[1:]))
+    assert all(left.x1 <= right.x0 for left, right in itertools.pairwise(boxes))
