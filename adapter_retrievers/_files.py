@@ -22,13 +22,39 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux ``/proc``)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_folder(parent: os.PathLike | str, prefix: str) -> Path:
+    """A new temporary folder in ``parent`` with the permissions ``mkdir`` would give (the umask's).
+
+    ``tempfile.mkdtemp`` makes owner-only folders; renamed into place they would stay unreadable to a
+    serving process running as another user.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_writer(path: os.PathLike | str, mode: str = "wb") -> Iterator[IO]:
-    """Stream into a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+    """Stream into a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    The file gets the permissions ``open()`` would give it (0644 under umask 022), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
@@ -76,7 +102,7 @@ def atomic_folder(path: os.PathLike | str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = make_temp_folder(path.parent, prefix=f".{path.name}.")
     try:
         yield tmp
         for child in tmp.iterdir():

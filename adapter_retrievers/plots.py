@@ -61,6 +61,13 @@ def plot_learning_curve(
     rows: Sequence[dict[str, float]], path: os.PathLike | str, metric: str = "ndcg@10", title: str = ""
 ) -> None:
     """Held-out metric against number of training pairs, with the base model as a line."""
+    _save(learning_curve_figure(rows, metric, title), path)
+
+
+def learning_curve_figure(rows: Sequence[dict[str, float]], metric: str = "ndcg@10", title: str = "") -> Any:
+    """The learning-curve figure: a log x axis labelled at the measured sizes only, so labels never overlap."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     pairs = [r["pairs"] for r in rows]
@@ -69,11 +76,33 @@ def plot_learning_curve(
     if rows:
         ax.axhline(rows[0]["baseline"], color="gray", linestyle="--", label="base model")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(_spread_ticks(pairs)))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training pairs")
     ax.set_ylabel(f"held-out {metric}")
     ax.set_title(title, fontsize=9)
     ax.legend()
-    _save(fig, path)
+    return fig
+
+
+def _spread_ticks(values: Sequence[float], max_labels: int = 8) -> list[float]:
+    """The measured sizes as tick positions, skipping any closer than 1/``max_labels`` of the log axis to the
+    previous one (800 and 919 pairs would print over each other)."""
+    import math
+
+    ticks = sorted({float(v) for v in values if v > 0})
+    if len(ticks) < 2:
+        return ticks
+    gap = (math.log10(ticks[-1]) - math.log10(ticks[0])) / max_labels
+    kept = [ticks[0]]
+    for value in ticks[1:]:
+        if math.log10(value) - math.log10(kept[-1]) >= gap:
+            kept.append(value)
+    return kept
 
 
 def plot_history(history: Sequence[dict[str, float]], metric: str, path: os.PathLike | str) -> None:

@@ -109,6 +109,20 @@ def resolve_adapter(adapter: QueryAdapter | AdapterRegistry, key: str | None = N
     return adapter
 
 
+def check_adapter_for(adapter: QueryAdapter | AdapterRegistry, embeddings: Any, model_id: str | None = None) -> None:
+    """Refuse, when a wrapper is built, an adapter for another model or dimension than ``embeddings``.
+
+    Uses what the embeddings expose (model name, dimension) without embedding anything; ``model_id``
+    overrides the exposed name. What the embeddings do not say is checked at the first query.
+    """
+    if not isinstance(adapter, (QueryAdapter, AdapterRegistry)):
+        raise TypeError(f"adapter must be a QueryAdapter or an AdapterRegistry, not {type(adapter).__name__}")
+    from adapter_retrievers.encoders import describe_embeddings
+
+    exposed_id, dimension = describe_embeddings(embeddings) if embeddings is not None else (None, None)
+    adapter.check_compatible(base_model=model_id or exposed_id, dimension=dimension)
+
+
 def adapt_query_vector(adapter: QueryAdapter | AdapterRegistry, key: str | None, vector: Any) -> list[float]:
     """One framework query embedding (a list of floats) adapted for one request, as a list again."""
     return resolve_adapter(adapter, key).transform(np.asarray(vector, dtype=np.float32)).tolist()

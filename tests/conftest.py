@@ -66,3 +66,11 @@ def rotation_task():
 
 def rows_for(queries: TrainingSet, all_vectors: np.ndarray) -> np.ndarray:
     return all_vectors[[int(q[1:]) for q in queries.query_ids]]
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(request, tmp_path_factory):
+    """An embedding cache kept across test runs (pytest's cache folder): the bundled model embeds the bundled
+    data once per machine, not once per run."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("embeddings") if cache is not None else tmp_path_factory.mktemp("embeddings")

@@ -139,3 +139,30 @@ def test_unnormalised_adapter_keeps_scale():
     adapter = QueryAdapter.create("linear", 4, MODEL, normalize=False)
     x = np.array([[3.0, 0.0, 0.0, 4.0]], dtype=np.float32)
     np.testing.assert_allclose(adapter.transform(x), x)
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "folder_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_follow_the_umask(tmp_path, umask, file_mode, folder_mode):
+    """A serving process running as another user can read a saved adapter under umask 022, as with open()."""
+    import os
+    import stat
+
+    from adapter_retrievers._files import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        QueryAdapter.create("linear", 4, "test/model").save(tmp_path / "adapter")
+        atomic_write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == folder_mode
+    for path in [*(tmp_path / "adapter").iterdir(), tmp_path / "report.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+
+
+def test_repr_is_one_short_line():
+    text = repr(QueryAdapter.create("linear", 384, "sentence-transformers/all-MiniLM-L6-v2"))
+    assert text == (
+        "LinearAdapter(kind='linear', dimension=384, base_model='sentence-transformers/all-MiniLM-L6-v2', "
+        "parameters=147,840, normalize=True)"
+    )

@@ -1,4 +1,5 @@
 import json
+import sqlite3
 
 import pytest
 from typer.testing import CliRunner
@@ -118,7 +119,8 @@ def test_train_and_eval_with_bundled_model(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n_queries"] == 12 and report["model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG" and f"chart: {tmp_path / 'r.png'}" in result.output
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # the model's weights stay in one place
 
 
 def test_synth_needs_a_known_provider(tmp_path):
@@ -130,21 +132,203 @@ def test_synth_needs_a_known_provider(tmp_path):
     assert result.exit_code == 2 and "pip install langchain-anthropic" in result.output
 
 
-@pytest.mark.parametrize("command", ["capture", "harvest", "synth"])
-def test_help_example_runs_as_printed(tmp_path, monkeypatch, command):
-    """The --help examples that run on bundled data work exactly as printed, from the repository root."""
+def help_example(command: str, width: int = 80) -> list[str]:
+    """The example printed by ``command --help`` at ``width`` columns, joined over its ``\\`` line ends."""
     import shlex
+
+    result = runner.invoke(app, [command, "--help"], terminal_width=width)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    too_long = [line for line in lines if len(line) > width]
+    assert not too_long, f"--help of {command} is wider than {width} columns: {too_long}"
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("Example")) + 1
+    text = ""
+    for line in lines[start:]:
+        text += line.strip()
+        if not line.rstrip().endswith("\\"):
+            break
+        text = text[:-1] + " "
+    argv = shlex.split(text)
+    assert argv[:2] == ["adapter-retrievers", command], text
+    return argv[1:]
+
+
+def test_help_examples_run_as_printed_at_80_columns(tmp_path, monkeypatch, embedding_cache):
+    """Each --help fits 80 columns; the examples that use bundled data run as printed, one after another
+    (harvest writes the pairs that train reads; eval reads train's adapter), from the repository root."""
+    pytest.importorskip("all_minilm_l6_v2")
     from pathlib import Path
 
-    from adapter_retrievers import cli
-
-    doc = getattr(cli, command).__doc__
-    example = next(line.split("Example:", 1)[1].strip() for line in doc.splitlines() if "Example:" in line)
-    argv = shlex.split(example)
-    assert argv[0] == "adapter-retrievers" and argv[1] == command
     root = Path(__file__).resolve().parent.parent
-    # same relative paths, outputs land in tmp_path
-    (tmp_path / "adapter_retrievers").symlink_to(root / "adapter_retrievers")
+    (tmp_path / "adapter_retrievers").symlink_to(root / "adapter_retrievers")  # same relative paths
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, argv[1:])
+    for command in ("capture", "harvest", "synth", "train", "eval", "curve", "demo"):
+        argv = help_example(command)
+        if command in ("curve", "demo"):  # need data from outside the repository, or minutes
+            continue
+        if command in ("train", "eval"):
+            argv += ["--cache-dir", str(embedding_cache)]
+        if command == "train":
+            argv += ["--epochs", "3", "--no-progress"]
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, f"{argv}: {result.output}"
+    assert "chart: runs/eval.png" in result.output and Path("runs/eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def one_error_line(result, *expected):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_flags_are_refused_before_any_model_is_loaded(tmp_path):
+    """Wrong flags end in one line naming the flag, in a fresh process that never imported torch or the model."""
+    import subprocess
+    import sys
+
+    write_beir(tmp_path / "data")
+    (tmp_path / "a-file").write_text("x")
+    beir = str(tmp_path / "data")
+    cases = {
+        "--kind": ["train", "--beir", beir, "-o", str(tmp_path / "a"), "--kind", "bogus"],
+        "--negatives": ["train", "--beir", beir, "-o", str(tmp_path / "a"), "--negatives", "abc"],
+        "--beir": ["train", "--beir", str(tmp_path / "missing-folder"), "-o", str(tmp_path / "a")],
+        "--output": ["train", "--beir", beir, "-o", str(tmp_path / "a-file")],
+        "--sizes": ["curve", "--beir", beir, "-o", str(tmp_path / "c.png"), "--sizes", "10,abc"],
+        "--format": [
+            "harvest",
+            str(tmp_path / "a-file"),
+            "--corpus",
+            beir,
+            "-o",
+            str(tmp_path / "p.jsonl"),
+            "--format",
+            "bogus",
+        ],
+    }
+    code = (
+        "import sys, json\n"
+        "from typer.testing import CliRunner\n"
+        "from adapter_retrievers.cli import app\n"
+        "cases = json.loads(sys.argv[1])\n"
+        "out = {flag: CliRunner().invoke(app, argv).output for flag, argv in cases.items()}\n"
+        "out['heavy'] = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out.pop("heavy") == []
+    expected = {
+        "--kind": "--kind must be one of linear, low_rank, orthogonal, residual_mlp; got 'bogus'",
+        "--negatives": "--negatives must be a whole number",
+        "--beir": "missing-folder: no such folder",
+        "--output": "a-file: exists and is not a folder",
+        "--sizes": "--sizes must be comma-separated whole numbers",
+        "--format": "--format must be one of ours, openinference",
+    }
+    for flag, text in expected.items():
+        lines = [line for line in out[flag].splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], (flag, out[flag])
+    assert not (tmp_path / "a").exists()
+
+
+def test_train_refuses_to_replace_a_folder_that_is_not_an_adapter(tmp_path):
+    write_beir(tmp_path / "data")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["train", "--beir", str(tmp_path / "data"), "-o", str(tmp_path / "notes")])
+    one_error_line(result, "--output", "other files in it")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_unavailable_model_is_one_line_naming_the_flag(tmp_path, monkeypatch):
+    pytest.importorskip("sentence_transformers")
+    write_beir(tmp_path / "data")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    result = runner.invoke(
+        app, ["train", "--beir", str(tmp_path / "data"), "-o", str(tmp_path / "a"), "--model", "intfloat/e5-small-v2"]
+    )
+    one_error_line(result, "--model intfloat/e5-small-v2: not a local folder and not in the Hugging Face cache")
+
+
+def test_bad_rows_hint_names_the_cli_flag(tmp_path):
+    write_beir(tmp_path / "data")
+    (tmp_path / "pairs.jsonl").write_text('{"query": "tell me about the violin", "doc_id": "d1"}\n{broken\n')
+    argv = [
+        "train",
+        "--pairs",
+        str(tmp_path / "pairs.jsonl"),
+        "--corpus",
+        str(tmp_path / "data"),
+        "-o",
+        str(tmp_path / "a"),
+    ]
+    line = one_error_line(runner.invoke(app, argv), "pass --lenient to skip and count bad rows")
+    assert "errors=" not in line
+
+
+def test_ctrl_c_prints_a_line_and_exits_130(capsys):
+    import typer
+
+    from adapter_retrievers.cli import _friendly_errors
+
+    @_friendly_errors
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as exit_info:
+        interrupted()
+    assert exit_info.value.exit_code == 130 and "interrupted" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_mismatched_adapter_before_embedding(tmp_path):
+    pytest.importorskip("all_minilm_l6_v2")
+    from adapter_retrievers import QueryAdapter
+    from adapter_retrievers.encoders import DEFAULT_MODEL_ID
+
+    write_beir(tmp_path / "data")
+    QueryAdapter.create("linear", 32, DEFAULT_MODEL_ID).save(tmp_path / "small")
+    QueryAdapter.create("linear", 384, "intfloat/e5-small-v2").save(tmp_path / "other")
+    for name, text in (("small", "expects 32-dimensional"), ("other", "trained on embeddings of 'intfloat/e5")):
+        cache = tmp_path / f"cache-{name}"
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                str(tmp_path / name),
+                "--beir",
+                str(tmp_path / "data"),
+                "--split",
+                "train",
+                "--cache-dir",
+                str(cache),
+            ],
+        )
+        one_error_line(result, text)
+        rows = sqlite3.connect(cache / "embeddings.sqlite").execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        assert rows == 0  # nothing was embedded
+
+
+def test_synth_extractive_is_not_rate_limited(tmp_path, monkeypatch):
+    """The offline stand-in has no provider to protect: no request waits for the rate limiter."""
+    import asyncio
+
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay, *args, **kwargs):
+        if delay > 0:
+            waits.append(delay)
+        return await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    write_beir(tmp_path / "data")
+    base = ["synth", "--corpus", str(tmp_path / "data"), "--llm", "extractive"]
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "a.jsonl")])
     assert result.exit_code == 0, result.output
+    assert waits == []
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "b.jsonl"), "--requests-per-second", "2"])
+    assert result.exit_code == 0 and waits  # an explicit limit still applies

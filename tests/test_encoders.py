@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,76 @@ def test_cache_commits_chunk_by_chunk(tmp_path, hashing_encoder):
     resumed = CachedEncoder(hashing_encoder, tmp_path, chunk_size=10, progress=False)
     resumed.embed_documents(texts)
     assert resumed.hits == 20 and resumed.misses == 5  # the two chunks paid for before the failure were kept
+
+
+def test_one_model_has_one_id(tmp_path):
+    from adapter_retrievers import QueryAdapter
+    from adapter_retrievers.encoders import DEFAULT_MODEL_ID, canonical_model_id
+
+    (tmp_path / "all-MiniLM-L6-v2").mkdir()
+    same = [
+        "all-MiniLM-L6-v2",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        str(tmp_path / "all-MiniLM-L6-v2"),
+        str(tmp_path / "all-MiniLM-L6-v2") + "/",
+        "/hf/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/8b3219a92973c328a8e22fadcfa821b5dc75636a",
+    ]
+    assert {canonical_model_id(name) for name in same} == {DEFAULT_MODEL_ID}
+    for other in ("text-embedding-3-small", "intfloat/e5-small-v2", "all-MiniLM-L12-v2"):
+        assert canonical_model_id(other) != DEFAULT_MODEL_ID
+    adapter = QueryAdapter.create("linear", 8, "all-MiniLM-L6-v2")  # trained under the short name
+    adapter.save(tmp_path / "a")
+    QueryAdapter.load(tmp_path / "a", base_model=DEFAULT_MODEL_ID)  # loads under the Hub name
+    with pytest.raises(ValueError, match="not 'all-MiniLM-L12-v2'"):
+        QueryAdapter.load(tmp_path / "a", base_model="all-MiniLM-L12-v2")
+
+
+def test_sentence_transformer_from_the_bundled_folder_is_the_hub_model(tmp_path):
+    """The issue's path: SentenceTransformer(<bundled folder>) trains an adapter that loads under the Hub name."""
+    pytest.importorskip("all_minilm_l6_v2")
+    from sentence_transformers import SentenceTransformer
+
+    from adapter_retrievers import QueryAdapter
+    from adapter_retrievers.encoders import DEFAULT_MODEL_ID, bundled_model_path
+
+    model = SentenceTransformer(str(bundled_model_path()), device="cpu")
+    encoder = as_encoder(model)
+    assert encoder.model_id == DEFAULT_MODEL_ID and encoder.dimension == 384
+    QueryAdapter.identity(384, encoder.model_id).save(tmp_path / "a")
+    QueryAdapter.load(tmp_path / "a", base_model="sentence-transformers/all-MiniLM-L6-v2", dimension=384)
+
+
+def test_bundled_weights_are_kept_once(tmp_path):
+    pytest.importorskip("all_minilm_l6_v2")
+    from adapter_retrievers.encoders import _user_model_folder, bundled_model_path, minilm_encoder
+
+    minilm_encoder(tmp_path / "cache")  # older callers still pass a cache folder: it must not get a copy
+    assert not list(tmp_path.rglob("*"))
+    folder = bundled_model_path()
+    import all_minilm_l6_v2
+
+    assert folder in (Path(all_minilm_l6_v2.__file__).parent / "all-MiniLM-L6-v2", _user_model_folder())
+    assert (folder / "model.safetensors").is_file() and bundled_model_path() == folder
+
+
+def test_cache_progress_bar_says_queries(tmp_path, hashing_encoder, capsys):
+    cached = CachedEncoder(hashing_encoder, tmp_path, chunk_size=2)
+    cached.embed_queries(["a", "b", "c"])
+    err = capsys.readouterr().err
+    assert "embedding queries" in err and "querys" not in err
+
+
+def test_describe_embeddings_without_embedding(hashing_encoder):
+    from adapter_retrievers.encoders import describe_embeddings
+
+    assert describe_embeddings(hashing_encoder) == ("test/hashing-64", 64)
+    assert hashing_encoder.calls == 0
+
+    class Anonymous:
+        def embed_query(self, text):
+            return [1.0]
+
+        def embed_documents(self, texts):
+            return [[1.0] for _ in texts]
+
+    assert describe_embeddings(Anonymous()) == (None, None)

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,16 @@ def test_report_separates_seen_and_new_documents(tmp_path):
     # an empty group prints as such instead of a nan
     all_seen = compare(swap, vectors, queries, corpus, seen_documents={"a", "b", "c", "d"})
     assert all_seen.n_queries_in("new") == 0 and "nan" not in str(all_seen)
+
+
+def test_learning_curve_axis_labels_do_not_overlap():
+    from adapter_retrievers.plots import learning_curve_figure
+
+    sizes = [25, 50, 100, 200, 400, 800, 919]
+    rows = [{"pairs": n, "ndcg@10": 0.5 + i / 50, "std": 0.01, "baseline": 0.5} for i, n in enumerate(sizes)]
+    fig = learning_curve_figure(rows)
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[0].get_xticklabels() if t.get_visible() and t.get_text()]
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
+    assert [t.get_text() for t in labels][:3] == ["25", "50", "100"]  # plain numbers at the measured sizes
+    assert all(left.x1 <= right.x0 for left, right in itertools.pairwise(boxes))

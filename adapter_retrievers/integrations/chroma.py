@@ -20,7 +20,8 @@ import numpy as np
 
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.data import Corpus
-from adapter_retrievers.encoders import as_encoder
+from adapter_retrievers.encoders import ChromaEncoder, as_encoder
+from adapter_retrievers.registry import check_adapter_for
 
 
 def collection_space(collection: Any) -> str:
@@ -53,8 +54,11 @@ def corpus_from_collection(collection: Any, page_size: int = 1000) -> Corpus:
 class AdaptedCollection:
     """Query a Chroma collection with adapted query vectors; everything else is the collection's own.
 
-    ``encoder`` embeds query texts with the base model (defaults to the collection's embedding
-    function, called through its query method); its model id (or ``model_id``) must be the adapter's.
+    ``encoder`` embeds query texts with the base model that embedded the documents: a LangChain
+    ``Embeddings``, a LlamaIndex ``BaseEmbedding``, a ``SentenceTransformer``, a Chroma embedding function
+    or one of ours. Without it, the collection's own embedding function is used, unless that is
+    Chroma's default (it downloads a model): then pass ``encoder`` or ``query_embeddings``. The adapter
+    is checked here against the encoder's model and dimension and the collection's stored vectors.
 
     >>> adapted = AdaptedCollection(collection, QueryAdapter.load("adapters/mine"), encoder)  # doctest: +SKIP
     >>> adapted.query(query_texts=["what causes X?"], n_results=5, where={"lang": "en"})    # doctest: +SKIP
@@ -66,19 +70,24 @@ class AdaptedCollection:
         self.collection = collection
         self.adapter = adapter
         self.space = collection_space(collection)
+        if encoder is None:
+            function = getattr(collection, "_embedding_function", None)
+            encoder = None if function is None or _is_chroma_default(function) else ChromaEncoder(function, model_id)
         self.encoder = as_encoder(encoder, model_id) if encoder is not None else None
-        if self.encoder is not None:
-            adapter.check_compatible(base_model=self.encoder.model_id)
+        check_adapter_for(adapter, self.encoder, model_id)
+        stored = _stored_dimension(collection)
+        if stored is not None:
+            adapter.check_compatible(dimension=stored)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Base-model query vectors for ``texts`` (before the adapter)."""
-        if self.encoder is not None:
-            return self.encoder.embed_queries(list(texts))
-        function = getattr(self.collection, "_embedding_function", None)
-        if function is None:
-            raise ValueError("the collection has no embedding function: pass encoder=... or query_embeddings")
-        embed = getattr(function, "embed_query", None) or function
-        return np.asarray(embed(input=list(texts)), dtype=np.float32)
+        if self.encoder is None:
+            raise ValueError(
+                f"collection {self.collection.name!r} has no embedding function of its own (none, or Chroma's "
+                "default, which downloads a model): pass encoder=... (the model that embedded its documents) "
+                "to AdaptedCollection, or query with query_embeddings=..."
+            )
+        return self.encoder.embed_queries(list(texts))
 
     def query(
         self,
@@ -97,3 +106,20 @@ class AdaptedCollection:
         self.adapter.check_compatible(dimension=vectors.shape[1])
         adapted = self.adapter.transform(vectors)
         return self.collection.query(query_embeddings=adapted.tolist(), n_results=n_results, **kwargs)
+
+
+def _is_chroma_default(function: Any) -> bool:
+    name = getattr(function, "name", None)
+    try:
+        return type(function).__name__ == "DefaultEmbeddingFunction" or (callable(name) and name() == "default")
+    except Exception:
+        return False
+
+
+def _stored_dimension(collection: Any) -> int | None:
+    """The dimension of the vectors the collection holds (one row read), ``None`` when it is empty."""
+    try:
+        rows = collection.get(limit=1, include=["embeddings"])["embeddings"]
+    except Exception:
+        return None
+    return len(rows[0]) if rows is not None and len(rows) else None

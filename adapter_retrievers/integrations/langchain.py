@@ -31,37 +31,78 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
-from adapter_retrievers.registry import ADAPTER_KEY, AdapterRegistry, adapt_query_vector, adapter_metadata
+from adapter_retrievers.encoders import as_encoder
+from adapter_retrievers.registry import (
+    ADAPTER_KEY,
+    AdapterRegistry,
+    adapt_query_vector,
+    adapter_metadata,
+    check_adapter_for,
+)
 
 AdapterLike = QueryAdapter | AdapterRegistry
+
+
+class EncoderEmbeddings(Embeddings):
+    """A LangChain ``Embeddings`` over any encoder: a ``SentenceTransformer``, a LlamaIndex ``BaseEmbedding``,
+    a Chroma embedding function, or one of ours. With no argument: the bundled all-MiniLM-L6-v2, offline.
+
+    So a model you already load elsewhere (or the bundled one) plugs into LangChain vector stores as is.
+    """
+
+    def __init__(self, encoder: Any = None, model_id: str | None = None) -> None:
+        if encoder is None:
+            from adapter_retrievers.encoders import minilm_encoder
+
+            encoder = minilm_encoder()
+        self.encoder = as_encoder(encoder, model_id)
+        self.model_id = self.encoder.model_id
+
+    @property
+    def dimension(self) -> int | None:
+        return getattr(self.encoder, "dimension", None)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encoder.embed_documents(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.encoder.embed_queries([text])[0].tolist()
+
+
+def as_langchain_embeddings(embeddings: Any, model_id: str | None = None) -> Embeddings:
+    """``embeddings`` if it is a LangChain ``Embeddings``, else wrapped in :class:`EncoderEmbeddings`."""
+    return embeddings if isinstance(embeddings, Embeddings) else EncoderEmbeddings(embeddings, model_id)
 
 
 class AdapterEmbeddings(Embeddings):
     """Adapted query embeddings, untouched document embeddings.
 
-    ``model_id``: the base model's id, checked against the adapter's (pass it when the wrapped class
-    does not expose a model name); a dimension mismatch is refused at the first query.
+    ``base``: a LangChain ``Embeddings``, or anything :class:`EncoderEmbeddings` takes (a
+    ``SentenceTransformer``, a LlamaIndex ``BaseEmbedding``, ...). The adapter is checked here against
+    the model name and dimension the base exposes; ``model_id`` names the base model when it does not.
     """
 
     def __init__(
         self,
-        base: Embeddings,
+        base: Any,
         adapter: AdapterLike,
         adapter_key: str | None = None,
         model_id: str | None = None,
     ) -> None:
-        adapter.check_compatible(base_model=model_id)
+        base = as_langchain_embeddings(base, model_id)
+        check_adapter_for(adapter, base, model_id)
         self.base = base
         self.adapter = adapter
         self.adapter_key = adapter_key
+        self.model_id = model_id
 
     def for_key(self, adapter_key: str | None) -> AdapterEmbeddings:
         """The same base embeddings with another registry key (cheap; nothing is copied)."""
-        return AdapterEmbeddings(self.base, self.adapter, adapter_key)
+        return AdapterEmbeddings(self.base, self.adapter, adapter_key, self.model_id)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self.base.embed_documents(texts)
@@ -80,7 +121,8 @@ class AdapterRetriever(BaseRetriever):
     """Embed the query with the base embeddings, adapt it, search the vector store by vector.
 
     ``search_type``: ``"similarity"`` or ``"mmr"``; ``search_kwargs`` pass through to the store
-    (``filter``, ``fetch_k``, ``lambda_mult``, ...). ``k`` can also be given per call.
+    (``filter``, ``fetch_k``, ``lambda_mult``, ...). ``k`` can also be given per call. ``embeddings``
+    may be anything :class:`AdapterEmbeddings` takes as its base.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -94,11 +136,14 @@ class AdapterRetriever(BaseRetriever):
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
     model_id: str | None = None
 
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _as_embeddings(cls, value: Any) -> Embeddings:
+        return as_langchain_embeddings(value)
+
     @model_validator(mode="after")
     def _check(self) -> AdapterRetriever:
-        if not isinstance(self.adapter, (QueryAdapter, AdapterRegistry)):
-            raise TypeError("adapter must be a QueryAdapter or an AdapterRegistry")
-        self.adapter.check_compatible(base_model=self.model_id)
+        check_adapter_for(self.adapter, self.embeddings, self.model_id)
         self.metadata = {**adapter_metadata(self.adapter, self.adapter_key), **(self.metadata or {})}
         return self
 

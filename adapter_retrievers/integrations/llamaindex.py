@@ -26,11 +26,58 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
 from llama_index.core.instrumentation.events.span import SpanDropEvent
 from llama_index.core.schema import NodeWithScore, QueryBundle
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
-from adapter_retrievers.registry import AdapterRegistry, adapt_query_vector, adapter_metadata
+from adapter_retrievers.encoders import as_encoder
+from adapter_retrievers.registry import AdapterRegistry, adapt_query_vector, adapter_metadata, check_adapter_for
+
+
+class EncoderEmbedding(BaseEmbedding):
+    """A LlamaIndex ``BaseEmbedding`` over any encoder: a ``SentenceTransformer``, a LangChain ``Embeddings``,
+    a Chroma embedding function, or one of ours. With no argument: the bundled all-MiniLM-L6-v2, offline."""
+
+    _encoder: Any = PrivateAttr()
+
+    def __init__(self, encoder: Any = None, model_id: str | None = None, **kwargs: Any) -> None:
+        if encoder is None:
+            from adapter_retrievers.encoders import minilm_encoder
+
+            encoder = minilm_encoder()
+        encoder = as_encoder(encoder, model_id)
+        kwargs.setdefault("model_name", encoder.model_id)
+        super().__init__(**kwargs)
+        self._encoder = encoder
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EncoderEmbedding"
+
+    @property
+    def encoder(self) -> Any:
+        return self._encoder
+
+    @property
+    def dimension(self) -> int | None:
+        return getattr(self._encoder, "dimension", None)
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._encoder.embed_queries([query])[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._encoder.embed_documents([text])[0].tolist()
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._encoder.embed_documents(list(texts)).tolist()
+
+
+def as_llamaindex_embedding(embed_model: Any, model_id: str | None = None) -> BaseEmbedding:
+    """``embed_model`` if it is a LlamaIndex ``BaseEmbedding``, else wrapped in :class:`EncoderEmbedding`."""
+    return embed_model if isinstance(embed_model, BaseEmbedding) else EncoderEmbedding(embed_model, model_id)
 
 # Set while AdapterVectorRetriever runs the index's own retriever: that inner retrieval is the same
 # retrieval as the wrapper's, so RetrievalEventLogger records the wrapper's only (one record per query).
@@ -47,7 +94,12 @@ def _delegating() -> Iterator[None]:
 
 
 class AdapterEmbedding(BaseEmbedding):
-    """Adapted query embeddings, untouched text embeddings (sync and async)."""
+    """Adapted query embeddings, untouched text embeddings (sync and async).
+
+    ``base_embed_model``: a LlamaIndex ``BaseEmbedding``, or anything :class:`EncoderEmbedding` takes.
+    The adapter is checked here against the model name and dimension the base exposes; ``model_id``
+    names the base model when it does not.
+    """
 
     base_embed_model: BaseEmbedding = Field(description="the wrapped embedding model (documents use it as is)")
     adapter: Any = Field(description="QueryAdapter or AdapterRegistry applied to query embeddings", exclude=True)
@@ -55,15 +107,14 @@ class AdapterEmbedding(BaseEmbedding):
 
     def __init__(
         self,
-        base_embed_model: BaseEmbedding,
+        base_embed_model: Any,
         adapter: QueryAdapter | AdapterRegistry,
         adapter_key: str | None = None,
         model_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(adapter, (QueryAdapter, AdapterRegistry)):
-            raise TypeError("adapter must be a QueryAdapter or an AdapterRegistry")
-        adapter.check_compatible(base_model=model_id)
+        base_embed_model = as_llamaindex_embedding(base_embed_model, model_id)
+        check_adapter_for(adapter, base_embed_model, model_id)
         kwargs.setdefault("model_name", base_embed_model.model_name)
         kwargs.setdefault("embed_batch_size", base_embed_model.embed_batch_size)
         super().__init__(base_embed_model=base_embed_model, adapter=adapter, adapter_key=adapter_key, **kwargs)
@@ -100,21 +151,25 @@ class AdapterVectorRetriever(BaseRetriever):
     """Pre-fill the adapted query embedding and delegate to the index's own retriever.
 
     Returns ``NodeWithScore`` as usual; ``similarity_top_k``, ``filters`` and other keyword
-    arguments go to ``index.as_retriever``. ``embed_model`` is the base model (default: the index's).
+    arguments go to ``index.as_retriever``. ``embed_model`` is the base model (default: the index's),
+    anything :class:`AdapterEmbedding` takes; the adapter is checked against it here.
     """
 
     def __init__(
         self,
         index: Any,
         adapter: QueryAdapter | AdapterRegistry,
-        embed_model: BaseEmbedding | None = None,
+        embed_model: Any = None,
         adapter_key: str | None = None,
+        model_id: str | None = None,
         **retriever_kwargs: Any,
     ) -> None:
         super().__init__(verbose=retriever_kwargs.pop("verbose", False))
+        embed_model = as_llamaindex_embedding(embed_model, model_id) if embed_model is not None else index._embed_model
+        check_adapter_for(adapter, embed_model, model_id)
         self._adapter = adapter
         self._adapter_key = adapter_key
-        self._embed_model = embed_model or index._embed_model
+        self._embed_model = embed_model
         self._inner = index.as_retriever(**retriever_kwargs)
 
     def _adapted_bundle(self, query_bundle: QueryBundle, vector: Embedding) -> QueryBundle:

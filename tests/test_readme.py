@@ -1,0 +1,44 @@
+"""Every Python block of the README (and of docs/*.md) runs as written, in order, as if pasted into one
+Python session started in an empty folder: the bundled model and data only, nothing downloaded.
+
+Blocks that need a hosted service carry ``<!-- skip: next -->`` and are followed by their offline
+stand-in. Parsing and skipping are Sybil's (https://sybil.readthedocs.io).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sybil")
+from sybil import Sybil
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+SYBIL = Sybil(parsers=[PythonCodeBlockParser(), SkipParser()])
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_blocks_run_as_written(path, tmp_path, monkeypatch, embedding_cache):
+    fences = len(re.findall(r"^```python\s*$", path.read_text(encoding="utf-8"), flags=re.MULTILINE))
+    other = re.findall(r"^```(py|python3|pycon|Python)\b", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    assert not other, f"{path.name}: write Python blocks as ```python so they are tested"
+    if not fences:
+        return
+    for module in ("all_minilm_l6_v2", "langchain_chroma", "llama_index.core", "chromadb"):
+        pytest.importorskip(module)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "emb-cache").symlink_to(embedding_cache)  # warm across runs; the blocks are unchanged
+    document = SYBIL.parse(path)
+    examples = list(document.examples())
+    assert len([e for e in examples if "```python" in path.read_text().splitlines()[e.line - 1]]) == fences
+    for example in examples:
+        try:
+            example.evaluate()
+        except Exception as exc:
+            raise AssertionError(f"{path.name}, block at line {example.line}: {type(exc).__name__}: {exc}") from exc
