@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from adapter_retrievers._files import append_line
+
 SCHEMA_VERSION = 1
 SIGNAL_KINDS = ("feedback", "citation", "click", "label")
 
@@ -45,13 +47,8 @@ class RetrievalLog:
 
     def _append(self, record: Mapping[str, Any]) -> None:
         line = json.dumps({"schema": SCHEMA_VERSION, **record}, ensure_ascii=False, default=str) + "\n"
-        data = line.encode("utf-8")
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            append_line(self.path, line)
 
     def log_retrieval(
         self,

@@ -390,5 +390,125 @@ def demo(
     run_demo(output, progress=progress, echo=typer.echo)
 
 
+# ------------------------------------------------------------------ the closed loop: store and refresh
+
+# Exit codes of the store commands, for cron and systemd (documented in the README):
+EXIT_OK = 0  # promoted, kept, or nothing new
+EXIT_FAILED = 1  # the run failed (training, saving); live is untouched
+EXIT_BAD_INPUT = 2  # bad options or input files
+EXIT_LOCKED = 3  # another run holds the store's lock
+EXIT_SOURCE = 4  # a trace source is down or erroring; watermarks and live are untouched
+
+StoreOption = Annotated[Path, typer.Option("--store", help="adapter store folder (versions, LIVE, history)")]
+
+
+def _store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Store commands end with one clear line and a documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from adapter_retrievers.store import StoreError, StoreLocked
+
+        try:
+            return command(*args, **kwargs)
+        except StoreLocked as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_LOCKED) from None
+        except StoreError as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
+
+
+def _decision_line(record: dict[str, Any], metric: str = "ndcg@10") -> str:
+    numbers = record.get("scores") or {}
+    parts = [f"{name} {numbers[name]:.4f}" for name in ("base", "live", "candidate") if name in numbers]
+    version = record.get("version") or "-"
+    live = record.get("live_after", record.get("live")) or "base"
+    reason = record.get("reason", "")
+    return (
+        f"{record.get('time', '?')[:19]}  {record.get('action', '?'):<11} {version:<6} live={live:<6} "
+        + (f"{metric}: {', '.join(parts)}  " if parts else "")
+        + reason
+    )
+
+
+@app.command()
+@_store_errors
+def status(
+    store: StoreOption,
+    json_out: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+) -> None:
+    """Show the live version and its numbers, stored versions, the last decision and the lock.
+
+    Example: adapter-retrievers status --store adapters/store
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    info = AdapterStore(store).status()
+    if json_out:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    typer.echo(f"store     {info['store']}")
+    typer.echo(f"live      {info['live'] or 'base model (no adapter)'} since {info['live_since'] or '-'}")
+    typer.echo(f"versions  {', '.join(info['versions']) or 'none'}")
+    if info["last_decision"]:
+        typer.echo(f"last      {_decision_line(info['last_decision'])}")
+    holder = info["lock"]
+    lock = "free" if holder is None else f"held by pid {holder.get('pid')} since {holder.get('started')}"
+    typer.echo(f"lock      {lock}")
+
+
+@app.command()
+@_store_errors
+def history(
+    store: StoreOption,
+    last: Annotated[int, typer.Option(help="show this many records (0: all)")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="print the records as JSON lines")] = False,
+) -> None:
+    """List decisions, promotions and rollbacks, newest last.
+
+    Example: adapter-retrievers history --store adapters/store --last 10
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    records = AdapterStore(store).history()
+    for record in records[-last:] if last > 0 else records:
+        typer.echo(json.dumps(record, default=str) if json_out else _decision_line(record))
+
+
+@app.command()
+@_store_errors
+def rollback(
+    version: Annotated[str | None, typer.Argument(help="version to serve (default: the previous live one)")] = None,
+    store: StoreOption = Path("adapter-store"),
+) -> None:
+    """Serve an earlier version now; serving processes that follow the store switch without restart.
+
+    Example: adapter-retrievers rollback --store adapters/store
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    record = AdapterStore(store).rollback(version)
+    typer.echo(f"live: {record['live_after'] or 'base model'} (was {record['live_before'] or 'base model'})")
+
+
+@app.command()
+@_store_errors
+def promote(
+    version: Annotated[str, typer.Argument(help="stored version to make live")],
+    store: StoreOption = Path("adapter-store"),
+) -> None:
+    """Make a stored version live by hand (e.g. a candidate that refresh kept back).
+
+    Example: adapter-retrievers promote v0004 --store adapters/store
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    record = AdapterStore(store).promote(version)
+    typer.echo(f"live: {record['live_after']} (was {record['live_before'] or 'base model'})")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
