@@ -510,5 +510,110 @@ def promote(
     typer.echo(f"live: {record['live_after']} (was {record['live_before'] or 'base model'})")
 
 
+class _LazyEncoder:
+    """The CLI's encoder, loaded on first use: a night without training never loads the model."""
+
+    def __init__(self, model: str, cache_dir: Path) -> None:
+        self._args = (model, cache_dir)
+        self._encoder: Any = None
+
+    def _get(self) -> Any:
+        if self._encoder is None:
+            self._encoder = _encoder(*self._args)
+        return self._encoder
+
+    @property
+    def model_id(self) -> str:
+        return self._get().model_id
+
+    def embed_queries(self, texts: Any) -> Any:
+        return self._get().embed_queries(texts)
+
+    def embed_documents(self, texts: Any) -> Any:
+        return self._get().embed_documents(texts)
+
+
+@app.command("refresh")
+@_store_errors
+def refresh_command(
+    store: StoreOption,
+    corpus: Annotated[Path, typer.Option(help="BEIR folder whose corpus.jsonl the retrievals are matched to")],
+    log: Annotated[list[Path] | None, typer.Option(help="our JSONL capture log (rotated files are followed)")] = None,
+    traces: Annotated[
+        list[Path] | None, typer.Option(help="exported trace files or folders (new files are picked up)")
+    ] = None,
+    trace_format: Annotated[
+        str,
+        typer.Option("--format", help="format of --traces: openinference | langsmith | langfuse | llamaindex | ours"),
+    ] = "openinference",
+    model: ModelOption = "bundled",
+    cache_dir: CacheOption = DEFAULT_CACHE,
+    window_days: Annotated[float | None, typer.Option(help="train on pairs of the last N days only")] = None,
+    held_out_fraction: Annotated[float, typer.Option(help="newest queries held out to decide")] = 0.2,
+    min_queries: Annotated[int, typer.Option(help="queries with pairs needed to train and decide")] = 20,
+    confidence: Annotated[float, typer.Option(help="paired-bootstrap confidence the gain over live needs")] = 0.95,
+    keep: Annotated[int, typer.Option(help="versions kept (the live one is always kept)")] = 10,
+    kind: Annotated[str, typer.Option(help="linear | low_rank | orthogonal | residual_mlp")] = "linear",
+    epochs: int = 100,
+    feedback_threshold: Annotated[float, typer.Option(help="answer feedback at or above this is positive")] = 0.5,
+    feedback_top_k: Annotated[int, typer.Option(help="retrieved documents that answer feedback applies to")] = 1,
+    seed: int = 0,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = False,
+) -> None:
+    """Nightly: read new traffic, retrain, promote the candidate only if it beats live (see exit codes).
+
+    Example: adapter-retrievers refresh --store adapters/store --log logs/rag-log.jsonl --corpus docs/
+
+    Exit codes: 0 promoted, kept or nothing new; 1 the run failed (live untouched); 2 bad input;
+    3 another run holds the lock; 4 a trace source is down (watermarks and live untouched).
+    """
+    from adapter_retrievers.data import Corpus
+    from adapter_retrievers.harvest import SignalPolicy
+    from adapter_retrievers.refresh import RefreshConfig, refresh
+    from adapter_retrievers.sources import ExportSource, LogSource, SourceError
+    from adapter_retrievers.store import AdapterStore, StoreError
+
+    policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
+    sources: list[Any] = [LogSource(path) for path in log or []]
+    if traces:
+        sources.append(ExportSource(traces, trace_format, policy))
+    try:
+        if not sources:
+            raise ValueError("give at least one --log or --traces")
+        config = RefreshConfig(
+            held_out_fraction=held_out_fraction,
+            min_queries=min_queries,
+            window_days=window_days,
+            confidence=confidence,
+            training={"kind": kind, "epochs": epochs},
+            seed=seed,
+        )
+        documents = Corpus.from_beir(corpus)
+        outcome = refresh(
+            AdapterStore(store, keep=keep),
+            sources,
+            documents,
+            _LazyEncoder(model, cache_dir),
+            config,
+            policy,
+            progress=progress,
+            echo=typer.echo,
+        )
+    except SourceError as exc:
+        typer.secho(f"error: trace source failed: {exc} (watermarks and live unchanged)", err=True, fg=typer.colors.RED)
+        raise typer.Exit(EXIT_SOURCE) from None
+    except StoreError:
+        raise  # exit code from _store_errors
+    except (ValueError, FileNotFoundError, AdapterFileError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        typer.secho(
+            f"error: refresh failed ({type(exc).__name__}: {exc}); live is untouched", err=True, fg=typer.colors.RED
+        )
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(str(outcome))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
