@@ -15,6 +15,7 @@ working; texts are passed through in batches, untouched.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,6 +23,7 @@ from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.instrumentation.dispatcher import active_instrument_tags, instrument_tags
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
 from llama_index.core.instrumentation.events.span import SpanDropEvent
@@ -30,7 +32,14 @@ from pydantic import Field
 
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
-from adapter_retrievers.registry import AdapterRegistry, adapt_query_vector, adapter_metadata
+from adapter_retrievers.registry import (
+    ADAPTER_VERSION,
+    AdapterRegistry,
+    PinnedAdapter,
+    adapt_query_vector,
+    adapter_metadata,
+    pin_adapter,
+)
 
 # Set while AdapterVectorRetriever runs the index's own retriever: that inner retrieval is the same
 # retrieval as the wrapper's, so RetrievalEventLogger records the wrapper's only (one record per query).
@@ -117,6 +126,23 @@ class AdapterVectorRetriever(BaseRetriever):
         self._embed_model = embed_model or index._embed_model
         self._inner = index.as_retriever(**retriever_kwargs)
 
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[PinnedAdapter]:
+        """One adapter for the whole retrieval (a registry following a store may swap meanwhile); its
+        version goes into the instrumentation tags, so the retrieval events name it."""
+        pin = pin_adapter(self._adapter, self._adapter_key)
+        tags = {**active_instrument_tags.get(), ADAPTER_VERSION: pin.version} if pin.version else None
+        with pin, instrument_tags(tags) if tags else contextlib.nullcontext():
+            yield pin
+
+    def retrieve(self, str_or_query_bundle: Any) -> list[NodeWithScore]:
+        with self._pinned():
+            return super().retrieve(str_or_query_bundle)
+
+    async def aretrieve(self, str_or_query_bundle: Any) -> list[NodeWithScore]:
+        with self._pinned():
+            return await super().aretrieve(str_or_query_bundle)
+
     def _adapted_bundle(self, query_bundle: QueryBundle, vector: Embedding) -> QueryBundle:
         return QueryBundle(
             query_str=query_bundle.query_str,
@@ -184,4 +210,5 @@ class RetrievalEventLogger(BaseEventHandler):
                 user=tags.get("user_id"),
                 source="llamaindex",
                 timestamp=started,
+                adapter_version=tags.get(ADAPTER_VERSION),
             )
