@@ -10,7 +10,9 @@
    candidate on the held-out queries, none of which any of them trained on, split into queries about
    documents the candidate saw in training and queries about new documents;
 4. promotes the candidate only if its gain over live is significant (paired bootstrap) and it is not
-   below the base model on new documents; otherwise live stays. The candidate is stored either way
+   below the base model on new documents; otherwise live stays, unless live itself is now
+   significantly below the base model on the newest queries (the traffic moved away from what it
+   learned): then the base model is served ("demoted") until a candidate wins again. The candidate is stored either way
    (an operator can still ``promote`` it), the decision and its numbers go to the history, and a PNG
    of the metric across decisions is redrawn.
 
@@ -31,9 +33,8 @@ from typing import Any
 import numpy as np
 
 from adapter_retrievers._files import atomic_write_text
-from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.data import Corpus, ReadReport, TrainingSet
-from adapter_retrievers.evaluation import paired_bootstrap, score_vectors
+from adapter_retrievers.evaluation import GROUPS, compare, paired_bootstrap
 from adapter_retrievers.sources import PairsStore, Source, Watermarks
 from adapter_retrievers.store import AdapterStore
 
@@ -42,7 +43,7 @@ PENDING_FILE = "pending.jsonl"
 WATERMARKS_FILE = "watermarks.json"
 RUN_FILE = "run.jsonl"
 PLOT_FILE = "refresh.png"
-DECISIONS = ("promoted", "kept")
+DECISIONS = ("promoted", "kept", "demoted")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class RefreshConfig:
 
 @dataclass
 class RefreshOutcome:
-    """What one run did: ``action`` is ``promoted``, ``kept`` or ``nothing_new``."""
+    """What one run did: ``action`` is ``promoted``, ``kept``, ``demoted`` (base model served) or ``nothing_new``."""
 
     action: str
     reason: str
@@ -89,16 +90,6 @@ class RefreshOutcome:
         numbers = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
         where = f" ({self.record.get('metric', '')} on {self.record.get('n_held_out', 0)} held-out queries: {numbers})"
         return f"{self.action}: {self.reason}" + (where if scores else "") + f"; live: {self.live or 'base model'}"
-
-
-def _seen_new_masks(queries: TrainingSet, seen_documents: set[str]) -> dict[str, np.ndarray]:
-    """Held-out queries about documents training saw vs about new documents.
-
-    A query is about a new document when none of its relevant documents was relevant to a training
-    query. (To be replaced by ``evaluation.compare(..., seen_documents=...)`` once that lands.)
-    """
-    seen = np.array([any(d in seen_documents for d in queries.relevant[q]) for q in queries.query_ids], dtype=bool)
-    return {"seen": seen, "new": ~seen}
 
 
 def _time_split(ts: TrainingSet, info: dict[str, dict[str, Any]], fraction: float) -> tuple[TrainingSet, TrainingSet]:
@@ -297,25 +288,31 @@ def _decide(
     live = store.live_adapter(encoder.model_id, dim)
     held_vectors = vectors(held)
     metric = config.metric
-    per_query = {
-        name: score_vectors(adapter.transform(held_vectors), held, corpus, (metric,)).per_query[metric]
-        for name, adapter in (
-            ("base", QueryAdapter.identity(dim, encoder.model_id)),
-            ("live", live),
-            ("candidate", candidate),
-        )
-    }
     seen_documents = {d for ts in (train, validation) for docs in ts.relevant.values() for d in docs}
-    masks = _seen_new_masks(held, seen_documents)
-    groups = {
-        group: {
-            "n_queries": int(mask.sum()),
-            **{k: float(v[mask].mean()) if mask.any() else None for k, v in per_query.items()},
-        }
-        for group, mask in masks.items()
+    reports = {
+        name: compare(adapter, held_vectors, held, corpus, (metric,), seen_documents=seen_documents)
+        for name, adapter in (("live", live), ("candidate", candidate))
     }
+    per_query = {
+        "base": reports["live"].baseline.per_query[metric],
+        "live": reports["live"].adapted.per_query[metric],
+        "candidate": reports["candidate"].adapted.per_query[metric],
+    }
+    groups = {}
+    for group in GROUPS:
+        n = reports["live"].n_queries_in(group)
+        base_mean, live_mean = reports["live"].means(metric, group)
+        groups[group] = {
+            "n_queries": n,
+            "base": base_mean if n else None,
+            "live": live_mean if n else None,
+            "candidate": reports["candidate"].means(metric, group)[1] if n else None,
+        }
     interval = paired_bootstrap(
         per_query["live"], per_query["candidate"], confidence=config.confidence, seed=config.seed
+    )
+    live_vs_base = paired_bootstrap(
+        per_query["base"], per_query["live"], confidence=config.confidence, seed=config.seed
     )
     scores = {k: float(v.mean()) for k, v in per_query.items()}
     new = groups["new"]
@@ -331,10 +328,18 @@ def _decide(
             f"below the base model on {new['n_queries']} queries about new documents "
             f"({new['candidate']:.4f} < {new['base']:.4f})"
         )
-    elif store.live != live_at_start:
-        action, reason = "kept", f"live changed during this run (now {store.live or 'base model'}): an operator decided"
     else:
         action, reason = "promoted", f"gain over live {gain:+.4f}, {ci}"
+    if action == "kept" and live_at_start is not None and live_vs_base[1] < 0:
+        # traffic moved away from what live learned: it is now significantly worse than no adapter
+        action = "demoted"
+        reason = (
+            f"live {live_at_start} is below the base model on the newest queries ({scores['live']:.4f} < "
+            f"{scores['base']:.4f}, {config.confidence:.0%} interval of its gain [{live_vs_base[0]:+.4f}, "
+            f"{live_vs_base[1]:+.4f}]): serving the base model; candidate: {reason}"
+        )
+    if action != "kept" and store.live != live_at_start:
+        action, reason = "kept", f"live changed during this run (now {store.live or 'base model'}): an operator decided"
     evaluation = {
         "metric": metric,
         "n_held_out": len(held),
@@ -343,6 +348,7 @@ def _decide(
         "scores": scores,
         "groups": groups,
         "gain_over_live": {"mean": scores["candidate"] - scores["live"], "interval": list(interval)},
+        "live_gain_over_base": {"mean": scores["live"] - scores["base"], "interval": list(live_vs_base)},
         "confidence": config.confidence,
         "live_version": live_at_start,
         "held_out_since": min((info.get(q, {}).get("timestamp") or "" for q in held.query_ids), default=None),
@@ -361,6 +367,10 @@ def _decide(
     details = {"reason": reason, **evaluation, **base_record, "version": version}
     if action == "promoted":
         record = store.set_live(version, "promoted", **{k: v for k, v in details.items() if k != "version"})
+    elif action == "demoted":
+        record = store.set_live(
+            None, "demoted", **{k: v for k, v in details.items() if k != "version"}, candidate=version
+        )
     else:
         record = store.append_history(
             {"action": "kept", "live_before": store.live, "live_after": store.live, **details}

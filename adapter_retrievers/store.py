@@ -42,7 +42,7 @@ VERSION_FILE = "version.json"
 STATE_DIR = "state"
 _VERSION_RE = re.compile(r"^v(\d+)$")
 #: history actions that change which version is live
-LIVE_ACTIONS = ("promoted", "promote", "rollback")
+LIVE_ACTIONS = ("promoted", "promote", "rollback", "demoted")
 
 
 class StoreError(RuntimeError):
@@ -419,7 +419,7 @@ class AdapterStore:
         pointer = self.pointer()
         live = pointer.get("version")
         history = self.history()
-        decisions = [r for r in history if r.get("action") in ("promoted", "kept", "nothing_new", "failed")]
+        decisions = [r for r in history if r.get("action") in ("promoted", "kept", "demoted", "nothing_new", "failed")]
         holder = self.lock().holder()
         live_record = self.info(live).record if live is not None and live in self.versions() else {}
         return {

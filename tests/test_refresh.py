@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from adapter_retrievers.capture import RetrievalLog
-from adapter_retrievers.data import TrainingSet
-from adapter_retrievers.refresh import RefreshConfig, _seen_new_masks, refresh
+from adapter_retrievers.refresh import RefreshConfig, refresh
 from adapter_retrievers.sources import LogSource, SourceError
 from adapter_retrievers.store import AdapterStore
 from conftest import make_rotation_task
@@ -135,10 +134,25 @@ def test_a_source_error_moves_nothing(tmp_path, task):
     assert run(tmp_path, task, 1).record["new_pairs"] == 100  # the next run reads the day it missed
 
 
-def test_seen_new_masks():
-    held = TrainingSet({"a": "x", "b": "y", "c": "z"}, {"a": {"d1": 1.0}, "b": {"d2": 1.0, "d3": 1.0}, "c": {"d4": 1}})
-    masks = _seen_new_masks(held, {"d1", "d3"})
-    assert masks["seen"].tolist() == [True, True, False] and masks["new"].tolist() == [False, False, True]
+def test_live_that_fell_below_the_base_model_is_demoted(tmp_path, task):
+    corpus, encoder = task
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal(corpus.embeddings.shape).astype(np.float32) * 0.02
+    for i, v in enumerate(corpus.embeddings + noise):  # users who ask the way the base model expects
+        encoder.vectors[f"plain {i}"] = v
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    log_day(log, 0, range(0, 100))
+    assert run(tmp_path, task, 0).action == "promoted"
+    for n, i in enumerate(range(100, 250)):  # the population changed
+        stamp = (DAY0 + timedelta(days=1, minutes=n)).isoformat()
+        rid = log.log_retrieval(f"plain {i}", [{"id": f"d{i}"}], timestamp=stamp)
+        log.add_click(rid, f"d{i}")
+    outcome = run(tmp_path, task, 1)
+    scores = outcome.record["scores"]
+    assert scores["live"] < scores["base"] - 0.2  # the rotation v0001 learned now hurts
+    assert outcome.action == "demoted" and AdapterStore(tmp_path / "store").live is None
+    assert outcome.record["live_before"] == "v0001" and outcome.record["live_gain_over_base"]["interval"][1] < 0
+    assert "serving the base model" in outcome.reason
 
 
 def test_history_lines_are_json(tmp_path, task):
