@@ -331,7 +331,9 @@ def _decide(
     else:
         action, reason = "promoted", f"gain over live {gain:+.4f}, {ci}"
     if action == "kept" and live_at_start is not None and live_vs_base[1] < 0:
-        # traffic moved away from what live learned: it is now significantly worse than no adapter
+        # traffic moved away from what live learned: it is now significantly worse than no adapter. (A
+        # mean below base is not enough: a poisoned day's held-out queries are noise, and would demote a
+        # good adapter.)
         action = "demoted"
         reason = (
             f"live {live_at_start} is below the base model on the newest queries ({scores['live']:.4f} < "

@@ -42,6 +42,7 @@ SCHEDULE = [("es", False), ("es", False), ("es", True), ("de", False), ("de", Fa
 PER_DAY = 150
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 METRIC = "ndcg@10"
+WINDOW_DAYS = 3.0  # train on the last 3 days of pairs: follows the drift, forgets a poisoned day
 
 
 def days_of_questions(qrels: TrainingSet, seed: int) -> list[list[str]]:
@@ -105,7 +106,7 @@ def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc) 
         logger = RetrievalLogger(log)
         days = days_of_questions(questions["es"], seed)
         rng = np.random.default_rng(seed)
-        config = RefreshConfig(seed=seed)
+        config = RefreshConfig(seed=seed, window_days=WINDOW_DAYS)
         rows = []
         for day, (language, poisoned) in enumerate(SCHEDULE):
             qs = questions[language]
@@ -199,6 +200,7 @@ def main() -> None:
         "model": enc.model_id,
         "schedule": SCHEDULE,
         "per_day": PER_DAY,
+        "window_days": WINDOW_DAYS,
         "seconds": round(time.perf_counter() - started, 1),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "summary": summary,
