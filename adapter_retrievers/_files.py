@@ -122,3 +122,27 @@ def atomic_folder(path: os.PathLike | str) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def append_line(path: os.PathLike | str, line: str) -> None:
+    """Append one line with a single ``O_APPEND`` write: concurrent appenders never interleave.
+
+    A crash loses at most this line (readers skip a cut last line); the file is created if missing.
+    """
+    data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(path: os.PathLike | str) -> None:
+    """Flush every file of a folder tree, then the folders themselves, to disk."""
+    path = Path(path)
+    for child in sorted(path.rglob("*")):
+        if child.is_file():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+    for folder in [path, *sorted(p for p in path.rglob("*") if p.is_dir())]:
+        _fsync_dir(folder)

@@ -3,9 +3,10 @@
 Schema (one JSON object per line, ``"schema": 1``):
 
 ``{"type": "retrieval", "id", "trace_id", "timestamp", "query", "session", "user", "source",
-"documents": [{"id", "content", "score", "position", "metadata"}]}``
+"documents": [{"id", "content", "score", "position", "metadata"}], "adapter_version"?}``
     One retrieval, written by the LangChain callback handler, the LlamaIndex event handler, or
-    :meth:`RetrievalLog.log_retrieval`.
+    :meth:`RetrievalLog.log_retrieval`. ``adapter_version`` (optional) names the adapter-store
+    version that served it (``"base"``: the base model).
 
 ``{"type": "signal", "target", "kind", "value", "document_id", "document_position", "timestamp"}``
     An outcome attached later to a retrieval (``target`` = its ``id`` or ``trace_id``): ``kind`` is
@@ -27,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from adapter_retrievers._files import append_line
+
 SCHEMA_VERSION = 1
 SIGNAL_KINDS = ("feedback", "citation", "click", "label")
 
@@ -45,13 +48,8 @@ class RetrievalLog:
 
     def _append(self, record: Mapping[str, Any]) -> None:
         line = json.dumps({"schema": SCHEMA_VERSION, **record}, ensure_ascii=False, default=str) + "\n"
-        data = line.encode("utf-8")
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            append_line(self.path, line)
 
     def log_retrieval(
         self,
@@ -63,8 +61,13 @@ class RetrievalLog:
         user: str | None = None,
         source: str = "manual",
         timestamp: str | None = None,
+        adapter_version: str | None = None,
     ) -> str:
-        """Record one retrieval; ``documents`` are dicts with ``id``, ``content``, ``score``, ``metadata``."""
+        """Record one retrieval; ``documents`` are dicts with ``id``, ``content``, ``score``, ``metadata``.
+
+        ``adapter_version``: the adapter-store version that served it (``"base"``: the base model), when
+        known; training data collected under an adapter is biased by it.
+        """
         retrieval_id = retrieval_id or str(uuid.uuid4())
         docs = [
             {
@@ -76,19 +79,20 @@ class RetrievalLog:
             }
             for i, d in enumerate(documents)
         ]
-        self._append(
-            {
-                "type": "retrieval",
-                "id": retrieval_id,
-                "trace_id": trace_id,
-                "timestamp": timestamp or now_iso(),
-                "query": query,
-                "session": session,
-                "user": user,
-                "source": source,
-                "documents": docs,
-            }
-        )
+        record = {
+            "type": "retrieval",
+            "id": retrieval_id,
+            "trace_id": trace_id,
+            "timestamp": timestamp or now_iso(),
+            "query": query,
+            "session": session,
+            "user": user,
+            "source": source,
+            "documents": docs,
+        }
+        if adapter_version is not None:  # optional: older logs and readers do without it
+            record["adapter_version"] = adapter_version
+        self._append(record)
         return retrieval_id
 
     def add_signal(

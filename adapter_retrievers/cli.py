@@ -580,5 +580,230 @@ def demo(
     run_demo(output, progress=progress, echo=typer.echo)
 
 
+# ------------------------------------------------------------------ the closed loop: store and refresh
+
+# Exit codes of the store commands, for cron and systemd (documented in the README):
+EXIT_OK = 0  # promoted, kept, or nothing new
+EXIT_FAILED = 1  # the run failed (training, saving); live is untouched
+EXIT_BAD_INPUT = 2  # bad options or input files
+EXIT_LOCKED = 3  # another run holds the store's lock
+EXIT_SOURCE = 4  # a trace source is down or erroring; watermarks and live are untouched
+
+StoreOption = Annotated[Path, typer.Option("--store", help="adapter store folder (versions, LIVE, history)")]
+
+
+def _store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Store commands end with one clear line and a documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from adapter_retrievers.store import StoreError, StoreLocked
+
+        try:
+            return command(*args, **kwargs)
+        except StoreLocked as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_LOCKED) from None
+        except StoreError as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
+
+
+def _decision_line(record: dict[str, Any], metric: str = "ndcg@10") -> str:
+    numbers = record.get("scores") or {}
+    parts = [f"{name} {numbers[name]:.4f}" for name in ("base", "live", "candidate") if name in numbers]
+    version = record.get("version") or "-"
+    live = record.get("live_after", record.get("live")) or "base"
+    reason = record.get("reason", "")
+    return (
+        f"{record.get('time', '?')[:19]}  {record.get('action', '?'):<11} {version:<6} live={live:<6} "
+        + (f"{metric}: {', '.join(parts)}  " if parts else "")
+        + reason
+    )
+
+
+@app.command()
+@_store_errors
+def status(
+    store: StoreOption,
+    json_out: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+) -> None:
+    """Show the live version and its numbers, stored versions, the last decision and the lock.
+
+    Example: adapter-retrievers status --store adapters/store
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    info = AdapterStore(store).status()
+    if json_out:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    typer.echo(f"store     {info['store']}")
+    typer.echo(f"live      {info['live'] or 'base model (no adapter)'} since {info['live_since'] or '-'}")
+    typer.echo(f"versions  {', '.join(info['versions']) or 'none'}")
+    if info["last_decision"]:
+        typer.echo(f"last      {_decision_line(info['last_decision'])}")
+    holder = info["lock"]
+    lock = "free" if holder is None else f"held by pid {holder.get('pid')} since {holder.get('started')}"
+    typer.echo(f"lock      {lock}")
+
+
+@app.command()
+@_store_errors
+def history(
+    store: StoreOption,
+    last: Annotated[int, typer.Option(help="show this many records (0: all)")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="print the records as JSON lines")] = False,
+) -> None:
+    """List decisions, promotions and rollbacks, newest last.
+
+    Example: adapter-retrievers history --store adapters/store --last 10
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    records = AdapterStore(store).history()
+    for record in records[-last:] if last > 0 else records:
+        typer.echo(json.dumps(record, default=str) if json_out else _decision_line(record))
+
+
+@app.command()
+@_store_errors
+def rollback(
+    version: Annotated[str | None, typer.Argument(help="version to serve (default: the previous live one)")] = None,
+    store: StoreOption = Path("adapter-store"),
+) -> None:
+    """Serve an earlier version now; serving processes that follow the store switch without restart.
+
+    Example: adapter-retrievers rollback --store adapters/store
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    record = AdapterStore(store).rollback(version)
+    typer.echo(f"live: {record['live_after'] or 'base model'} (was {record['live_before'] or 'base model'})")
+
+
+@app.command()
+@_store_errors
+def promote(
+    version: Annotated[str, typer.Argument(help="stored version to make live")],
+    store: StoreOption = Path("adapter-store"),
+) -> None:
+    """Make a stored version live by hand (e.g. a candidate that refresh kept back).
+
+    Example: adapter-retrievers promote v0004 --store adapters/store
+    """
+    from adapter_retrievers.store import AdapterStore
+
+    record = AdapterStore(store).promote(version)
+    typer.echo(f"live: {record['live_after']} (was {record['live_before'] or 'base model'})")
+
+
+class _LazyEncoder:
+    """The CLI's encoder, loaded on first use: a night without training never loads the model."""
+
+    def __init__(self, model: str, cache_dir: Path) -> None:
+        self._args = (model, cache_dir)
+        self._encoder: Any = None
+
+    def _get(self) -> Any:
+        if self._encoder is None:
+            self._encoder = _encoder(*self._args)
+        return self._encoder
+
+    @property
+    def model_id(self) -> str:
+        return self._get().model_id
+
+    def embed_queries(self, texts: Any) -> Any:
+        return self._get().embed_queries(texts)
+
+    def embed_documents(self, texts: Any) -> Any:
+        return self._get().embed_documents(texts)
+
+
+@app.command("refresh")
+@_store_errors
+def refresh_command(
+    store: StoreOption,
+    corpus: Annotated[Path, typer.Option(help="BEIR folder whose corpus.jsonl the retrievals are matched to")],
+    log: Annotated[list[Path] | None, typer.Option(help="our JSONL capture log (rotated files are followed)")] = None,
+    traces: Annotated[
+        list[Path] | None, typer.Option(help="exported trace files or folders (new files are picked up)")
+    ] = None,
+    trace_format: Annotated[
+        str,
+        typer.Option("--format", help="format of --traces: openinference | langsmith | langfuse | llamaindex | ours"),
+    ] = "openinference",
+    model: ModelOption = "bundled",
+    cache_dir: CacheOption = DEFAULT_CACHE,
+    window_days: Annotated[float | None, typer.Option(help="train on pairs of the last N days only")] = None,
+    held_out_fraction: Annotated[float, typer.Option(help="newest queries held out to decide")] = 0.2,
+    min_queries: Annotated[int, typer.Option(help="queries with pairs needed to train and decide")] = 20,
+    confidence: Annotated[float, typer.Option(help="paired-bootstrap confidence the gain over live needs")] = 0.95,
+    keep: Annotated[int, typer.Option(help="versions kept (the live one is always kept)")] = 10,
+    kind: Annotated[str, typer.Option(help="linear | low_rank | orthogonal | residual_mlp")] = "linear",
+    epochs: int = 100,
+    feedback_threshold: Annotated[float, typer.Option(help="answer feedback at or above this is positive")] = 0.5,
+    feedback_top_k: Annotated[int, typer.Option(help="retrieved documents that answer feedback applies to")] = 1,
+    seed: int = 0,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = False,
+) -> None:
+    """Nightly: read new traffic, retrain, promote the candidate only if it beats live (see exit codes).
+
+    Example: adapter-retrievers refresh --store adapters/store --log logs/rag-log.jsonl --corpus docs/
+
+    Exit codes: 0 promoted, kept or nothing new; 1 the run failed (live untouched); 2 bad input;
+    3 another run holds the lock; 4 a trace source is down (watermarks and live untouched).
+    """
+    from adapter_retrievers.data import Corpus
+    from adapter_retrievers.harvest import SignalPolicy
+    from adapter_retrievers.refresh import RefreshConfig, refresh
+    from adapter_retrievers.sources import ExportSource, LogSource, SourceError
+    from adapter_retrievers.store import AdapterStore, StoreError
+
+    policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
+    sources: list[Any] = [LogSource(path) for path in log or []]
+    if traces:
+        sources.append(ExportSource(traces, trace_format, policy))
+    try:
+        if not sources:
+            raise ValueError("give at least one --log or --traces")
+        config = RefreshConfig(
+            held_out_fraction=held_out_fraction,
+            min_queries=min_queries,
+            window_days=window_days,
+            confidence=confidence,
+            training={"kind": kind, "epochs": epochs},
+            seed=seed,
+        )
+        documents = Corpus.from_beir(corpus)
+        outcome = refresh(
+            AdapterStore(store, keep=keep),
+            sources,
+            documents,
+            _LazyEncoder(model, cache_dir),
+            config,
+            policy,
+            progress=progress,
+            echo=typer.echo,
+        )
+    except SourceError as exc:
+        typer.secho(f"error: trace source failed: {exc} (watermarks and live unchanged)", err=True, fg=typer.colors.RED)
+        raise typer.Exit(EXIT_SOURCE) from None
+    except StoreError:
+        raise  # exit code from _store_errors
+    except (ValueError, FileNotFoundError, AdapterFileError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        typer.secho(
+            f"error: refresh failed ({type(exc).__name__}: {exc}); live is untouched", err=True, fg=typer.colors.RED
+        )
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(str(outcome))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -117,3 +117,43 @@ def plot_history(history: Sequence[dict[str, float]], metric: str, path: os.Path
     loss_ax.plot(epochs[1:], [h["train_loss"] for h in history[1:]], color="tab:orange")
     loss_ax.set_ylabel("training loss", color="tab:orange")
     _save(fig, path)
+
+
+def plot_refresh_history(decisions: Sequence[dict[str, Any]], path: os.PathLike | str, metric: str = "ndcg@10") -> None:
+    """The metric of the base model, the live adapter and each candidate on every refresh's held-out queries.
+
+    Promoted candidates are filled green dots, refused ones red crosses: the history at a glance.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(decisions) + 2), 4))
+    x = list(range(len(decisions)))
+    for name, style in (("base", "--"), ("live", "-")):
+        ax.plot(
+            x,
+            [d["scores"].get(name) for d in decisions],
+            style,
+            marker=".",
+            label=name if name != "base" else "base model",
+        )
+    promoted = [(i, d) for i, d in enumerate(decisions) if d.get("action") == "promoted"]
+    refused = [(i, d) for i, d in enumerate(decisions) if d.get("action") != "promoted" and "candidate" in d["scores"]]
+    ax.scatter(
+        [i for i, _ in promoted],
+        [d["scores"]["candidate"] for _, d in promoted],
+        color="tab:green",
+        zorder=3,
+        label="candidate, promoted",
+    )
+    ax.scatter(
+        [i for i, _ in refused],
+        [d["scores"]["candidate"] for _, d in refused],
+        color="tab:red",
+        marker="x",
+        zorder=3,
+        label="candidate, kept back",
+    )
+    ax.set_xticks(x, [str(d.get("time", ""))[:10] + f"\n{d.get('version') or '-'}" for d in decisions], fontsize=7)
+    ax.set_ylabel(f"{metric} on each run's newest (held-out) queries")
+    ax.set_title("adapter refreshes", fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -5,13 +5,22 @@ them. The registry maps a key to an adapter, falls back to no adapter (the ident
 keys, and swaps in a newer version atomically: an adapter is fully loaded and checked before it is
 published, and a request holds the adapter object it started with, so no request ever sees a
 half-loaded one.
+
+A registry can also *follow* an :class:`~adapter_retrievers.store.AdapterStore` (:meth:`AdapterRegistry.follow`,
+:meth:`AdapterRegistry.from_store`): it serves the store's live version and picks up a promotion or a
+rollback without a restart, checking the store's ``LIVE`` pointer (one ``stat``) at most every
+``check_interval`` seconds. The wrappers pin one adapter per request (:func:`pin_adapter`), so a
+request that straddles a swap uses one version throughout and the capture handlers can record which.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,90 @@ import numpy as np
 from adapter_retrievers.adapters import CONFIG_FILE, QueryAdapter
 
 ADAPTER_KEY = "adapter_key"
+#: the run-metadata / event-tag / log field naming the store version that served a retrieval
+ADAPTER_VERSION = "adapter_version"
+BASE_VERSION = "base"  # what a store serves when no version is live: the base model
+
+logger = logging.getLogger(__name__)
+
+
+def adapter_version(adapter: QueryAdapter) -> str | None:
+    """The store version an adapter was loaded from (``"base"`` for a store's no-adapter), else None."""
+    version = adapter.metadata.get("store_version")
+    return str(version) if version is not None else None
+
+
+class StoreFollower:
+    """The live adapter of a store, re-read when the store's ``LIVE`` pointer changes.
+
+    :meth:`current` costs one clock read, plus one ``stat`` of the pointer file when ``check_interval``
+    seconds have passed (0: every call). A changed pointer loads the new version completely, checks it
+    against the base model and dimension, then publishes it with one reference swap; if loading fails
+    (a version pruned meanwhile, a bad file) the old adapter keeps serving and the next check retries.
+    """
+
+    def __init__(self, store: Any, base_model: str, dimension: int, check_interval: float = 5.0) -> None:
+        from adapter_retrievers.store import AdapterStore
+
+        self.store = store if isinstance(store, AdapterStore) else AdapterStore(store)
+        self.base_model, self.dimension = base_model, dimension
+        self.check_interval = check_interval
+        self._checking = threading.Lock()
+        self._signature: tuple | None = None
+        self._next_check = 0.0
+        self._adapter = self._base()
+        self.check()
+
+    def _base(self) -> QueryAdapter:
+        adapter = QueryAdapter.identity(self.dimension, self.base_model)
+        adapter.metadata = {"store_version": BASE_VERSION}
+        return adapter
+
+    @property
+    def version(self) -> str | None:
+        return adapter_version(self._adapter)
+
+    def current(self) -> QueryAdapter:
+        if time.monotonic() >= self._next_check:
+            self.check()
+        return self._adapter
+
+    def check(self) -> bool:
+        """Look at the pointer now; returns True when another version was swapped in."""
+        if not self._checking.acquire(blocking=False):
+            return False  # another thread is checking: serve the current adapter meanwhile
+        try:
+            self._next_check = time.monotonic() + self.check_interval
+            try:
+                st = os.stat(self.store.live_path)
+                signature: tuple | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+                # a pointer rewritten within the timestamp granularity can reuse the inode, time and
+                # size of the one before: trust the stat only for a pointer that is not brand new
+                settled = time.time() - st.st_mtime > 2.0
+            except FileNotFoundError:
+                signature, settled = None, True
+            if signature == self._signature and settled:
+                return False
+            version = self.store.live
+            if (version or BASE_VERSION) == self.version:
+                self._signature = signature
+                return False
+            try:
+                adapter = self._base() if version is None else self.store.load(version, self.base_model, self.dimension)
+            except (OSError, ValueError, RuntimeError) as exc:
+                logger.warning(
+                    "cannot load live version %s of %s (%s); still serving %s",
+                    version,
+                    self.store.root,
+                    exc,
+                    self.version,
+                )
+                return False
+            self._adapter = adapter  # one reference swap publishes it
+            self._signature = signature
+            return True
+        finally:
+            self._checking.release()
 
 
 class AdapterRegistry:
@@ -38,8 +131,23 @@ class AdapterRegistry:
         self.default.check_compatible(base_model, dimension)
         self._lock = threading.Lock()
         self._adapters: dict[str, QueryAdapter] = {}
+        self._followers: dict[str | None, StoreFollower] = {}
         for key, adapter in (adapters or {}).items():
             self.register(key, adapter)
+
+    def follow(self, store: Any, key: str | None = None, check_interval: float = 5.0) -> StoreFollower:
+        """Serve ``store``'s live version for ``key`` (None: as the default), following promotions and rollbacks."""
+        follower = StoreFollower(store, self.base_model, self.dimension, check_interval)
+        with self._lock:
+            self._followers = {**self._followers, key: follower}
+        return follower
+
+    @classmethod
+    def from_store(cls, store: Any, base_model: str, dimension: int, check_interval: float = 5.0) -> AdapterRegistry:
+        """A registry whose default adapter is the store's live version, swapped without restart."""
+        registry = cls(base_model, dimension)
+        registry.follow(store, None, check_interval)
+        return registry
 
     def register(self, key: str, adapter: QueryAdapter) -> None:
         """Add or replace the adapter for ``key`` (readers see the old or the new one, never a mix)."""
@@ -61,11 +169,14 @@ class AdapterRegistry:
             updated.pop(key, None)
             self._adapters = updated
 
-    def get(self, key: str | None) -> QueryAdapter:
+    def get(self, key: str | None = None) -> QueryAdapter:
         """The adapter for ``key``; the default (identity unless set) for ``None`` or an unknown key."""
-        if key is None:
-            return self.default
-        return self._adapters.get(key, self.default)
+        followers = self._followers
+        if key in followers:
+            return followers[key].current()
+        if key is not None and key in self._adapters:
+            return self._adapters[key]
+        return followers[None].current() if None in followers else self.default
 
     def transform(self, query_vectors: Any, key: str | None = None) -> np.ndarray:
         return self.get(key).transform(query_vectors)
@@ -123,9 +234,43 @@ def check_adapter_for(adapter: QueryAdapter | AdapterRegistry, embeddings: Any, 
     adapter.check_compatible(base_model=model_id or exposed_id, dimension=dimension)
 
 
+_PINNED: ContextVar[tuple[Any, str | None, QueryAdapter] | None] = ContextVar("adapter_retrievers_pinned", default=None)
+
+
+class PinnedAdapter:
+    """One request's adapter, resolved once (see :func:`pin_adapter`); a context manager."""
+
+    def __init__(self, adapter: QueryAdapter | AdapterRegistry, key: str | None = None) -> None:
+        self.source, self.key = adapter, key
+        self.adapter = resolve_adapter(adapter, key)
+        self.version = adapter_version(self.adapter)
+        self._tokens: list[Any] = []
+
+    def __enter__(self) -> QueryAdapter:
+        self._tokens.append(_PINNED.set((self.source, self.key, self.adapter)))
+        return self.adapter
+
+    def __exit__(self, *exc: object) -> None:
+        _PINNED.reset(self._tokens.pop())
+
+
+def pin_adapter(adapter: QueryAdapter | AdapterRegistry, key: str | None = None) -> PinnedAdapter:
+    """Resolve ``adapter`` for ``key`` now; inside ``with`` every adaptation through it uses that one.
+
+    A request that straddles a promotion then uses one version throughout, and the version it used is
+    known before the retrieval starts (``.version``, for the capture handlers and traces).
+    """
+    return PinnedAdapter(adapter, key)
+
+
 def adapt_query_vector(adapter: QueryAdapter | AdapterRegistry, key: str | None, vector: Any) -> list[float]:
     """One framework query embedding (a list of floats) adapted for one request, as a list again."""
-    return resolve_adapter(adapter, key).transform(np.asarray(vector, dtype=np.float32)).tolist()
+    pinned = _PINNED.get()
+    if pinned is not None and pinned[0] is adapter and pinned[1] == key:
+        chosen = pinned[2]
+    else:
+        chosen = resolve_adapter(adapter, key)
+    return chosen.transform(np.asarray(vector, dtype=np.float32)).tolist()
 
 
 def adapter_metadata(adapter: QueryAdapter | AdapterRegistry, key: str | None = None) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def harvest(
     # have a signal. Memory grows with the number of signals, not with the number of retrievals.
     signals = [item for item in read_traces(paths, fmt, ReadReport(), policy) if isinstance(item, Signal)]
     targets = {s.target for s in signals}
-    retrievals: dict[str, tuple[str, str | None, str | None, tuple]] = {}
+    retrievals: dict[str, tuple[str, str | None, str | None, tuple, str | None]] = {}
     trace_to_retrievals: dict[str, list[str]] = defaultdict(list)
     for item in read_traces(paths, fmt, read, policy):
         if isinstance(item, Signal):
@@ -114,7 +114,7 @@ def harvest(
         if item.retrieval_id in retrievals:
             report.merged.skip("retrieval logged twice (same id)", item.retrieval_id)
         docs = tuple((match(d), d.position, d.id) for d in item.documents)
-        retrievals[item.retrieval_id] = (item.query, item.timestamp, item.session, docs)
+        retrievals[item.retrieval_id] = (item.query, item.timestamp, item.session, docs, item.adapter_version)
         if item.trace_id:
             trace_to_retrievals[item.trace_id].append(item.retrieval_id)
     report.records_read = read.rows_read
@@ -139,7 +139,7 @@ def harvest(
     relevant: dict[str, dict[str, float]] = {}
     hard: dict[str, set[str]] = {}
     info: dict[str, dict[str, Any]] = {}
-    for rid, (query, timestamp, session, _docs) in retrievals.items():
+    for rid, (query, timestamp, session, _docs, version) in retrievals.items():
         if not positives.get(rid) and not negatives.get(rid):
             continue
         qid = query_id(query)
@@ -149,9 +149,9 @@ def harvest(
         queries[qid] = query
         relevant.setdefault(qid, {}).update(positives.get(rid, {}))
         hard.setdefault(qid, set()).update(negatives.get(rid, set()))
-        seen = info.setdefault(qid, {"timestamp": timestamp, "session": session})
+        seen = info.setdefault(qid, {"timestamp": timestamp, "session": session, "adapter_version": version})
         if timestamp and (seen["timestamp"] is None or timestamp < seen["timestamp"]):
-            seen["timestamp"], seen["session"] = timestamp, session
+            seen["timestamp"], seen["session"], seen["adapter_version"] = timestamp, session, version
     ts = TrainingSet(queries, relevant, hard, name or f"harvest:{fmt}", read)
     report.queries, report.pairs = len(ts), ts.n_pairs
     report.negatives = sum(len(v) for v in ts.negatives.values())

@@ -91,8 +91,16 @@ def read_openinference(records: Records, report: ReadReport, policy: SignalPolic
                 report.skip("RETRIEVER span without input.value or span id", where)
                 continue
             session = as_str(attrs.get("session.id")) or as_str(attrs.get("user.id"))
+            run_metadata = json_maybe(attrs.get("metadata"))  # LangChain run metadata: the serving version
+            version = as_str(run_metadata.get("adapter_version")) if isinstance(run_metadata, dict) else None
             yield LoggedRetrieval(
-                span_id, query, _span_documents(attrs), as_str(span.get("trace_id")), _timestamp(span["start"]), session
+                span_id,
+                query,
+                _span_documents(attrs),
+                as_str(span.get("trace_id")),
+                _timestamp(span["start"]),
+                session,
+                version,
             )
 
 

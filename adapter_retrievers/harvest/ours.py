@@ -40,6 +40,7 @@ def read_ours(records: Records, report: ReadReport, policy: SignalPolicy | None 
                 as_str(obj.get("trace_id")),
                 as_str(obj.get("timestamp")),
                 as_str(obj.get("session")) or as_str(obj.get("user")),
+                as_str(obj.get("adapter_version")),
             )
         elif kind == "signal":
             yield from signal_record(obj, where, report)

@@ -42,6 +42,7 @@ class LoggedRetrieval:
     trace_id: str | None = None
     timestamp: str | None = None
     session: str | None = None
+    adapter_version: str | None = None  # the adapter-store version that served it ("base": none), if logged
 
 
 @dataclass

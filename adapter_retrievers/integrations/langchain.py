@@ -30,6 +30,7 @@ from langchain_core.callbacks import (
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -38,10 +39,13 @@ from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.encoders import as_encoder
 from adapter_retrievers.registry import (
     ADAPTER_KEY,
+    ADAPTER_VERSION,
     AdapterRegistry,
+    PinnedAdapter,
     adapt_query_vector,
     adapter_metadata,
     check_adapter_for,
+    pin_adapter,
 )
 
 AdapterLike = QueryAdapter | AdapterRegistry
@@ -149,6 +153,26 @@ class AdapterRetriever(BaseRetriever):
 
     def _key(self, kwargs: dict[str, Any], run_manager: Any) -> str | None:
         return kwargs.pop(ADAPTER_KEY, None) or (run_manager.metadata or {}).get(ADAPTER_KEY) or self.adapter_key
+
+    def _pinned(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> tuple[PinnedAdapter, RunnableConfig]:
+        """Resolve the adapter once per call (a registry following a store may swap meanwhile) and name
+        its version in the run metadata, where the capture handler and tracers read it."""
+        config = ensure_config(config)
+        metadata = dict(config.get("metadata") or {})
+        pin = pin_adapter(self.adapter, kwargs.get(ADAPTER_KEY) or metadata.get(ADAPTER_KEY) or self.adapter_key)
+        if pin.version is not None:
+            config = {**config, "metadata": {**metadata, ADAPTER_VERSION: pin.version}}
+        return pin, config
+
+    def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
+        pin, config = self._pinned(config, kwargs)
+        with pin:
+            return super().invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
+        pin, config = self._pinned(config, kwargs)
+        with pin:
+            return await super().ainvoke(input, config, **kwargs)
 
     def _search_params(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {**self.search_kwargs, **kwargs, "k": kwargs.get("k", self.k)}
@@ -263,6 +287,7 @@ class RetrievalLogger(BaseCallbackHandler):
             session=session,
             user=metadata.get("user_id"),
             source="langchain",
+            adapter_version=metadata.get(ADAPTER_VERSION),
         )
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:

@@ -15,6 +15,7 @@ working; texts are passed through in batches, untouched.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,6 +23,7 @@ from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.instrumentation.dispatcher import active_instrument_tags, instrument_tags
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
 from llama_index.core.instrumentation.events.span import SpanDropEvent
@@ -31,7 +33,15 @@ from pydantic import Field, PrivateAttr
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.encoders import as_encoder
-from adapter_retrievers.registry import AdapterRegistry, adapt_query_vector, adapter_metadata, check_adapter_for
+from adapter_retrievers.registry import (
+    ADAPTER_VERSION,
+    AdapterRegistry,
+    PinnedAdapter,
+    adapt_query_vector,
+    adapter_metadata,
+    check_adapter_for,
+    pin_adapter,
+)
 
 
 class EncoderEmbedding(BaseEmbedding):
@@ -172,6 +182,23 @@ class AdapterVectorRetriever(BaseRetriever):
         self._embed_model = embed_model
         self._inner = index.as_retriever(**retriever_kwargs)
 
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[PinnedAdapter]:
+        """One adapter for the whole retrieval (a registry following a store may swap meanwhile); its
+        version goes into the instrumentation tags, so the retrieval events name it."""
+        pin = pin_adapter(self._adapter, self._adapter_key)
+        tags = {**active_instrument_tags.get(), ADAPTER_VERSION: pin.version} if pin.version else None
+        with pin, instrument_tags(tags) if tags else contextlib.nullcontext():
+            yield pin
+
+    def retrieve(self, str_or_query_bundle: Any) -> list[NodeWithScore]:
+        with self._pinned():
+            return super().retrieve(str_or_query_bundle)
+
+    async def aretrieve(self, str_or_query_bundle: Any) -> list[NodeWithScore]:
+        with self._pinned():
+            return await super().aretrieve(str_or_query_bundle)
+
     def _adapted_bundle(self, query_bundle: QueryBundle, vector: Embedding) -> QueryBundle:
         return QueryBundle(
             query_str=query_bundle.query_str,
@@ -239,4 +266,5 @@ class RetrievalEventLogger(BaseEventHandler):
                 user=tags.get("user_id"),
                 source="llamaindex",
                 timestamp=started,
+                adapter_version=tags.get(ADAPTER_VERSION),
             )

@@ -1,0 +1,163 @@
+"""The nightly refresh on a synthetic task: promote what wins, keep live otherwise, record everything."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from adapter_retrievers.capture import RetrievalLog
+from adapter_retrievers.refresh import RefreshConfig, refresh
+from adapter_retrievers.sources import LogSource, SourceError
+from adapter_retrievers.store import AdapterStore
+from conftest import make_rotation_task
+
+DAY0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+TRAINING = {"kind": "orthogonal", "solver": "procrustes"}
+CONFIG = RefreshConfig(min_queries=20, training=TRAINING)
+
+
+class LookupEncoder:
+    """The rotation task's vectors by text: "query 7" is query vector 7, "document 7" document vector 7."""
+
+    model_id = "test/rotation-32"
+
+    def __init__(self, queries, docs):
+        self.vectors = {f"query {i}": v for i, v in enumerate(queries)}
+        self.vectors.update({f"document {i}": v for i, v in enumerate(docs)})
+
+    def embed_queries(self, texts):
+        return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
+
+    def embed_documents(self, texts):
+        return self.embed_queries(texts)
+
+
+@pytest.fixture
+def task():
+    corpus, _, queries = make_rotation_task(n_docs=300)
+    return corpus, LookupEncoder(queries, corpus.embeddings)
+
+
+def log_day(log, day, indices, poisoned=False, seed=0):
+    """One day of traffic: each query retrieves two documents and the user clicks the one it is about."""
+    rng = np.random.default_rng(seed)
+    for n, i in enumerate(indices):
+        stamp = (DAY0 + timedelta(days=day, minutes=n)).isoformat()
+        rid = log.log_retrieval(f"query {i}", [{"id": f"d{i}"}, {"id": f"d{(i + 1) % 300}"}], timestamp=stamp)
+        log.add_click(rid, f"d{rng.integers(300)}" if poisoned else f"d{i}")
+
+
+def run(tmp_path, task, day, config=CONFIG):
+    corpus, encoder = task
+    now = DAY0 + timedelta(days=day, hours=23)
+    return refresh(tmp_path / "store", [LogSource(tmp_path / "rag-log.jsonl")], corpus, encoder, config, now=now)
+
+
+def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    store = AdapterStore(tmp_path / "store")
+    log_day(log, 0, range(0, 100))
+    first = run(tmp_path, task, 0)
+    assert first.action == "promoted" and store.live == first.candidate == "v0001"
+    record = store.history()[-1]
+    assert record["action"] == "promoted" and record["live_before"] is None
+    assert record["scores"]["candidate"] > record["scores"]["base"] + 0.2  # the rotation was learned
+    assert record["scores"]["live"] == record["scores"]["base"]  # nothing was live before
+    assert record["groups"]["new"]["n_queries"] == 20 and record["groups"]["seen"]["n_queries"] == 0
+    assert record["n_held_out"] == 20 and record["data"]["n_queries"] == 100
+    assert record["sources"] == {"log:rag-log.jsonl": 200} and record["new_pairs"] == 100
+    version = store.info("v0001").record
+    assert version["evaluation"]["scores"] == record["scores"] and version["decision"]["action"] == "promoted"
+    assert version["data"]["fingerprint"] == record["data"]["fingerprint"]
+    assert (store.root / "refresh.png").stat().st_size > 1000
+
+    empty = run(tmp_path, task, 1)  # an empty night
+    assert empty.action == "nothing_new" and empty.candidate is None
+    assert store.versions() == ["v0001"] and store.live == "v0001"
+
+    log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
+    poisoned = run(tmp_path, task, 2)
+    assert poisoned.action == "kept" and store.live == "v0001"
+    assert poisoned.record["scores"]["candidate"] < poisoned.record["scores"]["base"] + 0.05  # nothing to gain
+    assert [r["action"] for r in store.history()] == ["promoted", "nothing_new", "kept"]
+
+    log_day(log, 3, range(200, 300))
+    later = run(tmp_path, task, 3, RefreshConfig(min_queries=20, window_days=1.5, training=TRAINING))
+    assert later.record["data"]["n_queries"] == 100  # the window leaves the poisoned day out
+    assert later.record["scores"]["live"] > later.record["scores"]["base"] + 0.2  # v0001 still helps
+
+
+def test_late_signals_find_their_retrieval_from_an_earlier_run(tmp_path, task):
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    for i in range(30):
+        log.log_retrieval(f"query {i}", [{"id": f"d{i}"}], retrieval_id=f"r{i}", timestamp=DAY0.isoformat())
+    first = run(tmp_path, task, 0)
+    assert first.action == "kept" and "0 queries with pairs" in first.reason
+    for i in range(30):
+        log.add_click(f"r{i}", f"d{i}")  # the clicks arrive after the run read their retrievals
+    second = run(tmp_path, task, 0)
+    assert second.record["new_pairs"] == 30 and second.record["sources"] == {"log:rag-log.jsonl": 30}
+
+
+def test_too_few_queries_keeps_live_without_training(tmp_path, task):
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    log_day(log, 0, range(10))
+    outcome = run(tmp_path, task, 0)
+    assert outcome.action == "kept" and "at least 20 are needed" in outcome.reason
+    assert AdapterStore(tmp_path / "store").versions() == []
+    assert run(tmp_path, task, 0).action == "nothing_new"
+
+
+def test_a_source_error_moves_nothing(tmp_path, task):
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    log_day(log, 0, range(100))
+    run(tmp_path, task, 0)
+    store = AdapterStore(tmp_path / "store")
+    marks = (store.state_dir / "watermarks.json").read_text()
+    history = store.history()
+
+    class Down:
+        name = "server"
+
+        def read(self, watermark, write, report):
+            raise SourceError("trace server at http://127.0.0.1:9 is unreachable")
+
+    log_day(log, 1, range(100, 200))
+    corpus, encoder = task
+    with pytest.raises(SourceError, match="unreachable"):
+        refresh(store, [LogSource(log.path), Down()], corpus, encoder, CONFIG)
+    assert (store.state_dir / "watermarks.json").read_text() == marks  # the log's watermark did not move
+    assert store.live == "v0001" and store.lock().holder() is None
+    failed = store.history()[-1]
+    assert store.history()[:-1] == history and failed["action"] == "failed" and "unreachable" in failed["reason"]
+    assert run(tmp_path, task, 1).record["new_pairs"] == 100  # the next run reads the day it missed
+
+
+def test_live_that_fell_below_the_base_model_is_demoted(tmp_path, task):
+    corpus, encoder = task
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal(corpus.embeddings.shape).astype(np.float32) * 0.02
+    for i, v in enumerate(corpus.embeddings + noise):  # users who ask the way the base model expects
+        encoder.vectors[f"plain {i}"] = v
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    log_day(log, 0, range(0, 100))
+    assert run(tmp_path, task, 0).action == "promoted"
+    for n, i in enumerate(range(100, 250)):  # the population changed
+        stamp = (DAY0 + timedelta(days=1, minutes=n)).isoformat()
+        rid = log.log_retrieval(f"plain {i}", [{"id": f"d{i}"}], timestamp=stamp)
+        log.add_click(rid, f"d{i}")
+    outcome = run(tmp_path, task, 1)
+    scores = outcome.record["scores"]
+    assert scores["live"] < scores["base"] - 0.2  # the rotation v0001 learned now hurts
+    assert outcome.action == "demoted" and AdapterStore(tmp_path / "store").live is None
+    assert outcome.record["live_before"] == "v0001" and outcome.record["live_gain_over_base"]["interval"][1] < 0
+    assert "serving the base model" in outcome.reason
+
+
+def test_history_lines_are_json(tmp_path, task):
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    log_day(log, 0, range(100))
+    run(tmp_path, task, 0)
+    lines = (tmp_path / "store" / "history.jsonl").read_text().splitlines()
+    assert all(isinstance(json.loads(line), dict) for line in lines)
