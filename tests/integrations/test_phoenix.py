@@ -17,9 +17,32 @@ pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
 
 from adapter_retrievers import Corpus
 from adapter_retrievers.harvest import harvest
+from conftest import HashingEncoder
+from integrations.conftest import MODEL_ID, TOPICS
 
 PROJECT = "rag-app"
 DOCUMENT_EVALUATIONS = "documentEvaluations { name label score documentPosition annotatorKind metadata }"
+
+
+@dataclass
+class Knowledge:
+    """A small knowledge base: one document per topic, and a question per topic."""
+
+    ids: list[str]
+    texts: list[str]
+    queries: list[str]
+    encoder: HashingEncoder
+
+
+@pytest.fixture(scope="module")
+def knowledge() -> Knowledge:
+    """This module's own documents (the shared `task` fixture also trains an adapter, not needed here)."""
+    return Knowledge(
+        [f"doc-{t}" for t in TOPICS],
+        [f"notes on {t} and more {t}" for t in TOPICS],
+        [f"tell me about {t}" for t in TOPICS[:12]],
+        HashingEncoder(64, MODEL_ID),
+    )
 
 
 @dataclass
@@ -46,7 +69,7 @@ def _embeddings(encoder):
     return HashingEmbeddings()
 
 
-def _send_traffic(url: str, task, queries: list[str], db_path, project: str = PROJECT) -> list[list]:
+def _send_traffic(url: str, knowledge, queries: list[str], db_path, project: str = PROJECT) -> list[list]:
     """Run a LangChain chain (Chroma retriever -> answer) per query with OpenInference tracing to Phoenix."""
     import chromadb
     from langchain_chroma import Chroma
@@ -60,16 +83,16 @@ def _send_traffic(url: str, task, queries: list[str], db_path, project: str = PR
 
     store = Chroma(
         collection_name="phoenix-test",
-        embedding_function=_embeddings(task.encoder),
+        embedding_function=_embeddings(knowledge.encoder),
         client=chromadb.PersistentClient(path=str(db_path)),
     )
     if not store.get(limit=1)["ids"]:
         # half the documents carry their id in metadata; the others are matched by content
         documents = [
             Document(page_content=t, metadata={"doc_id": i} if n % 2 == 0 else {"topic": n})
-            for n, (i, t) in enumerate(zip(task.ids, task.texts))
+            for n, (i, t) in enumerate(zip(knowledge.ids, knowledge.texts))
         ]
-        store.add_documents(documents, ids=task.ids)
+        store.add_documents(documents, ids=knowledge.ids)
     provider = TracerProvider(resource=Resource.create({"openinference.project.name": project}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{url}/v1/traces")))
     instrumentor = LangChainInstrumentor()
@@ -97,7 +120,7 @@ def _stored_retriever_spans(client, queries: set[str], project: str = PROJECT) -
         time.sleep(0.3)
 
 
-def _record_clicks(client, task, queries, results, spans, traffic: Traffic) -> None:
+def _record_clicks(client, knowledge, queries, results, spans, traffic: Traffic) -> None:
     """Clicks as a Phoenix user writes them: a thumbs up/down on the retrieval span (``user_feedback``) and,
     when the user clicked a document, ``relevance`` at the clicked position (a document annotation).
 
@@ -136,16 +159,16 @@ def _record_clicks(client, task, queries, results, spans, traffic: Traffic) -> N
 
 
 @pytest.fixture(scope="module")
-def traffic(phoenix_server, task, tmp_path_factory) -> Traffic:
+def traffic(phoenix_server, knowledge, tmp_path_factory) -> Traffic:
     from phoenix.client import Client
 
-    queries = [f"{q} please" for q in task.queries]
-    results = _send_traffic(phoenix_server, task, queries, tmp_path_factory.mktemp("chroma") / "db")
+    queries = [f"{q} please" for q in knowledge.queries]
+    results = _send_traffic(phoenix_server, knowledge, queries, tmp_path_factory.mktemp("chroma") / "db")
     client = Client(base_url=phoenix_server)
     spans = _stored_retriever_spans(client, set(queries))
     assert len(spans) == len(queries)
-    traffic = Traffic(phoenix_server, Corpus(task.ids, task.texts))
-    _record_clicks(client, task, queries, results, spans, traffic)
+    traffic = Traffic(phoenix_server, Corpus(knowledge.ids, knowledge.texts))
+    _record_clicks(client, knowledge, queries, results, spans, traffic)
     traffic.n_spans = len(client.spans.get_spans(project_identifier=PROJECT, limit=10_000))
     assert traffic.n_spans == 3 * len(queries)  # sequence, retriever, lambda
     return traffic
@@ -255,7 +278,7 @@ def test_export_phoenix_pages_and_harvests(traffic, tmp_path):
     assert stats.watermark.isoformat() == newest
 
 
-def test_export_phoenix_incremental_with_answer_feedback_on_the_trace(phoenix_server, task, tmp_path):
+def test_export_phoenix_incremental_with_answer_feedback_on_the_trace(phoenix_server, knowledge, tmp_path):
     """Nightly use: export, more traffic and feedback arrive, export again from the watermark. Answer feedback
     on a trace's root span or on the trace itself reaches the trace's retrieval."""
     from phoenix.client import Client
@@ -264,8 +287,8 @@ def test_export_phoenix_incremental_with_answer_feedback_on_the_trace(phoenix_se
 
     project = "rag-app-nightly"
     client = Client(base_url=phoenix_server)
-    first, second = [f"first {q}" for q in task.queries[:3]], [f"second {q}" for q in task.queries[3:5]]
-    _send_traffic(phoenix_server, task, first, tmp_path / "db", project)
+    first, second = [f"first {q}" for q in knowledge.queries[:3]], [f"second {q}" for q in knowledge.queries[3:5]]
+    _send_traffic(phoenix_server, knowledge, first, tmp_path / "db", project)
     spans = _stored_retriever_spans(client, set(first), project)
     night1 = export_phoenix(tmp_path / "night-1.jsonl", phoenix_server, project)
     assert night1.retriever_spans == 3 and night1.span_annotations == 0
@@ -277,7 +300,7 @@ def test_export_phoenix_incremental_with_answer_feedback_on_the_trace(phoenix_se
     client.spans.add_span_annotation(
         span_id=root["context"]["span_id"], annotation_name="user_feedback", label="thumbs_up", score=1, sync=True
     )
-    results = _send_traffic(phoenix_server, task, second, tmp_path / "db", project)
+    results = _send_traffic(phoenix_server, knowledge, second, tmp_path / "db", project)
     later = _stored_retriever_spans(client, set(second), project)
     client.traces.add_trace_annotation(
         trace_id=later[second[1]]["context"]["trace_id"],
@@ -292,11 +315,13 @@ def test_export_phoenix_incremental_with_answer_feedback_on_the_trace(phoenix_se
     assert stats.trace_annotations == 2 and stats.watermark > night1.watermark
     (tmp_path / "night-2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     result = harvest(
-        [tmp_path / "night-1.jsonl", tmp_path / "night-2.jsonl"], Corpus(task.ids, task.texts), fmt="openinference"
+        [tmp_path / "night-1.jsonl", tmp_path / "night-2.jsonl"],
+        Corpus(knowledge.ids, knowledge.texts),
+        fmt="openinference",
     )
     ts = result.training_set
     got = {ts.queries[q]: set(d) for q, d in ts.relevant.items()}
-    top = task.ids[task.texts.index(newest["attributes"]["retrieval.documents.0.document.content"])]
+    top = knowledge.ids[knowledge.texts.index(newest["attributes"]["retrieval.documents.0.document.content"])]
     assert got == {newest["attributes"]["input.value"]: {top}, second[1]: {results[1][0].id}}
     assert result.report.merged.skipped["retrieval logged twice (same id)"] == 1
 
