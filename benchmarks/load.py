@@ -488,8 +488,9 @@ def main() -> None:
             "llamaindex_without_logger",
         ],
     )
+    parser.add_argument("--out", default=str(RESULTS / "load.json"), help="results file (parts are merged into it)")
     args = parser.parse_args()
-    out_path = RESULTS / "load.json"
+    out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.update({"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     with tempfile.TemporaryDirectory() as tmp:
