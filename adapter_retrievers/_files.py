@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 import tempfile
@@ -132,7 +133,9 @@ def append_line(path: os.PathLike | str, line: str) -> None:
     data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, data)
+        written = os.write(fd, data)
+        if written != len(data):  # never retried: a second write could land after another process's line
+            raise OSError(errno.ENOSPC, f"{path}: only {written} of {len(data)} bytes of a line were written")
     finally:
         os.close(fd)
 

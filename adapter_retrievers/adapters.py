@@ -222,6 +222,14 @@ class QueryAdapter:
             adapter = adapter_cls(dim, model, params, bool(config.get("normalize", True)), metadata)
         except AdapterFileError as exc:
             raise AdapterFileError(f"{weights_path}: {exc}") from exc
+        probe = np.random.default_rng(0).standard_normal((4, dim)).astype(np.float32)
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(adapter._apply(probe / np.linalg.norm(probe, axis=1, keepdims=True))).all()
+        if not finite:
+            raise AdapterFileError(
+                f"{weights_path}: the adapter turns unit vectors into NaN or inf (weights far too large); the file "
+                "is corrupted or was not written by adapter-retrievers: save the adapter again"
+            )
         adapter.check_compatible(base_model, dimension)
         return adapter
 

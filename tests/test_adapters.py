@@ -82,6 +82,7 @@ def test_corrupted_and_pickled_files_are_refused(tmp_path):
         ({"weight": np.eye(8, dtype=np.float64), "bias": np.zeros(8)}, "dtype float64"),
         ({"weight": np.eye(7, dtype=np.float32), "bias": np.zeros(8, dtype=np.float32)}, "shape \\(7, 7\\)"),
         ({"weight": np.eye(8, dtype=np.float32)}, "needs tensors \\['bias', 'weight'\\]"),
+        ({"weight": np.full((8, 8), 3e38, dtype=np.float32), "bias": np.zeros(8, dtype=np.float32)}, "far too large"),
     ],
 )
 def test_bad_tensors_are_refused(tmp_path, tensors, message):

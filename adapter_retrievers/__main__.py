@@ -1,0 +1,3 @@
+from adapter_retrievers.cli import main
+
+main()
