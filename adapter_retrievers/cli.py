@@ -736,6 +736,10 @@ def refresh_command(
         str,
         typer.Option("--format", help="format of --traces: openinference | langsmith | langfuse | llamaindex | ours"),
     ] = "openinference",
+    phoenix_url: Annotated[
+        str | None, typer.Option(help="live Arize Phoenix server to read retriever spans and annotations from")
+    ] = None,
+    phoenix_project: Annotated[str, typer.Option(help="Phoenix project of the application")] = "default",
     model: ModelOption = "bundled",
     cache_dir: CacheOption = DEFAULT_CACHE,
     window_days: Annotated[float | None, typer.Option(help="train on pairs of the last N days only")] = None,
@@ -754,22 +758,26 @@ def refresh_command(
 
     Example: adapter-retrievers refresh --store adapters/store --log logs/rag-log.jsonl --corpus docs/
 
+    From a live Phoenix server: --phoenix-url http://localhost:6006 --phoenix-project my-rag-app
+
     Exit codes: 0 promoted, kept or nothing new; 1 the run failed (live untouched); 2 bad input;
     3 another run holds the lock; 4 a trace source is down (watermarks and live untouched).
     """
     from adapter_retrievers.data import Corpus
     from adapter_retrievers.harvest import SignalPolicy
     from adapter_retrievers.refresh import RefreshConfig, refresh
-    from adapter_retrievers.sources import ExportSource, LogSource, SourceError
+    from adapter_retrievers.sources import ExportSource, LogSource, PhoenixSource, SourceError
     from adapter_retrievers.store import AdapterStore, StoreError
 
     policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
     sources: list[Any] = [LogSource(path) for path in log or []]
     if traces:
         sources.append(ExportSource(traces, trace_format, policy))
+    if phoenix_url:
+        sources.append(PhoenixSource(phoenix_url, phoenix_project, policy=policy))
     try:
         if not sources:
-            raise ValueError("give at least one --log or --traces")
+            raise ValueError("give at least one --log, --traces or --phoenix-url")
         config = RefreshConfig(
             held_out_fraction=held_out_fraction,
             min_queries=min_queries,

@@ -15,6 +15,9 @@ Sources:
 - :class:`ExportSource`: exported trace files of any format :func:`~adapter_retrievers.harvest.read_traces`
   reads (OpenInference/Phoenix, LangSmith, Langfuse, LlamaIndex, ours); each file is read once, new
   files in a folder are picked up.
+- :class:`PhoenixSource`: a live Arize Phoenix server, one project: retriever spans and their span,
+  trace and document annotations since the watermark, paged (through
+  :func:`~adapter_retrievers.harvest.phoenix.iter_phoenix_records`).
 
 :class:`PairsStore` keeps the harvested (query, document) pairs, deduplicated, with the time each
 query was first seen, so training can use the last N days only (to follow drift).
@@ -306,6 +309,54 @@ class ExportSource:
                 write(log_record(item))
             done[digest] = path.name
         return {"done": done}
+
+
+@dataclass
+class PhoenixSource:
+    """Retriever spans and the annotations on them from a live Phoenix server, for one project.
+
+    Watermark: ``{"newest": start time of the newest span read}``. Each run reads spans started since
+    the watermark minus ``feedback_hours``, so feedback given after a run on spans it already read is
+    still picked up; what is read twice is deduplicated downstream. A server that is down or answers
+    with an error raises :class:`SourceError` (the run stops; nothing moves).
+    """
+
+    url: str | None = None
+    project: str = "default"
+    feedback_hours: float = 24.0
+    page_size: int = 500
+    policy: Any = None
+    api_key: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"phoenix:{self.project}"
+
+    def read(self, watermark: dict[str, Any] | None, write: Write, report: ReadReport) -> dict[str, Any]:
+        from adapter_retrievers.harvest import READERS, SignalPolicy
+        from adapter_retrievers.harvest.phoenix import PhoenixExport, iter_phoenix_records
+
+        newest = (watermark or {}).get("newest")
+        since = datetime.fromisoformat(newest) - timedelta(hours=self.feedback_hours) if newest else None
+        stats = PhoenixExport()
+        where = f"phoenix:{self.project}"
+
+        def records() -> Iterator[tuple[str, dict]]:
+            for record in iter_phoenix_records(
+                self.url, self.project, since=since, page_size=self.page_size, api_key=self.api_key, stats=stats
+            ):
+                report.rows_read += 1
+                yield where, record
+
+        try:
+            for item in READERS["openinference"](records(), report, self.policy or SignalPolicy()):
+                write(log_record(item))
+        except (ConnectionError, RuntimeError) as exc:  # down, refused, or an error status / GraphQL error
+            raise SourceError(f"Phoenix project {self.project!r}: {exc}") from exc
+        latest = stats.watermark.isoformat() if stats.watermark else newest
+        if newest and latest and latest < newest:
+            latest = newest
+        return {"newest": latest}
 
 
 # ---------------------------------------------------------------------------------- pairs store

@@ -100,3 +100,20 @@ def test_refresh_trains_with_the_bundled_model(tmp_path, day_of_traffic):
     assert decided["data"]["n_queries"] == 60 and decided["n_held_out"] == 12
     assert set(decided["scores"]) == {"base", "live", "candidate"}
     assert store.live == (decided["version"] if decided["action"] == "promoted" else None)
+
+
+def test_phoenix_down_exits_4_and_moves_nothing(tmp_path, day_of_traffic):
+    pytest.importorskip("phoenix.client")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = AdapterStore(tmp_path / "store")
+    args = refresh_args(tmp_path, day_of_traffic, "--min-queries", "1000")
+    assert runner.invoke(app, args).exit_code == EXIT_OK
+    marks = (store.state_dir / "watermarks.json").read_text()
+    result = runner.invoke(app, [*args, "--phoenix-url", f"http://127.0.0.1:{port}", "--phoenix-project", "rag"])
+    assert result.exit_code == EXIT_SOURCE, result.output
+    assert "trace source failed: Phoenix project 'rag'" in result.output and "unchanged" in result.output
+    assert (store.state_dir / "watermarks.json").read_text() == marks and store.live is None

@@ -170,3 +170,17 @@ def test_cli_status_history_rollback_promote(tmp_path):
     with store.lock():
         result = runner.invoke(app, ["status", "--store", str(tmp_path)])
         assert f"held by pid {os.getpid()}" in result.output
+
+
+def test_published_files_are_readable_by_a_serving_process_of_another_user(tmp_path):
+    import stat
+
+    from adapter_retrievers._files import _umask
+
+    _FILE_MODE, _FOLDER_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()  # what open() and mkdir() give
+    store = AdapterStore(tmp_path)
+    store.set_live(store.add_version(shifted(1.0), {}), "promoted")
+    assert stat.S_IMODE(store.live_path.stat().st_mode) == _FILE_MODE
+    folder = store.version_path("v0001")
+    assert stat.S_IMODE(folder.stat().st_mode) == _FOLDER_MODE
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {_FILE_MODE}

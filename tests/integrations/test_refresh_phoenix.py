@@ -1,0 +1,76 @@
+"""The nightly refresh reading a live Phoenix server: spans of a real LangChain chain over Chroma, sent by the
+OpenInference instrumentor, clicks as Phoenix document annotations; incremental from the watermark."""
+
+from datetime import datetime
+from types import SimpleNamespace
+
+import pytest
+
+from adapter_retrievers import Corpus
+from adapter_retrievers.refresh import RefreshConfig, refresh
+from adapter_retrievers.sources import PhoenixSource, Watermarks
+from adapter_retrievers.store import AdapterStore
+from conftest import HashingEncoder
+from integrations.conftest import TOPICS
+from integrations.test_phoenix import _send_traffic, _stored_retriever_spans
+
+PROJECT = "nightly-refresh"
+
+
+def _click_first_results(client, spans, queries):
+    """Each user marks the first retrieved paragraph relevant (a Phoenix document annotation)."""
+    client.spans.log_document_annotations(
+        document_annotations=[
+            {
+                "span_id": spans[q]["context"]["span_id"],
+                "document_position": 0,
+                "name": "relevance",
+                "annotator_kind": "HUMAN",
+                "result": {"label": "relevant", "score": 1.0},
+            }
+            for q in queries
+        ],
+        sync=True,
+    )
+
+
+def test_refresh_reads_phoenix_incrementally(phoenix_server, tmp_path):
+    from phoenix.client import Client
+
+    encoder = HashingEncoder(64, "test/hashing-64")
+    ids = [f"doc-{t}" for t in TOPICS]
+    texts = [f"notes on {t} and more {t}" for t in TOPICS]
+    app = SimpleNamespace(encoder=encoder, ids=ids, texts=texts)
+    corpus = Corpus(ids, texts)
+    client = Client(base_url=phoenix_server)
+    store = AdapterStore(tmp_path / "store")
+    source = PhoenixSource(phoenix_server, PROJECT)
+    config = RefreshConfig(min_queries=4)
+
+    first = [f"tell me about {t}" for t in TOPICS[:8]]
+    _send_traffic(phoenix_server, app, first, tmp_path / "db", PROJECT)
+    spans = _stored_retriever_spans(client, set(first), PROJECT)
+    _click_first_results(client, spans, first)
+    night1 = refresh(store, [source], corpus, encoder, config)
+    assert night1.record["new_pairs"] == 8 and night1.record["data"]["n_queries"] == 8
+    assert night1.action in ("promoted", "kept")
+    newest = Watermarks(store.state_dir / "watermarks.json").get(source.name)["newest"]
+    started = [datetime.fromisoformat(s["start_time"].replace("Z", "+00:00")) for s in spans.values()]
+    assert datetime.fromisoformat(newest) == max(started)  # the newest span read
+
+    assert refresh(store, [source], corpus, encoder, config).action == "nothing_new"  # nothing new in Phoenix
+
+    second = [f"what is known about {t}" for t in TOPICS[8:12]]
+    _send_traffic(phoenix_server, app, second, tmp_path / "db", PROJECT)
+    later = _stored_retriever_spans(client, set(second), PROJECT)
+    _click_first_results(client, later, second)
+    night3 = refresh(store, [source], corpus, encoder, config)
+    assert night3.record["new_pairs"] == 4 and night3.record["data"]["n_queries"] == 12
+    assert Watermarks(store.state_dir / "watermarks.json").get(source.name)["newest"] > newest
+
+
+def test_phoenix_project_without_spans_is_an_empty_night(phoenix_server, tmp_path):
+    pytest.importorskip("phoenix.client")
+    corpus = Corpus(["d1"], ["text"])
+    outcome = refresh(tmp_path / "store", [PhoenixSource(phoenix_server, "no-such-project")], corpus, None)
+    assert outcome.action == "kept" and "0 queries with pairs" in outcome.reason
