@@ -61,12 +61,14 @@ class TrainingConfig:
     only selected if it is not below the base model on them (``protect_new_documents``).
     ``cv_below_queries``/``cv_folds``: with fewer training queries than this, select and gate with
     ``cv_folds``-fold cross-validation grouped by document, then refit on all pairs.
+    ``negative_pool="positives"``: draw negatives only from the training positives, so the adapter
+    learns to tell the trained documents apart, not to prefer them over the rest of the corpus.
     ``bias``: train the bias term (linear, low_rank, residual_mlp). ``identity_weight``: L2 pull of the
     parameters toward the identity. ``consistency_weight``: keep the base model's rankings for corpus
     documents used as pseudo-queries (``consistency_batch`` per step; KL between base and adapted
     score distributions), so the adapter cannot warp the space toward popular training documents.
     ``blend``: also try ``alpha * adapter + (1 - alpha) * identity`` for each alpha (linear kinds) on
-    validation and keep the best.
+    validation and keep the best (ignored for ``orthogonal``).
     """
 
     kind: str = "linear"
@@ -74,6 +76,7 @@ class TrainingConfig:
     negatives: int | Literal["all"] = "all"
     all_negatives_limit: int = 200_000
     in_batch_negatives: bool = True
+    negative_pool: Literal["corpus", "positives"] = "corpus"
     labelled_negatives: bool = True
     learning_rate: float = 1e-3
     epochs: int = 100
@@ -88,15 +91,15 @@ class TrainingConfig:
     selection_metric: str = "ndcg@10"
     require_significant_gain: bool = True
     significance: float = 0.9
-    validation_split: ValidationSplit = "query"
+    validation_split: ValidationSplit = "both"
     protect_new_documents: bool = True
-    cv_below_queries: int = 0
+    cv_below_queries: int = 300
     cv_folds: int = 5
-    bias: bool = True
+    bias: bool = False
     identity_weight: float = 0.0
-    consistency_weight: float = 0.0
+    consistency_weight: float = 5.0
     consistency_batch: int = 64
-    blend: tuple[float, ...] = (1.0,)
+    blend: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,8 +127,8 @@ class TrainingConfig:
         self.blend = tuple(float(a) for a in self.blend)
         if not self.blend or any(not 0.0 < a <= 1.0 for a in self.blend):
             raise ValueError(f"blend factors must be in (0, 1], got {self.blend}")
-        if self.blend != (1.0,) and self.kind not in BLENDABLE:
-            raise ValueError(f"blend applies to kinds {BLENDABLE}, not {self.kind!r}")
+        if self.kind not in BLENDABLE:  # a rotation mixed with the identity is no rotation
+            self.blend = (1.0,)
 
 
 @dataclass
@@ -478,10 +481,20 @@ class AdapterTrainer:
             pair_query += [i] * len(positive_rows)
             pair_doc += positive_rows.tolist()
         pair_query_arr, pair_doc_arr = np.array(pair_query), np.array(pair_doc)
-        use_all = cfg.negatives == "all" and n_docs <= cfg.all_negatives_limit
+        candidate_docs = docs
+        if cfg.negative_pool == "positives":  # rank among training positives only: no "trained vs rest" prior
+            pool = np.unique(pair_doc_arr)
+            where = np.full(n_docs, -1, dtype=np.int64)
+            where[pool] = np.arange(len(pool))
+            positives = [where[p] for p in positives]
+            labelled = [where[n][where[n] >= 0] for n in labelled]
+            pair_doc_arr = where[pair_doc_arr]
+            candidate_docs = docs[torch.from_numpy(pool).to(device)]
+        n_candidates = candidate_docs.shape[0]
+        use_all = cfg.negatives == "all" and n_candidates <= cfg.all_negatives_limit
         if cfg.negatives == "all" and not use_all:
             logger.warning("%d documents is too many to score per batch: using 256 random negatives", n_docs)
-        n_negatives = 0 if use_all else min(256 if cfg.negatives == "all" else int(cfg.negatives), n_docs - 1)
+        n_negatives = 0 if use_all else min(256 if cfg.negatives == "all" else int(cfg.negatives), n_candidates - 1)
         # consistency: score pseudo-queries (documents) against all documents, or a random sample of them
         reference = docs if n_docs <= cfg.all_negatives_limit else None
 
@@ -500,16 +513,16 @@ class AdapterTrainer:
                         d_idx,
                         positives,
                         labelled,
-                        n_docs,
+                        n_candidates,
                         use_all,
                         n_negatives,
                         cfg.in_batch_negatives,
                         rng,
                     )
                     if candidates is None:  # every document is a candidate
-                        scores = adapted @ docs.T
+                        scores = adapted @ candidate_docs.T
                     else:
-                        cand = docs[torch.from_numpy(candidates).to(device)]
+                        cand = candidate_docs[torch.from_numpy(candidates).to(device)]
                         scores = torch.einsum("bd,bmd->bm", adapted, cand)
                     loss = pair_loss(
                         cfg.loss,
@@ -623,8 +636,8 @@ def _select(candidates: Any, scorers: list[_Scorer], cfg: TrainingConfig) -> _Ch
             score = float(per_query.mean())
             if alpha == max(cfg.blend):
                 row[metric] = score
-                if new_mean := (per_query[scorer.new].mean() if scorer.new.any() else None):
-                    row[f"{metric} new documents"] = float(new_mean)
+                if scorer.new.any():
+                    row[f"{metric} new documents"] = float(per_query[scorer.new].mean())
                 if score > best_raw + 1e-9:
                     best_raw, last_improved = score, epoch
             if score > choice.score + 1e-9 and _feasible(per_query, scorer.base, scorer.new, cfg):

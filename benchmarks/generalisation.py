@@ -131,9 +131,9 @@ def run_variant(name: str, overrides: dict, splits: list[Split], seeds, model_id
         run_seeds = [split.extra["subset"]] if "subset" in split.extra else seeds
         for seed in run_seeds:
             trainer = AdapterTrainer(model_id=model_id, progress=False, **{**overrides, "seed": seed})
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             result = trainer.fit_vectors(split.train, split.train_vectors, None, None, split.corpus)
-            seconds = time.perf_counter() - started
+            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
             report = compare(
                 result.adapter, split.test_vectors, split.test, split.corpus, seen_documents=result.training_documents
             )
@@ -144,6 +144,7 @@ def run_variant(name: str, overrides: dict, splits: list[Split], seeds, model_id
                 "gain": report.gain(),
                 "gain_ci": list(report.interval("ndcg@10")),
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 "kept": result.improved,
                 "epoch": result.best_epoch,
                 "blend": result.adapter.metadata["validation"].get("blend"),
@@ -161,7 +162,7 @@ def run_variant(name: str, overrides: dict, splits: list[Split], seeds, model_id
     summary = {}
     for split_name, rows in per_split.items():
         entry = {"runs": rows, "n_test": len(diffs[split_name][0])}
-        for key in ("base", "adapted", "gain", "seen_gain", "new_gain", "seconds"):
+        for key in ("base", "adapted", "gain", "seen_gain", "new_gain", "seconds", "cpu_seconds"):
             values = [r[key] for r in rows if r[key] is not None]
             if values:
                 entry[key] = float(np.mean(values))
@@ -180,10 +181,65 @@ def run_variant(name: str, overrides: dict, splits: list[Split], seeds, model_id
                 if "new_gain" in entry
                 else ""
             )
-            + f"  CI {entry['mean_gain_ci'][0]:+.3f}..{entry['mean_gain_ci'][1]:+.3f}  {entry['seconds']:.1f}s",
+            + f"  CI {entry['mean_gain_ci'][0]:+.3f}..{entry['mean_gain_ci'][1]:+.3f}  {entry['seconds']:.1f}s"
+            + f" (cpu {entry['cpu_seconds']:.1f}s)",
             flush=True,
         )
     return {"variant": name, "config": overrides, "splits": summary}
+
+
+def _cell(entry: dict | None, key: str, absolute: bool = False) -> str:
+    if entry is None or key not in entry:
+        return ""
+    value = f"{entry[key]:.4f}" if absolute else f"{entry[key]:+.3f}"
+    return f"{value} ± {entry[key + '_std']:.3f}"
+
+
+def markdown(results: dict) -> str:
+    """The table for docs/benchmarks.md: means ± std over seeds (small data: over subsets)."""
+    columns = [
+        ("SciFact test, all", "scifact-test", "adapted", True),
+        ("seen docs gain", "scifact-test", "seen_gain", False),
+        ("new docs gain", "scifact-test", "new_gain", False),
+        ("SciFact train by doc, gain", "scifact-train-by-doc", "new_gain", False),
+        *[(f"XQuAD-{lang} new paragraphs, gain", f"xquad-{lang}", "new_gain", False) for lang in LANGUAGES],
+        *[(f"{n} pairs, gain", f"small-{n}", "gain", False) for n in SMALL_SIZES],
+    ]
+    present = [c for c in columns if any(c[1] in v["splits"] for v in results["variants"])]
+    lines = [
+        "| variant | " + " | ".join(c[0] for c in present) + " | train s (cpu s), SciFact |",
+        "|---|" + "---|" * (len(present) + 1),
+    ]
+    for variant in results["variants"]:
+        cells = [_cell(variant["splits"].get(split), key, absolute) for _, split, key, absolute in present]
+        timing = variant["splits"].get("scifact-test")
+        seconds = f"{timing['seconds']:.1f} ({timing['cpu_seconds']:.1f})" if timing else ""
+        lines.append(f"| {variant['variant']} | " + " | ".join(cells) + f" | {seconds} |")
+    return "\n".join(lines)
+
+
+def timing(enc, threads: int) -> dict:
+    """Seconds to fit on all SciFact train pairs from cached vectors: the default and the one before, one run."""
+    import torch
+
+    torch.set_num_threads(threads)
+    folder = DATA / "scifact"
+    corpus = embedded_corpus(Corpus.from_beir(folder), enc)
+    train = TrainingSet.from_beir(folder, "train")
+    vectors = query_vectors(enc, train)
+    out = {"threads": threads}
+    for name, overrides in (("default", {}), ("before", BEFORE)):
+        trainer = AdapterTrainer(model_id=enc.model_id, progress=False, **overrides)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = trainer.fit_vectors(train, vectors, None, None, corpus)
+        out[name] = {
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started,
+            "epochs_run": len(result.history) - 1,
+            "best_epoch": result.best_epoch,
+        }
+        print(f"timing {name}: {out[name]}", flush=True)
+    return out
 
 
 def main() -> None:
@@ -198,7 +254,11 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default=str(RESULTS / "generalisation.json"))
+    parser.add_argument("--timing", type=int, metavar="THREADS", help="only time the SciFact fit with THREADS")
     args = parser.parse_args()
+    if args.timing:
+        print(json.dumps(timing(encoder(), args.timing)))
+        return
 
     variants: dict[str, dict] = {}
     if args.config:
@@ -224,6 +284,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a" if args.out.endswith(".jsonl") else "w") as handle:
         handle.write(json.dumps(results, default=float) + "\n")
+    print(markdown(results))
     print(f"wrote {args.out}")
 
 

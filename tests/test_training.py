@@ -250,5 +250,12 @@ def test_blend_is_the_adapter_mixed_with_the_identity(task):
     assert blend(result.adapter, 1.0) is result.adapter
     chosen = fit(task, blend=(0.5, 1.0))
     assert chosen.adapter.metadata["validation"]["blend"] in (0.5, 1.0)
-    with pytest.raises(ValueError, match="blend"):
-        AdapterTrainer(kind="orthogonal", blend=(0.5,))
+    assert AdapterTrainer(kind="orthogonal", blend=(0.5,)).config.blend == (1.0,)  # no blend for a rotation
+    with pytest.raises(ValueError, match="blend factors"):
+        AdapterTrainer(blend=(0.0, 1.0))
+
+
+def test_negatives_from_training_positives_only(task):
+    result = fit(task, negative_pool="positives", consistency_weight=1.0, bias=False)
+    assert result.improved and held_out(task, result.adapter).gain() > 0.1
+    assert not result.adapter.params["bias"].any()  # bias=False keeps it at zero
