@@ -252,6 +252,7 @@ def train(
     result = trainer.fit(queries, documents)
     result.adapter.save(output)
     typer.echo(str(result.report))
+    typer.echo(result.describe_decision())
     verdict = "kept" if result.improved else "no epoch beat the base model: saved the identity adapter"
     typer.echo(f"{verdict}; best epoch {result.best_epoch}, {result.train_seconds:.1f}s -> {output}")
 
@@ -481,15 +482,26 @@ def evaluate(
     model: ModelOption = "bundled",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full report (per query) here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a before/after PNG chart here")] = None,
+    seen_split: Annotated[
+        str | None,
+        typer.Option(help="BEIR qrels split the adapter was trained on: report seen vs new documents"),
+    ] = None,
+    seen_pairs: Annotated[
+        Path | None, typer.Option(help="pairs JSONL the adapter was trained on: report seen vs new documents")
+    ] = None,
     cache_dir: CacheOption = DEFAULT_CACHE,
     lenient: LenientOption = False,
 ) -> None:
     """Compare base vs adapted retrieval on held-out queries (table, JSON, chart).
 
+    With --seen-split/--seen-pairs (the training data), the report also gives the gain on held-out
+    queries about documents seen in training and on those about new documents.
+
     \b
     Example (the train example's adapter, on the newer held-out questions):
       adapter-retrievers eval runs/adapters/xquad-es --pairs runs/held-out.jsonl \\
-        --corpus adapter_retrievers/datasets/xquad_es --plot runs/eval.png
+        --corpus adapter_retrievers/datasets/xquad_es --seen-pairs runs/pairs.jsonl \\
+        --plot runs/eval.png
     """
     from adapter_retrievers.adapters import QueryAdapter
     from adapter_retrievers.evaluation import evaluate_adapter
@@ -502,7 +514,8 @@ def evaluate(
     queries, documents = _load(beir, split, pairs, qa_json, corpus, lenient)
     encoder = _encoder(model, cache_dir)
     loaded.check_compatible(base_model=encoder.model_id, dimension=encoder.dimension)  # before any embedding
-    report = evaluate_adapter(loaded, queries, documents, encoder)
+    seen = _seen_documents(loaded, beir, seen_split, seen_pairs, lenient)
+    report = evaluate_adapter(loaded, queries, documents, encoder, seen_documents=seen)
     typer.echo(str(report))
     if json_out:
         report.save_json(json_out)
@@ -511,6 +524,30 @@ def evaluate(
 
         plot_comparison(report, plot)
         typer.echo(f"chart: {plot}")
+
+
+def _seen_documents(
+    adapter: Any, beir: Path | None, split: str | None, pairs: Path | None, lenient: bool
+) -> set[str] | None:
+    """The training positives named on the command line, checked against the adapter's recorded fingerprint."""
+    from adapter_retrievers.data import TrainingSet, documents_fingerprint
+
+    if split is None and pairs is None:
+        return None
+    if split is not None and beir is None:
+        raise typer.BadParameter("--seen-split needs --beir")
+    mode = "skip" if lenient else "raise"
+    data = TrainingSet.from_beir(beir, split, errors=mode) if split else TrainingSet.from_pairs_jsonl(pairs, mode)
+    seen = data.documents
+    recorded = adapter.metadata.get("training_data", {})
+    known = {recorded.get("documents_fingerprint"), recorded.get("data_documents_fingerprint")} - {None}
+    if known and documents_fingerprint(seen) not in known:
+        typer.echo(
+            "note: these training documents differ from the ones recorded in the adapter file; "
+            "seen/new below is relative to the data given here",
+            err=True,
+        )
+    return seen
 
 
 @app.command()
@@ -525,7 +562,7 @@ def curve(
     model: ModelOption = "bundled",
     cache_dir: CacheOption = DEFAULT_CACHE,
 ) -> None:
-    """Learning curve: held-out nDCG@10 against number of training pairs.
+    """Learning curve: held-out nDCG@10 against number of training pairs, overall and on seen/new documents.
 
     \b
     Example (a BEIR folder with train and test qrels):
@@ -554,6 +591,8 @@ def curve(
     for row in rows:
         typer.echo(
             f"{row['pairs']:>8.0f} pairs  nDCG@10 {row['ndcg@10']:.4f} ± {row['std']:.4f}  (base {row['baseline']:.4f})"
+            f"  gain {row['gain']:+.4f}: seen documents {row['seen_gain']:+.4f} (n={row['n_seen']:.0f}),"
+            f" new documents {row['new_gain']:+.4f} (n={row['n_new']:.0f})"
         )
     typer.echo(f"chart: {output}   numbers: {output.with_suffix('.json')}")
 

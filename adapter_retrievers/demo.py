@@ -74,7 +74,8 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
     )
 
     test_vectors = encoder.embed_queries([held_out.queries[q] for q in held_out.query_ids])
-    report = compare(result.adapter, test_vectors, held_out, stored)
+    report = compare(result.adapter, test_vectors, held_out, stored, seen_documents=result.training_documents)
+    echo(result.describe_decision())
     echo("")
     echo(str(report))
     report.save_json(output / "report.json")

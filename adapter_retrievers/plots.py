@@ -60,7 +60,11 @@ def plot_comparison(comparison: Any, path: os.PathLike | str) -> None:
 def plot_learning_curve(
     rows: Sequence[dict[str, float]], path: os.PathLike | str, metric: str = "ndcg@10", title: str = ""
 ) -> None:
-    """Held-out metric against number of training pairs, with the base model as a line."""
+    """Held-out metric against number of training pairs, with the base model as a line.
+
+    Rows from :func:`~adapter_retrievers.learning_curve` also carry the gain on held-out queries about
+    documents seen in training and about new ones: drawn in a second panel.
+    """
     _save(learning_curve_figure(rows, metric, title), path)
 
 
@@ -69,7 +73,9 @@ def learning_curve_figure(rows: Sequence[dict[str, float]], metric: str = "ndcg@
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    grouped = any(r.get("new_gain") is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if grouped else 1, figsize=(11 if grouped else 6, 4), squeeze=False)
+    ax = axes[0][0]
     pairs = [r["pairs"] for r in rows]
     values = [r[metric] for r in rows]
     ax.errorbar(pairs, values, yerr=[r.get("std", 0.0) for r in rows], marker="o", capsize=3, label="adapted")
@@ -86,6 +92,20 @@ def learning_curve_figure(rows: Sequence[dict[str, float]], metric: str = "ndcg@
     ax.set_ylabel(f"held-out {metric}")
     ax.set_title(title, fontsize=9)
     ax.legend()
+    if grouped:
+        gain_ax = axes[0][1]
+        for key, label in (("gain", "all"), ("seen_gain", "seen documents"), ("new_gain", "new documents")):
+            gain_ax.plot(pairs, [r.get(key, float("nan")) for r in rows], marker="o", label=label)
+        gain_ax.axhline(0.0, color="gray", linestyle="--")
+        gain_ax.set_xscale("log")
+        gain_ax.xaxis.set_major_locator(FixedLocator(_spread_ticks(pairs)))
+        gain_ax.xaxis.set_major_formatter(formatter)
+        gain_ax.xaxis.set_minor_locator(NullLocator())
+        gain_ax.xaxis.set_minor_formatter(NullFormatter())
+        gain_ax.set_xlabel("training pairs")
+        gain_ax.set_ylabel(f"gain in {metric} over the base model")
+        gain_ax.set_title("held-out queries about documents seen in training vs new", fontsize=9)
+        gain_ax.legend()
     return fig
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from adapter_retrievers.adapters import OrthogonalAdapter, QueryAdapter
-from adapter_retrievers.data import Corpus, TrainingSet, check_vectors
+from adapter_retrievers.data import Corpus, TrainingSet, check_vectors, documents_fingerprint
 from adapter_retrievers.evaluation import (
     Comparison,
     RetrievalScores,
@@ -63,15 +63,17 @@ class TrainingConfig:
     (whole groups of queries that share relevant documents: every validation query is about a "new"
     document), ``"query"`` (random queries: mostly "seen" documents), or ``"both"`` (half of
     ``validation_fraction`` each). Whenever validation has queries about new documents, a candidate is
-    only selected (and kept by the gate) if it is not below the base model on them.
+    only selected if it is not below the base model on them (``protect_new_documents``).
     ``cv_below_queries``/``cv_folds``: with fewer training queries than this, select and gate with
     ``cv_folds``-fold cross-validation grouped by document, then refit on all pairs.
+    ``negative_pool="positives"``: draw negatives only from the training positives, so the adapter
+    learns to tell the trained documents apart, not to prefer them over the rest of the corpus.
     ``bias``: train the bias term (linear, low_rank, residual_mlp). ``identity_weight``: L2 pull of the
     parameters toward the identity. ``consistency_weight``: keep the base model's rankings for corpus
     documents used as pseudo-queries (``consistency_batch`` per step; KL between base and adapted
     score distributions), so the adapter cannot warp the space toward popular training documents.
     ``blend``: also try ``alpha * adapter + (1 - alpha) * identity`` for each alpha (linear kinds) on
-    validation and keep the best.
+    validation and keep the best (ignored for ``orthogonal``).
     """
 
     kind: str = "linear"
@@ -80,6 +82,7 @@ class TrainingConfig:
     all_negatives_limit: int = 1_000_000
     fallback_negatives: int = 256
     in_batch_negatives: bool = True
+    negative_pool: Literal["corpus", "positives"] = "corpus"
     labelled_negatives: bool = True
     learning_rate: float = 1e-3
     epochs: int = 100
@@ -94,14 +97,15 @@ class TrainingConfig:
     selection_metric: str = "ndcg@10"
     require_significant_gain: bool = True
     significance: float = 0.9
-    validation_split: ValidationSplit = "query"
-    cv_below_queries: int = 0
+    validation_split: ValidationSplit = "both"
+    protect_new_documents: bool = True
+    cv_below_queries: int = 300
     cv_folds: int = 5
-    bias: bool = True
+    bias: bool = False
     identity_weight: float = 0.0
-    consistency_weight: float = 0.0
+    consistency_weight: float = 5.0
     consistency_batch: int = 64
-    blend: tuple[float, ...] = (1.0,)
+    blend: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -129,8 +133,8 @@ class TrainingConfig:
         self.blend = tuple(float(a) for a in self.blend)
         if not self.blend or any(not 0.0 < a <= 1.0 for a in self.blend):
             raise ValueError(f"blend factors must be in (0, 1], got {self.blend}")
-        if self.blend != (1.0,) and self.kind not in BLENDABLE:
-            raise ValueError(f"blend applies to kinds {BLENDABLE}, not {self.kind!r}")
+        if self.kind not in BLENDABLE:  # a rotation mixed with the identity is no rotation
+            self.blend = (1.0,)
 
 
 @dataclass
@@ -277,6 +281,7 @@ class AdapterTrainer:
         dim = corpus.embeddings.shape[1]
         train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
         split_name = "given validation set"
+        given_documents = train.documents
         if validation is None:
             if len(train) < 2:
                 raise ValueError("need at least 2 training queries to hold some out for validation")
@@ -315,7 +320,16 @@ class AdapterTrainer:
             best_adapter = identity
         report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
         return self._result(
-            best_adapter, report, chosen, decision, seconds, train, len(validation), corpus, data_fingerprint
+            best_adapter,
+            report,
+            chosen,
+            decision,
+            seconds,
+            train,
+            len(validation),
+            corpus,
+            data_fingerprint,
+            given_documents | validation.documents,
         )
 
     def _fit_cross_validated(
@@ -364,7 +378,9 @@ class AdapterTrainer:
             adapter.kind,
             groups={q: "new" if n else "seen" for q, n in zip(ids, new)},
         )
-        return self._result(adapter, report, chosen, decision, seconds, train, len(ids), corpus, data_fingerprint)
+        return self._result(
+            adapter, report, chosen, decision, seconds, train, len(ids), corpus, data_fingerprint, train.documents
+        )
 
     def _result(
         self,
@@ -377,6 +393,7 @@ class AdapterTrainer:
         n_validation: int,
         corpus: Corpus,
         data_fingerprint: str | None,
+        data_documents: set[str],
     ) -> TrainingResult:
         cfg = self.config
         best_epoch = chosen.epoch if decision["kept"] else 0
@@ -389,6 +406,8 @@ class AdapterTrainer:
                 "n_pairs": train.n_pairs,
                 "documents_fingerprint": train.documents_fingerprint,
                 "n_documents_seen": len(train.documents),
+                # all positives of the data given to fit (validation included): what a user can recompute
+                "data_documents_fingerprint": documents_fingerprint(data_documents),
                 "corpus_fingerprint": corpus.fingerprint,
                 "n_documents": len(corpus),
             },
@@ -468,13 +487,25 @@ class AdapterTrainer:
             pair_query += [i] * len(positive_rows)
             pair_doc += positive_rows.tolist()
         pair_query_arr, pair_doc_arr = np.array(pair_query), np.array(pair_doc)
-        use_all = cfg.negatives == "all" and n_docs <= cfg.all_negatives_limit
+        candidate_docs = docs
+        if cfg.negative_pool == "positives":  # rank among training positives only: no "trained vs rest" prior
+            pool = np.unique(pair_doc_arr)
+            where = np.full(n_docs, -1, dtype=np.int64)
+            where[pool] = np.arange(len(pool))
+            positives = [where[p] for p in positives]
+            labelled = [where[n][where[n] >= 0] for n in labelled]
+            pair_doc_arr = where[pair_doc_arr]
+            candidate_docs = docs[torch.from_numpy(pool).to(device)]
+        n_candidates = candidate_docs.shape[0]
+        use_all = cfg.negatives == "all" and n_candidates <= cfg.all_negatives_limit
         if cfg.negatives == "all" and not use_all:
             logger.warning(
-                "%d documents is too many to score per batch: using %d random negatives", n_docs, cfg.fallback_negatives
+                "%d documents is too many to score per batch: using %d random negatives",
+                n_candidates,
+                cfg.fallback_negatives,
             )
         random_negatives = cfg.fallback_negatives if cfg.negatives == "all" else int(cfg.negatives)
-        n_negatives = 0 if use_all else min(random_negatives, n_docs - 1)
+        n_negatives = 0 if use_all else min(random_negatives, n_candidates - 1)
         # consistency: score pseudo-queries (documents) against all documents, or a random sample of them
         reference = docs if n_docs <= cfg.all_negatives_limit else None
 
@@ -493,16 +524,16 @@ class AdapterTrainer:
                         d_idx,
                         positives,
                         labelled,
-                        n_docs,
+                        n_candidates,
                         use_all,
                         n_negatives,
                         cfg.in_batch_negatives,
                         rng,
                     )
                     if candidates is None:  # every document is a candidate
-                        scores = adapted @ docs.T
+                        scores = adapted @ candidate_docs.T
                     else:
-                        cand = docs[torch.from_numpy(candidates).to(device)]
+                        cand = candidate_docs[torch.from_numpy(candidates).to(device)]
                         scores = torch.einsum("bd,bmd->bm", adapted, cand)
                     loss = pair_loss(
                         cfg.loss,
@@ -594,9 +625,11 @@ class _Choice:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _feasible(per_query: np.ndarray, base: np.ndarray, new: np.ndarray) -> bool:
+def _feasible(per_query: np.ndarray, base: np.ndarray, new: np.ndarray, cfg: TrainingConfig) -> bool:
     """Not below the base model on the validation queries about new documents (when there are any)."""
-    return not new.any() or per_query[new].mean() >= base[new].mean() - 1e-9
+    if not cfg.protect_new_documents or not new.any():
+        return True
+    return per_query[new].mean() >= base[new].mean() - 1e-9
 
 
 def _select(candidates: Any, scorers: list[_Scorer], cfg: TrainingConfig) -> _Choice:
@@ -614,11 +647,11 @@ def _select(candidates: Any, scorers: list[_Scorer], cfg: TrainingConfig) -> _Ch
             score = float(per_query.mean())
             if alpha == max(cfg.blend):
                 row[metric] = score
-                if new_mean := (per_query[scorer.new].mean() if scorer.new.any() else None):
-                    row[f"{metric} new documents"] = float(new_mean)
+                if scorer.new.any():
+                    row[f"{metric} new documents"] = float(per_query[scorer.new].mean())
                 if score > best_raw + 1e-9:
                     best_raw, last_improved = score, epoch
-            if score > choice.score + 1e-9 and _feasible(per_query, scorer.base, scorer.new):
+            if score > choice.score + 1e-9 and _feasible(per_query, scorer.base, scorer.new, cfg):
                 choice = _Choice(epoch, alpha, score, candidate, [per_query], choice.history)
                 last_improved = epoch
         choice.history.append(row)
@@ -664,7 +697,7 @@ def _select_folds(runs: list[Any], scorers: list[_Scorer], cfg: TrainingConfig) 
                 row[metric] = score
                 if score > best_raw + 1e-9:
                     best_raw, last_improved = score, epoch
-            if score > choice.score + 1e-9 and _feasible(per_query, base, new):
+            if score > choice.score + 1e-9 and _feasible(per_query, base, new, cfg):
                 choice = _Choice(epoch, alpha, score, None, parts, choice.history)
                 last_improved = epoch
         choice.history.append(row)
@@ -765,40 +798,57 @@ def learning_curve(
     test_vectors: np.ndarray | None = None,
     metric: str = "ndcg@10",
     progress: bool = True,
+    train_vectors: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
     """Held-out ``metric`` against number of training pairs (the Chroma report's data-size ablation).
 
     Each size is trained on a random subset of whole queries, once per seed; rows carry the mean and
-    the spread over seeds. Plot with :func:`adapter_retrievers.plots.plot_learning_curve`.
+    the spread over seeds, and the same for held-out queries about documents the subset trained on
+    (``seen``) and about the others (``new``), with their mean counts. With ``train_vectors`` (rows
+    in ``train.query_ids`` order) nothing is embedded. Plot with
+    :func:`adapter_retrievers.plots.plot_learning_curve`.
     """
-    if trainer.encoder is None and test_vectors is None:
-        raise ValueError("learning_curve needs a trainer with an encoder, or test_vectors")
+    if trainer.encoder is None and (test_vectors is None or train_vectors is None):
+        raise ValueError("learning_curve needs a trainer with an encoder, or test_vectors and train_vectors")
     if corpus.embeddings is None:
         corpus = corpus.with_embeddings(trainer.encoder.embed_documents(corpus.texts))
     if test_vectors is None:
         test_vectors = trainer.encoder.embed_queries([test.queries[q] for q in test.query_ids])
+    rows_of = {q: i for i, q in enumerate(train.query_ids)}
     baseline = score_vectors(test_vectors, test, corpus, (metric,)).mean()[metric]
     rows = []
     bar = _progress(len(sizes) * len(seeds), progress, "learning curve", unit="fit")
     for size in sizes:
-        values, actual = [], []
+        runs: list[dict[str, float]] = []
         for seed in seeds:
             subset = train.sample_pairs(size, seed=seed)
             bar.update(1)
             if len(subset) < 2:
                 continue
-            result = trainer.fit(subset, corpus)
-            values.append(score_vectors(result.adapter.transform(test_vectors), test, corpus, (metric,)).mean()[metric])
-            actual.append(subset.n_pairs)
-        if values:
-            rows.append(
-                {
-                    "pairs": float(np.mean(actual)),
-                    metric: float(np.mean(values)),
-                    "std": float(np.std(values)),
-                    "baseline": baseline,
-                    "runs": len(values),
-                }
+            if train_vectors is None:
+                result = trainer.fit(subset, corpus)
+            else:
+                vectors = train_vectors[[rows_of[q] for q in subset.query_ids]]
+                result = trainer.fit_vectors(subset, vectors, None, None, corpus)
+            report = compare(
+                result.adapter, test_vectors, test, corpus, (metric,), seen_documents=result.training_documents
             )
+            run = {"pairs": subset.n_pairs, metric: report.means(metric)[1], "gain": report.gain(metric)}
+            for group in ("seen", "new"):
+                run[f"n_{group}"] = report.n_queries_in(group)
+                run[f"{group}_gain"] = report.gain(metric, group) if run[f"n_{group}"] else float("nan")
+            runs.append(run)
+        if runs:
+            row = {
+                "pairs": float(np.mean([r["pairs"] for r in runs])),
+                metric: float(np.mean([r[metric] for r in runs])),
+                "std": float(np.std([r[metric] for r in runs])),
+                "baseline": baseline,
+                "runs": len(runs),
+            }
+            for key in ("gain", "seen_gain", "new_gain", "n_seen", "n_new"):
+                values = [r[key] for r in runs if not math.isnan(r[key])]
+                row[key] = float(np.mean(values)) if values else float("nan")
+            rows.append(row)
     bar.close()
     return rows

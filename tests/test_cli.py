@@ -121,6 +121,17 @@ def test_train_and_eval_with_bundled_model(tmp_path):
     assert report["n_queries"] == 12 and report["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG" and f"chart: {tmp_path / 'r.png'}" in result.output
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # the model's weights stay in one place
+    assert "groups" not in report and "new documents" not in result.output
+    # naming the training data splits the report: every query here is about a document it trained on
+    args = ["eval", str(tmp_path / "adapter"), "--beir", str(tmp_path / "data"), "--split", "train"]
+    result = runner.invoke(
+        app, [*args, "--seen-split", "train", "--json", str(tmp_path / "g.json"), "--cache-dir", cache]
+    )
+    assert result.exit_code == 0, result.output
+    grouped = json.loads((tmp_path / "g.json").read_text())["groups"]
+    assert grouped["seen"]["n_queries"] == 12 and grouped["new"]["n_queries"] == 0
+    assert "12 about documents seen in training, 0 about new documents" in result.output
+    assert "note: these training documents differ" not in result.output
 
 
 def test_synth_needs_a_known_provider(tmp_path):

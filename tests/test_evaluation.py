@@ -89,9 +89,13 @@ def test_learning_curve_and_plots(tmp_path, rotation_task):
         def embed_documents(self, texts):
             return corpus.embeddings[[int(t.split()[1]) for t in texts]]
 
-    trainer = AdapterTrainer(Lookup(), progress=False, learning_rate=1e-2, epochs=15)
+    trainer = AdapterTrainer(Lookup(), progress=False, learning_rate=1e-2, epochs=15, consistency_weight=0.0)
     rows = learning_curve(trainer, train, corpus, test, sizes=[10, 200], seeds=(0, 1))
     assert [r["runs"] for r in rows] == [2, 2]
+    for row in rows:  # every held-out query is about a document the subset did or did not train on
+        assert row["n_seen"] + row["n_new"] == len(test)
+        assert row["gain"] == pytest.approx(row["ndcg@10"] - row["baseline"])
+    assert rows[0]["n_new"] == len(test)  # test documents have no training queries in the rotation task
     assert rows[1]["ndcg@10"] > rows[0]["ndcg@10"] and rows[1]["ndcg@10"] > rows[1]["baseline"]
     plot_learning_curve(rows, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

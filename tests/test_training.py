@@ -5,7 +5,16 @@ from adapter_retrievers import AdapterTrainer, QueryAdapter, TrainingSet, compar
 from adapter_retrievers.training import _candidates
 from conftest import make_rotation_task, rows_for
 
-FAST = {"learning_rate": 1e-2, "epochs": 40, "patience": 10, "progress": False, "model_id": "test/model"}
+# the consistency term and the blend search are exercised by their own tests below; off here for speed
+FAST = {
+    "learning_rate": 1e-2,
+    "epochs": 40,
+    "patience": 10,
+    "progress": False,
+    "model_id": "test/model",
+    "consistency_weight": 0.0,
+    "blend": (1.0,),
+}
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +234,7 @@ def test_validation_split_by_document_has_only_new_documents(split):
 
 def test_small_data_uses_k_fold_cross_validation_then_refits_on_all_pairs(task):
     corpus, train, _validation, _test, vectors = task
-    trainer = AdapterTrainer(**FAST, cv_below_queries=1000, cv_folds=4)
+    trainer = AdapterTrainer(**{**FAST, "epochs": 20}, cv_below_queries=1000, cv_folds=4)
     result = trainer.fit_vectors(train, rows_for(train, vectors), None, None, corpus)
     assert "4-fold cross-validation" in result.decision["split"] and result.decision["n_queries"] == len(train)
     assert result.n_validation_queries == len(train) and result.n_train_queries == len(train)
@@ -250,5 +259,12 @@ def test_blend_is_the_adapter_mixed_with_the_identity(task):
     assert blend(result.adapter, 1.0) is result.adapter
     chosen = fit(task, blend=(0.5, 1.0))
     assert chosen.adapter.metadata["validation"]["blend"] in (0.5, 1.0)
-    with pytest.raises(ValueError, match="blend"):
-        AdapterTrainer(kind="orthogonal", blend=(0.5,))
+    assert AdapterTrainer(kind="orthogonal", blend=(0.5,)).config.blend == (1.0,)  # no blend for a rotation
+    with pytest.raises(ValueError, match="blend factors"):
+        AdapterTrainer(blend=(0.0, 1.0))
+
+
+def test_negatives_from_training_positives_only(task):
+    result = fit(task, negative_pool="positives", consistency_weight=1.0, bias=False)
+    assert result.improved and held_out(task, result.adapter).gain() > 0.1
+    assert not result.adapter.params["bias"].any()  # bias=False keeps it at zero
