@@ -63,7 +63,18 @@ def task() -> Task:
     corpus = Corpus(ids, texts, embeddings=encoder.embed_documents(texts))
     train = TrainingSet.from_pairs(zip(queries, targets))
     vectors = encoder.embed_queries([train.queries[q] for q in train.query_ids])
-    trainer = AdapterTrainer(model_id=MODEL_ID, progress=False, learning_rate=2e-2, epochs=150, patience=150)
+    # a memorising adapter on purpose (bias, no consistency term, no blend): these tests need the base model to
+    # miss every target and the adapter to find it, not an adapter that generalises
+    trainer = AdapterTrainer(
+        model_id=MODEL_ID,
+        progress=False,
+        learning_rate=2e-2,
+        epochs=150,
+        patience=150,
+        bias=True,
+        consistency_weight=0.0,
+        blend=(1.0,),
+    )
     # The wrappers are tested here, not generalisation: the adapter is selected on its own training queries
     # (under other ids: the trainer refuses a query that is on both sides).
     same = TrainingSet({f"v{q}": t for q, t in train.queries.items()}, {f"v{q}": r for q, r in train.relevant.items()})
