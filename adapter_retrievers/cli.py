@@ -500,8 +500,8 @@ def evaluate(
     \b
     Example (the train example's adapter, on the newer held-out questions):
       adapter-retrievers eval runs/adapters/xquad-es --pairs runs/held-out.jsonl \\
-        --corpus adapter_retrievers/datasets/xquad_es --seen-pairs runs/pairs.jsonl \\
-        --plot runs/eval.png
+        --corpus adapter_retrievers/datasets/xquad_es \\
+        --seen-pairs runs/pairs.jsonl --plot runs/eval.png
     """
     from adapter_retrievers.adapters import QueryAdapter
     from adapter_retrievers.evaluation import evaluate_adapter
