@@ -8,7 +8,6 @@ Everything after that (matching documents to the corpus, the signal policy, the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import zlib
 from collections.abc import Iterable, Iterator
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapter_retrievers.data import ReadReport, _json, _open_binary, _RowErrors, iter_lines
+from adapter_retrievers.data import ReadReport, _finite, _json, _open_binary, _RowErrors, iter_lines
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 POSITIVE_WORDS = frozenset({"relevant", "yes", "true", "thumbs_up", "up", "correct", "good"})
@@ -84,13 +83,9 @@ def as_float(value: Any) -> float | None:
             value = float(lowered)
         except ValueError:
             return None
-    if not isinstance(value, (bool, int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
+    if isinstance(value, bool):
+        return float(value)
+    return _finite(value)
 
 
 def json_maybe(value: Any) -> Any:
