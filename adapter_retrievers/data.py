@@ -239,6 +239,17 @@ class Corpus:
             digest.update(doc_id.encode() + b"\0" + text.encode() + b"\0")
         return digest.hexdigest()[:16]
 
+    def normalized_embeddings(self) -> np.ndarray:
+        """Unit-length float32 copy of :attr:`embeddings`, made once and reused by search and training."""
+        if self.embeddings is None:
+            raise ValueError("the corpus has no embeddings: embed it first (corpus.with_embeddings(...))")
+        cached = getattr(self, "_normalized", None)
+        if cached is None or cached[0] is not self.embeddings:
+            x = np.asarray(self.embeddings, dtype=np.float32)
+            unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            self._normalized = (self.embeddings, unit)
+        return self._normalized[1]
+
     def with_embeddings(self, embeddings: np.ndarray) -> Corpus:
         return Corpus(self.ids, self.texts, embeddings, self.metadatas, self.name)
 

@@ -55,36 +55,49 @@ def ranking_metrics(
     rankings: Sequence[Sequence[str]], qrels: Sequence[Mapping[str, float]], metrics: Sequence[str] = DEFAULT_METRICS
 ) -> dict[str, np.ndarray]:
     """Per-query values of each metric, for ranked doc-id lists against graded judgements."""
+    ranks, grades = [], []
+    for ranking, judged in zip(rankings, qrels):
+        relevant = {d: g for d, g in judged.items() if g > 0}
+        position = {d: i for i, d in reversed(list(enumerate(ranking)))}  # first occurrence counts
+        ranks.append(np.array([position.get(d, np.inf) for d in relevant], dtype=np.float64))
+        grades.append(np.array(list(relevant.values()), dtype=np.float64))
+    return metrics_from_ranks(ranks, grades, metrics)
+
+
+def metrics_from_ranks(
+    ranks: Sequence[np.ndarray], grades: Sequence[np.ndarray], metrics: Sequence[str] = DEFAULT_METRICS
+) -> dict[str, np.ndarray]:
+    """Per-query metrics from the 0-based ranks of each query's relevant documents (``inf``: not ranked).
+
+    Every metric here depends only on where the relevant documents landed, so exact search needs no
+    sorted top-k list: counting the documents that score above each relevant one is enough.
+    """
     parsed = [_parse_metric(m) for m in metrics]
     unknown = {b for b, _ in parsed} - {"ndcg", "recall", "mrr", "hit_rate", "map", "precision"}
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}")
-    out = {m: np.zeros(len(rankings)) for m in metrics}
-    for row, (ranking, judged) in enumerate(zip(rankings, qrels)):
-        relevant = {d: g for d, g in judged.items() if g > 0}
-        if not relevant:
+    out = {m: np.zeros(len(ranks)) for m in metrics}
+    for row, (rank, grade) in enumerate(zip(ranks, grades)):
+        if not len(rank):
             continue
-        gains = np.array([relevant.get(d, 0.0) for d in ranking], dtype=np.float64)
-        hits = gains > 0
-        ideal = np.sort(np.array(list(relevant.values()), dtype=np.float64))[::-1]
+        order = np.argsort(rank, kind="stable")
+        rank, grade = rank[order], grade[order]
+        ideal = np.sort(grade)[::-1]
         for name, (base, k) in zip(metrics, parsed):
-            g, h = gains[:k], hits[:k]
+            hit = rank < k
             if base == "ndcg":
-                discount = 1.0 / np.log2(np.arange(2, k + 2))
-                idcg = (ideal[:k] * discount[: min(k, len(ideal))]).sum()
-                value = (g * discount[: len(g)]).sum() / idcg
+                idcg = (ideal[:k] / np.log2(np.arange(2, min(k, len(ideal)) + 2))).sum()
+                value = (grade[hit] / np.log2(rank[hit] + 2)).sum() / idcg
             elif base == "recall":
-                value = h.sum() / len(relevant)
+                value = hit.sum() / len(rank)
             elif base == "precision":
-                value = h.sum() / k
+                value = hit.sum() / k
             elif base == "hit_rate":
-                value = float(h.any())
+                value = float(hit.any())
             elif base == "mrr":
-                first = np.flatnonzero(h)
-                value = 1.0 / (first[0] + 1) if len(first) else 0.0
-            else:  # map
-                precision_at_hit = np.cumsum(h) / np.arange(1, len(h) + 1)
-                value = (precision_at_hit * h).sum() / len(relevant)
+                value = 1.0 / (rank[0] + 1) if hit[0] else 0.0
+            else:  # map: precision at each relevant hit, over all relevant documents
+                value = (np.arange(1, hit.sum() + 1) / (rank[hit] + 1)).sum() / len(rank)
             out[name][row] = value
     return out
 
@@ -106,15 +119,30 @@ def score_vectors(
     corpus: Corpus,
     metrics: Sequence[str] = DEFAULT_METRICS,
     cosine: bool = True,
+    batch_size: int = 256,
 ) -> RetrievalScores:
-    """Search the whole corpus exactly with ``query_vectors`` (rows in ``queries`` order) and score."""
+    """Search the whole corpus exactly with ``query_vectors`` (rows in ``queries`` order) and score.
+
+    Ties in score are broken by corpus order, as a stable sort would.
+    """
     if corpus.embeddings is None:
         raise ValueError("the corpus has no embeddings: embed it first (corpus.with_embeddings(...))")
-    depth = max(_parse_metric(m)[1] for m in metrics)
-    top = exact_search(query_vectors, corpus.embeddings, depth, cosine=cosine)
-    rankings = [[corpus.ids[i] for i in row] for row in top]
-    qrels = [queries.relevant[q] for q in queries.query_ids]
-    return RetrievalScores(queries.query_ids, ranking_metrics(rankings, qrels, metrics))
+    docs = corpus.normalized_embeddings() if cosine else np.asarray(corpus.embeddings, dtype=np.float32)
+    q = np.asarray(query_vectors, dtype=np.float32)
+    if cosine:
+        q = normalize_rows(q)
+    ranks, grades = [], []
+    for start in range(0, len(q), batch_size):
+        scores = q[start : start + batch_size] @ docs.T
+        for row, query_id in enumerate(queries.query_ids[start : start + batch_size]):
+            relevant = [(corpus.position(d), g) for d, g in queries.relevant[query_id].items() if g > 0]
+            where = np.array([p for p, _ in relevant], dtype=np.int64)
+            mine = scores[row]
+            above = (mine[None, :] > mine[where][:, None]).sum(axis=1)
+            tied_before = [(mine[:p] == mine[p]).sum() for p in where]
+            ranks.append((above + np.array(tied_before, dtype=np.int64)).astype(np.float64))
+            grades.append(np.array([g for _, g in relevant], dtype=np.float64))
+    return RetrievalScores(list(queries.query_ids), metrics_from_ranks(ranks, grades, metrics))
 
 
 def paired_bootstrap(

@@ -26,7 +26,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -298,9 +298,9 @@ class AdapterStore:
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         version = f"v{self._next_number():04d}"
         staging = self.versions_dir / f".{version}.{uuid.uuid4().hex[:8]}.staging"
-        adapter.metadata = {**adapter.metadata, "store_version": version}
+        stored = replace(adapter, metadata={**adapter.metadata, "store_version": version})
         try:
-            adapter.save(staging)
+            stored.save(staging)
             full = {"version": version, "created": now_iso(), **record}
             (staging / VERSION_FILE).write_text(json.dumps(full, indent=2, default=str) + "\n", encoding="utf-8")
             fsync_folder(staging)

@@ -71,7 +71,9 @@ class TrainingConfig:
     ``bias``: train the bias term (linear, low_rank, residual_mlp). ``identity_weight``: L2 pull of the
     parameters toward the identity. ``consistency_weight``: keep the base model's rankings for corpus
     documents used as pseudo-queries (``consistency_batch`` per step; KL between base and adapted
-    score distributions), so the adapter cannot warp the space toward popular training documents.
+    score distributions), so the adapter cannot warp the space toward popular training documents;
+    the distributions are over the whole corpus, or over ``consistency_documents`` random documents per
+    step when the corpus is larger.
     ``blend``: also try ``alpha * adapter + (1 - alpha) * identity`` for each alpha (linear kinds) on
     validation and keep the best (ignored for ``orthogonal``).
     """
@@ -105,6 +107,7 @@ class TrainingConfig:
     identity_weight: float = 0.0
     consistency_weight: float = 5.0
     consistency_batch: int = 64
+    consistency_documents: int = 1024
     blend: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     seed: int = 0
 
@@ -127,6 +130,8 @@ class TrainingConfig:
             raise ValueError(f"validation_split must be one of {VALIDATION_SPLITS}, got {self.validation_split!r}")
         if self.cv_below_queries and self.cv_folds < 2:
             raise ValueError("cv_folds must be >= 2")
+        if self.consistency_documents < 2:
+            raise ValueError("consistency_documents must be >= 2")
         for name in ("identity_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -473,7 +478,7 @@ class AdapterTrainer:
         module = TorchAdapter(start, train_bias=cfg.bias).to(device)
         optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate)
 
-        docs = torch.from_numpy(normalize_rows(corpus.embeddings)).to(device)
+        docs = torch.from_numpy(corpus.normalized_embeddings()).to(device)
         queries = torch.from_numpy(vectors).to(device)
         n_docs = docs.shape[0]
         pair_query, pair_doc = [], []
@@ -507,7 +512,7 @@ class AdapterTrainer:
         random_negatives = cfg.fallback_negatives if cfg.negatives == "all" else int(cfg.negatives)
         n_negatives = 0 if use_all else min(random_negatives, n_candidates - 1)
         # consistency: score pseudo-queries (documents) against all documents, or a random sample of them
-        reference = docs if n_docs <= cfg.all_negatives_limit else None
+        reference = docs if n_docs <= cfg.consistency_documents else None
 
         bar = _progress(cfg.epochs, self.progress and show, f"training {cfg.kind} adapter")
         try:
@@ -549,7 +554,8 @@ class AdapterTrainer:
                         pseudo = docs[torch.from_numpy(rng.integers(0, n_docs, cfg.consistency_batch)).to(device)]
                         ref = reference
                         if ref is None:
-                            ref = docs[torch.from_numpy(rng.integers(0, n_docs, 4096)).to(device)]
+                            sample = rng.choice(n_docs, cfg.consistency_documents, replace=False)
+                            ref = docs[torch.from_numpy(sample).to(device)]
                         loss = loss + cfg.consistency_weight * consistency_loss(
                             module(pseudo), pseudo, ref, cfg.temperature
                         )

@@ -20,6 +20,8 @@ means over seeds with the spread (std). Results: ``benchmarks/results/generalisa
     python benchmarks/generalisation.py                       # the package default on every split
     python benchmarks/generalisation.py --variants all        # every variant below (about 30 min, 2 cores)
     python benchmarks/generalisation.py --config '{"bias": false}' --name "no bias"
+    python benchmarks/generalisation.py --variants ablation --splits scifact-test xquad-es xquad-de
+    python benchmarks/generalisation.py --curve               # learning curve, seen/new gains per size
 """
 
 from __future__ import annotations
@@ -54,6 +56,24 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "before: linear, InfoNCE, all negatives, validation by query": BEFORE,
 }
+# the SciFact ablation rows (kinds, losses, negatives), each on top of today's default, so every row gets
+# the seen/new columns: `--variants ablation`
+ABLATION: dict[str, dict] = {
+    "ablation: 256 random negatives": {"negatives": 256},
+    "ablation: 32 random negatives": {"negatives": 32},
+    "ablation: 5 random negatives": {"negatives": 5},
+    "ablation: in-batch negatives only": {"negatives": 0},
+    "ablation: triplet, 5 random negatives (Chroma report's loss)": {"loss": "triplet", "negatives": 5},
+    "ablation: triplet, all negatives": {"loss": "triplet"},
+    "ablation: mse_cosine, 5 random negatives": {"loss": "mse_cosine", "negatives": 5, "in_batch_negatives": False},
+    "ablation: low_rank r=32": {"kind": "low_rank", "rank": 32},
+    "ablation: low_rank r=8": {"kind": "low_rank", "rank": 8},
+    "ablation: orthogonal": {"kind": "orthogonal"},
+    "ablation: orthogonal, Procrustes closed form": {"kind": "orthogonal", "solver": "procrustes"},
+    "ablation: residual_mlp h=256": {"kind": "residual_mlp"},
+}
+VARIANTS.update(ABLATION)
+CURVE_SIZES = (25, 50, 100, 200, 400, 919)
 
 
 @dataclass
@@ -242,6 +262,34 @@ def timing(enc, threads: int) -> dict:
     return out
 
 
+def curve(enc, seeds) -> dict:
+    """The SciFact learning curve of the default, with seen/new gains (3 random subsets per size)."""
+    from adapter_retrievers import learning_curve
+    from adapter_retrievers.plots import plot_learning_curve
+
+    folder = DATA / "scifact"
+    corpus = embedded_corpus(Corpus.from_beir(folder), enc)
+    train, test = TrainingSet.from_beir(folder, "train"), TrainingSet.from_beir(folder, "test")
+    rows = learning_curve(
+        AdapterTrainer(model_id=enc.model_id, progress=False),
+        train,
+        corpus,
+        test,
+        sizes=CURVE_SIZES,
+        seeds=seeds,
+        test_vectors=query_vectors(enc, test),
+        train_vectors=query_vectors(enc, train),
+    )
+    plot_learning_curve(rows, RESULTS / "scifact_learning_curve.png", title=f"SciFact test, {enc.model_id}")
+    for r in rows:
+        print(
+            f"curve: {r['pairs']:.0f} pairs -> nDCG@10 {r['ndcg@10']:.4f} ± {r['std']:.4f}, gain {r['gain']:+.4f},"
+            f" seen {r['seen_gain']:+.4f} (n={r['n_seen']:.0f}), new {r['new_gain']:+.4f} (n={r['n_new']:.0f})",
+            flush=True,
+        )
+    return {"learning_curve": rows, "sizes": list(CURVE_SIZES), "seeds": list(seeds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="*", default=["default"], help="names (substring) or 'all'")
@@ -255,7 +303,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default=str(RESULTS / "generalisation.json"))
     parser.add_argument("--timing", type=int, metavar="THREADS", help="only time the SciFact fit with THREADS")
+    parser.add_argument("--curve", action="store_true", help="only the SciFact learning curve of the default")
     args = parser.parse_args()
+    if args.curve:
+        enc = encoder()
+        out = {"model": enc.model_id, "machine": machine(), "date": datetime.now(timezone.utc).isoformat()}
+        out.update(curve(enc, args.seeds))
+        (RESULTS / "generalisation_curve.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+        return
     if args.timing:
         print(json.dumps(timing(encoder(), args.timing)))
         return

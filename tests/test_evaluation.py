@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from adapter_retrievers import Corpus, QueryAdapter, TrainingSet, compare
-from adapter_retrievers.evaluation import exact_search, paired_bootstrap, ranking_metrics
+from adapter_retrievers.evaluation import exact_search, paired_bootstrap, ranking_metrics, score_vectors
 
 
 def random_run(seed=0, n_queries=40, n_docs=60):
@@ -158,3 +158,27 @@ def test_learning_curve_axis_labels_do_not_overlap():
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
     assert [t.get_text() for t in labels][:3] == ["25", "50", "100"]  # plain numbers at the measured sizes
     assert all(left.x1 <= right.x0 for left, right in itertools.pairwise(boxes))
+
+
+def test_score_vectors_matches_metrics_of_the_sorted_ranking():
+    """Rank counting (no sort) gives what scoring the fully sorted ranking gives, ties broken by corpus order."""
+    rng = np.random.default_rng(3)
+    docs = rng.normal(size=(50, 8)).astype(np.float32)
+    docs[7] = docs[3]  # an exact tie: the earlier document ranks first
+    corpus = Corpus([f"d{i}" for i in range(50)], [""] * 50, docs)
+    relevant = {
+        f"q{i}": {f"d{j}": float(rng.integers(1, 3)) for j in rng.choice(50, 3, replace=False)} for i in range(20)
+    }
+    relevant["q0"] = {"d3": 1.0, "d7": 2.0}
+    queries = TrainingSet({q: q for q in relevant}, relevant)
+    vectors = rng.normal(size=(20, 8)).astype(np.float32)
+    vectors[0] = docs[3]
+    metrics = ["ndcg@10", "recall@5", "mrr@10", "map@20", "precision@5", "hit_rate@3"]
+    scores = score_vectors(vectors, queries, corpus, metrics)
+    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    q = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    rankings = [[f"d{j}" for j in np.argsort(-(row @ unit.T), kind="stable")] for row in q]
+    expected = ranking_metrics(rankings, [relevant[q] for q in queries.query_ids], metrics)
+    for name in metrics:
+        np.testing.assert_allclose(scores.per_query[name], expected[name], atol=1e-12)
+    assert rankings[0][:2] == ["d3", "d7"] and scores.per_query["mrr@10"][0] == 1.0

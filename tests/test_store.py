@@ -184,3 +184,12 @@ def test_published_files_are_readable_by_a_serving_process_of_another_user(tmp_p
     folder = store.version_path("v0001")
     assert stat.S_IMODE(folder.stat().st_mode) == _FOLDER_MODE
     assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {_FILE_MODE}
+
+
+def test_adding_a_version_leaves_the_callers_adapter_alone(tmp_path):
+    store = AdapterStore(tmp_path / "store")
+    adapter = QueryAdapter.identity(4, "test/model")
+    adapter.metadata = {"note": "mine"}
+    version = store.add_version(adapter, {})
+    assert adapter.metadata == {"note": "mine"}
+    assert store.load(version).metadata == {"note": "mine", "store_version": version}

@@ -268,3 +268,15 @@ def test_negatives_from_training_positives_only(task):
     result = fit(task, negative_pool="positives", consistency_weight=1.0, bias=False)
     assert result.improved and held_out(task, result.adapter).gain() > 0.1
     assert not result.adapter.params["bias"].any()  # bias=False keeps it at zero
+
+
+def test_consistency_over_sampled_documents_on_large_corpora(task):
+    """Above ``consistency_documents`` the consistency term scores a random sample per step, reproducibly."""
+    options = {"consistency_weight": 1.0, "epochs": 4, "require_significant_gain": False}
+    sampled = fit(task, consistency_documents=32, **options).adapter.params["weight"]
+    again = fit(task, consistency_documents=32, **options).adapter.params["weight"]
+    whole = fit(task, consistency_documents=10_000, **options).adapter.params["weight"]
+    np.testing.assert_array_equal(sampled, again)
+    assert not np.allclose(sampled, whole)
+    with pytest.raises(ValueError, match="consistency_documents"):
+        AdapterTrainer(consistency_documents=1)
