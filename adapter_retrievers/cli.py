@@ -208,7 +208,9 @@ def train(
     model: ModelOption = "bundled",
     kind: Annotated[str, typer.Option(help="linear | low_rank | orthogonal | residual_mlp")] = "linear",
     loss: Annotated[str, typer.Option(help="infonce | triplet | mse_cosine")] = "infonce",
-    negatives: Annotated[str, typer.Option(help="random negatives per query, or 'all'")] = "all",
+    negatives: Annotated[
+        str, typer.Option(help="random negatives per query, or 'all'; several, comma-separated: validation picks")
+    ] = "all,5",
     epochs: int = 100,
     learning_rate: float = 1e-3,
     seed: int = 0,
@@ -228,9 +230,11 @@ def train(
 
     _choice(kind, [k for k in QueryAdapter.kinds() if k != "identity"], "--kind")
     _choice(loss, LOSSES, "--loss")
-    if negatives != "all" and not (negatives.isdigit()):
+    options = [n.strip() for n in negatives.split(",")]
+    if not all(n == "all" or n.isdigit() for n in options):
         raise ValueError(
-            f"--negatives must be a whole number of random negatives per query, or 'all'; got {negatives!r}"
+            "--negatives must be a whole number of random negatives per query, or 'all', or several of them "
+            f"separated by commas; got {negatives!r}"
         )
     if epochs < 1 or learning_rate <= 0:
         raise ValueError("--epochs must be at least 1 and --learning-rate above 0")
@@ -238,7 +242,8 @@ def train(
     _output_folder(output, "--output", marker=CONFIG_FILE)
     _check_model(model)
     queries, documents = _load(beir, split, pairs, qa_json, corpus, lenient)
-    n_neg: int | str = negatives if negatives == "all" else int(negatives)
+    chosen = [n if n == "all" else int(n) for n in options]
+    n_neg = tuple(chosen) if len(chosen) > 1 else chosen[0]
     trainer = AdapterTrainer(
         _encoder(model, cache_dir),
         kind=kind,

@@ -131,18 +131,30 @@ def score_vectors(
     q = np.asarray(query_vectors, dtype=np.float32)
     if cosine:
         q = normalize_rows(q)
-    ranks, grades = [], []
-    for start in range(0, len(q), batch_size):
-        scores = q[start : start + batch_size] @ docs.T
-        for row, query_id in enumerate(queries.query_ids[start : start + batch_size]):
-            relevant = [(corpus.position(d), g) for d, g in queries.relevant[query_id].items() if g > 0]
-            where = np.array([p for p, _ in relevant], dtype=np.int64)
-            mine = scores[row]
-            above = (mine[None, :] > mine[where][:, None]).sum(axis=1)
-            tied_before = [(mine[:p] == mine[p]).sum() for p in where]
-            ranks.append((above + np.array(tied_before, dtype=np.int64)).astype(np.float64))
-            grades.append(np.array([g for _, g in relevant], dtype=np.float64))
-    return RetrievalScores(list(queries.query_ids), metrics_from_ranks(ranks, grades, metrics))
+    # one row per (query, relevant document): its rank is the number of documents scoring above it
+    owner, position, grade = [], [], []
+    for row, query_id in enumerate(queries.query_ids):
+        for doc_id, g in queries.relevant[query_id].items():
+            if g > 0:
+                owner.append(row)
+                position.append(corpus.position(doc_id))
+                grade.append(g)
+    owner_arr, position_arr = np.array(owner, dtype=np.int64), np.array(position, dtype=np.int64)
+    rank = np.empty(len(owner), dtype=np.float64)
+    columns = np.arange(docs.shape[0])
+    for start in range(0, len(owner), batch_size):
+        rows, where = owner_arr[start : start + batch_size], position_arr[start : start + batch_size]
+        scores = q[rows] @ docs.T
+        own = scores[np.arange(len(rows)), where][:, None]
+        tied_before = (scores == own) & (columns[None, :] < where[:, None])
+        rank[start : start + batch_size] = (scores > own).sum(axis=1) + tied_before.sum(axis=1)
+    bounds = np.searchsorted(owner_arr, np.arange(len(q) + 1))
+    grades = np.array(grade, dtype=np.float64)
+    ranks = [rank[bounds[i] : bounds[i + 1]] for i in range(len(q))]
+    return RetrievalScores(
+        list(queries.query_ids),
+        metrics_from_ranks(ranks, [grades[bounds[i] : bounds[i + 1]] for i in range(len(q))], metrics),
+    )
 
 
 def paired_bootstrap(

@@ -280,3 +280,21 @@ def test_consistency_over_sampled_documents_on_large_corpora(task):
     assert not np.allclose(sampled, whole)
     with pytest.raises(ValueError, match="consistency_documents"):
         AdapterTrainer(consistency_documents=1)
+
+
+def test_a_tuple_of_negatives_is_a_selection_grid(task):
+    """Each option trains its own run; the one validation prefers is kept, and the refit of k-fold uses it."""
+    both = fit(task, negatives=("all", 4))
+    runs = {n: fit(task, negatives=n) for n in ("all", 4)}
+    chosen = both.adapter.metadata["validation"]["negatives"]
+    assert chosen in ("all", 4)
+    assert both.adapter.metadata["validation"]["adapted"] == max(
+        r.adapter.metadata["validation"]["adapted"] for r in runs.values()
+    )
+    np.testing.assert_array_equal(both.adapter.params["weight"], runs[chosen].adapter.params["weight"])
+    corpus, train, _, _, vectors = task
+    small = AdapterTrainer(**{**FAST, "negatives": ("all", 4), "cv_below_queries": 10_000, "epochs": 5})
+    result = small.fit_vectors(train, rows_for(train, vectors), None, None, corpus)
+    assert result.adapter.metadata["validation"]["negatives"] in ("all", 4)
+    with pytest.raises(ValueError, match="negatives"):
+        AdapterTrainer(negatives=("all", -1))
