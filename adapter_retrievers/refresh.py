@@ -44,6 +44,7 @@ WATERMARKS_FILE = "watermarks.json"
 RUN_FILE = "run.jsonl"
 PLOT_FILE = "refresh.png"
 DECISIONS = ("promoted", "kept", "demoted")
+DEMOTE_RULES = ("significantly_below", "not_above", "not_significantly_above")
 
 
 @dataclass
@@ -53,8 +54,14 @@ class RefreshConfig:
     ``window_days``: train and evaluate on pairs first seen in the last N days only (None: all), to
     follow drift. ``pending_days``: how long a retrieval without a signal waits for a late one.
     ``new_documents_tolerance``: how far below the base model, on queries about new documents, a
-    candidate may be and still be promoted (0: not below at all). ``training``: keyword arguments of
-    :class:`~adapter_retrievers.training.TrainingConfig`.
+    candidate may be and still be promoted (0: not below at all). ``demote``: when live stops being
+    served if no candidate wins: ``"significantly_below"`` (its gain over the base model on the newest
+    held-out queries is significantly negative) or ``"not_above"`` (its mean there is not above the base
+    model's: live must keep earning its place) or ``"not_significantly_above"`` (its gain over the base
+    model there is not significantly positive). ``promote_over_base``: a candidate must also be
+    significantly above the base model, not only above live. ``training``: keyword arguments of
+    :class:`~adapter_retrievers.training.TrainingConfig` (its defaults otherwise; validation is the
+    newest slice of the training pairs, by time).
     """
 
     metric: str = "ndcg@10"
@@ -65,10 +72,14 @@ class RefreshConfig:
     pending_days: float = 2.0
     confidence: float = 0.95
     new_documents_tolerance: float = 0.0
+    demote: str = "significantly_below"
+    promote_over_base: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.demote not in DEMOTE_RULES:
+            raise ValueError(f"demote must be one of {DEMOTE_RULES}, got {self.demote!r}")
         if not 0 < self.held_out_fraction < 1 or not 0 < self.validation_fraction < 1:
             raise ValueError("held_out_fraction and validation_fraction must be in (0, 1)")
         if self.min_queries < 4:
@@ -314,6 +325,9 @@ def _decide(
     live_vs_base = paired_bootstrap(
         per_query["base"], per_query["live"], confidence=config.confidence, seed=config.seed
     )
+    candidate_vs_base = paired_bootstrap(
+        per_query["base"], per_query["candidate"], confidence=config.confidence, seed=config.seed
+    )
     scores = {k: float(v.mean()) for k, v in per_query.items()}
     new = groups["new"]
     gain = scores["candidate"] - scores["live"]
@@ -322,6 +336,12 @@ def _decide(
         action, reason = "kept", "no candidate: training found nothing that beats the base model on validation"
     elif interval[0] <= 0:
         action, reason = "kept", f"gain over live {gain:+.4f} is not significant ({ci})"
+    elif config.promote_over_base and candidate_vs_base[0] <= 0:
+        action = "kept"
+        reason = (
+            f"gain over the base model {scores['candidate'] - scores['base']:+.4f} is not significant "
+            f"({config.confidence:.0%} interval [{candidate_vs_base[0]:+.4f}, {candidate_vs_base[1]:+.4f}])"
+        )
     elif new["n_queries"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
         action = "kept"
         reason = (
@@ -330,13 +350,18 @@ def _decide(
         )
     else:
         action, reason = "promoted", f"gain over live {gain:+.4f}, {ci}"
-    if action == "kept" and live_at_start is not None and live_vs_base[1] < 0:
-        # traffic moved away from what live learned: it is now significantly worse than no adapter. (A
-        # mean below base is not enough: a poisoned day's held-out queries are noise, and would demote a
-        # good adapter.)
+    if config.demote == "not_above":
+        # live must keep earning its place: served only while it is above the base model on the newest queries
+        demote, how = scores["live"] <= scores["base"], "not above"
+    elif config.demote == "not_significantly_above":
+        demote, how = live_vs_base[0] <= 0, "not significantly above"
+    else:
+        # only when the traffic moved away from what live learned so far that it is significantly worse
+        demote, how = live_vs_base[1] < 0, "significantly below"
+    if action == "kept" and live_at_start is not None and demote:
         action = "demoted"
         reason = (
-            f"live {live_at_start} is below the base model on the newest queries ({scores['live']:.4f} < "
+            f"live {live_at_start} is {how} the base model on the newest queries ({scores['live']:.4f} vs "
             f"{scores['base']:.4f}, {config.confidence:.0%} interval of its gain [{live_vs_base[0]:+.4f}, "
             f"{live_vs_base[1]:+.4f}]): serving the base model; candidate: {reason}"
         )
@@ -351,6 +376,10 @@ def _decide(
         "groups": groups,
         "gain_over_live": {"mean": scores["candidate"] - scores["live"], "interval": list(interval)},
         "live_gain_over_base": {"mean": scores["live"] - scores["base"], "interval": list(live_vs_base)},
+        "candidate_gain_over_base": {
+            "mean": scores["candidate"] - scores["base"],
+            "interval": list(candidate_vs_base),
+        },
         "confidence": config.confidence,
         "live_version": live_at_start,
         "held_out_since": min((info.get(q, {}).get("timestamp") or "" for q in held.query_ids), default=None),
