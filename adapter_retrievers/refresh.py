@@ -330,41 +330,16 @@ def _decide(
     )
     scores = {k: float(v.mean()) for k, v in per_query.items()}
     new = groups["new"]
-    gain = scores["candidate"] - scores["live"]
-    ci = f"{config.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}]"
-    if candidate.is_identity:
-        action, reason = "kept", "no candidate: training found nothing that beats the base model on validation"
-    elif interval[0] <= 0:
-        action, reason = "kept", f"gain over live {gain:+.4f} is not significant ({ci})"
-    elif config.promote_over_base and candidate_vs_base[0] <= 0:
-        action = "kept"
-        reason = (
-            f"gain over the base model {scores['candidate'] - scores['base']:+.4f} is not significant "
-            f"({config.confidence:.0%} interval [{candidate_vs_base[0]:+.4f}, {candidate_vs_base[1]:+.4f}])"
-        )
-    elif new["n_queries"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
-        action = "kept"
-        reason = (
-            f"below the base model on {new['n_queries']} queries about new documents "
-            f"({new['candidate']:.4f} < {new['base']:.4f})"
-        )
-    else:
-        action, reason = "promoted", f"gain over live {gain:+.4f}, {ci}"
-    if config.demote == "not_above":
-        # live must keep earning its place: served only while it is above the base model on the newest queries
-        demote, how = scores["live"] <= scores["base"], "not above"
-    elif config.demote == "not_significantly_above":
-        demote, how = live_vs_base[0] <= 0, "not significantly above"
-    else:
-        # only when the traffic moved away from what live learned so far that it is significantly worse
-        demote, how = live_vs_base[1] < 0, "significantly below"
-    if action == "kept" and live_at_start is not None and demote:
-        action = "demoted"
-        reason = (
-            f"live {live_at_start} is {how} the base model on the newest queries ({scores['live']:.4f} vs "
-            f"{scores['base']:.4f}, {config.confidence:.0%} interval of its gain [{live_vs_base[0]:+.4f}, "
-            f"{live_vs_base[1]:+.4f}]): serving the base model; candidate: {reason}"
-        )
+    action, reason = decide(
+        config,
+        scores,
+        new,
+        gain_over_live=interval,
+        candidate_over_base=candidate_vs_base,
+        live_over_base=live_vs_base,
+        has_candidate=not candidate.is_identity,
+        live=live_at_start,
+    )
     if action != "kept" and store.live != live_at_start:
         action, reason = "kept", f"live changed during this run (now {store.live or 'base model'}): an operator decided"
     evaluation = {
@@ -407,6 +382,61 @@ def _decide(
             {"action": "kept", "live_before": store.live, "live_after": store.live, **details}
         )
     return RefreshOutcome(action, reason, store.live, version, record)
+
+
+def decide(
+    config: RefreshConfig,
+    scores: dict[str, float],
+    new: dict[str, Any],
+    *,
+    gain_over_live: tuple[float, float],
+    candidate_over_base: tuple[float, float],
+    live_over_base: tuple[float, float],
+    has_candidate: bool,
+    live: str | None,
+) -> tuple[str, str]:
+    """The decision rule, on one night's held-out numbers: ``(action, reason)``.
+
+    ``scores``: mean metric of ``base``, ``live`` and ``candidate``; ``new``: the same on queries about
+    new documents (``n_queries``, ``base``, ``candidate``); the intervals are paired-bootstrap intervals of
+    the differences; ``live``: the live version (None: the base model is served).
+    """
+    gain = scores["candidate"] - scores["live"]
+    ci = f"{config.confidence:.0%} interval [{gain_over_live[0]:+.4f}, {gain_over_live[1]:+.4f}]"
+    if not has_candidate:
+        action, reason = "kept", "no candidate: training found nothing that beats the base model on validation"
+    elif gain_over_live[0] <= 0:
+        action, reason = "kept", f"gain over live {gain:+.4f} is not significant ({ci})"
+    elif config.promote_over_base and candidate_over_base[0] <= 0:
+        action = "kept"
+        reason = (
+            f"gain over the base model {scores['candidate'] - scores['base']:+.4f} is not significant "
+            f"({config.confidence:.0%} interval [{candidate_over_base[0]:+.4f}, {candidate_over_base[1]:+.4f}])"
+        )
+    elif new["n_queries"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
+        action = "kept"
+        reason = (
+            f"below the base model on {new['n_queries']} queries about new documents "
+            f"({new['candidate']:.4f} < {new['base']:.4f})"
+        )
+    else:
+        action, reason = "promoted", f"gain over live {gain:+.4f}, {ci}"
+    if config.demote == "not_above":
+        # live must keep earning its place: served only while it is above the base model on the newest queries
+        demote, how = scores["live"] <= scores["base"], "not above"
+    elif config.demote == "not_significantly_above":
+        demote, how = live_over_base[0] <= 0, "not significantly above"
+    else:
+        # only once the traffic moved so far from what live learned that it is significantly worse
+        demote, how = live_over_base[1] < 0, "significantly below"
+    if action == "kept" and live is not None and demote:
+        action = "demoted"
+        reason = (
+            f"live {live} is {how} the base model on the newest queries ({scores['live']:.4f} vs "
+            f"{scores['base']:.4f}, {config.confidence:.0%} interval of its gain [{live_over_base[0]:+.4f}, "
+            f"{live_over_base[1]:+.4f}]): serving the base model; candidate: {reason}"
+        )
+    return action, reason
 
 
 def _plot(store: AdapterStore, metric: str) -> None:

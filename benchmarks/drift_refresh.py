@@ -176,7 +176,10 @@ class Traffic:
             for run_id, _, _, doc_id in clicks:
                 self.log.add_click(run_id, doc_id)
             return
-        spans = self._day_spans(n_retrievals)
+        from adapter_retrievers.integrations.phoenix import wait_for_spans
+
+        stored = wait_for_spans(self.url, self.project, n_retrievals, start_time=self.day_start)
+        spans = {s["attributes"]["input.value"]: s["context"]["span_id"] for s in stored}
         notes = [
             {
                 "span_id": spans[question],
@@ -189,22 +192,6 @@ class Traffic:
         ]
         for i in range(0, len(notes), 100):
             self.client.spans.log_document_annotations(document_annotations=notes[i : i + 100], sync=True)
-
-    def _day_spans(self, n_retrievals: int) -> dict[str, str]:
-        """Retriever span id per question of the day, once Phoenix has stored all of them (ingestion is async)."""
-        deadline = time.time() + 120
-        while True:
-            try:
-                spans = self.client.spans.get_spans(
-                    project_identifier=self.project, start_time=self.day_start, span_kind="RETRIEVER", limit=10_000
-                )
-            except Exception:  # the project exists only once its first span is stored (404 before)
-                spans = []
-            if len(spans) >= n_retrievals:
-                return {s["attributes"]["input.value"]: s["context"]["span_id"] for s in spans}
-            if time.time() > deadline:
-                raise RuntimeError(f"Phoenix stored {len(spans)} of {n_retrievals} retriever spans of the day")
-            time.sleep(0.5)
 
 
 def serve_day(chain, traffic: Traffic, day: int, qs: TrainingSet, qids: list[str], poisoned: bool, rng) -> dict:

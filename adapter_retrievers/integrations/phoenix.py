@@ -3,7 +3,8 @@
 :func:`local_phoenix` starts ``phoenix serve`` on 127.0.0.1 with free ports and a throwaway working dir
 (SQLite) and stops it on exit: what the tests, the drift benchmark and the ``nightly_refresh`` notebook
 trace into. :func:`trace_langchain` instruments LangChain with OpenInference's instrumentor, exporting
-over OTLP/HTTP to one Phoenix project. Needs ``pip install 'adapter-retrievers[phoenix]'``.
+over OTLP/HTTP to one Phoenix project; :func:`wait_for_spans` waits until Phoenix has stored them (to
+annotate them). Needs ``pip install 'adapter-retrievers[phoenix]'``.
 
 Facts this relies on (measured with Phoenix 20): the server is ready when ``GET /v1/projects`` answers
 (~20 s on a 2-core machine); its gRPC OTLP port binds every interface whatever the host, so it gets a
@@ -25,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,37 @@ def trace_langchain(url: str, project: str, clock_offset_ns: Callable[[], int] |
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
+
+
+def wait_for_spans(
+    url: str,
+    project: str,
+    count: int,
+    start_time: datetime | None = None,
+    span_kind: str = "RETRIEVER",
+    timeout: float = 120.0,
+) -> list[dict]:
+    """The project's spans of ``span_kind`` started since ``start_time``, once Phoenix has stored at least
+    ``count`` of them (ingestion is asynchronous; annotating a span not stored yet answers 404).
+
+    Raises ``TimeoutError`` when fewer are stored after ``timeout`` seconds.
+    """
+    import httpx
+    from phoenix.client import Client
+
+    client = Client(base_url=url)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            spans = client.spans.get_spans(
+                project_identifier=project, start_time=start_time, span_kind=span_kind, limit=max(count, 1) * 2 + 100
+            )
+        except httpx.HTTPStatusError as exc:  # the project exists only once its first span is stored (404 before)
+            if exc.response.status_code != 404:
+                raise
+            spans = []
+        if len(spans) >= count:
+            return spans
+        if time.time() > deadline:
+            raise TimeoutError(f"Phoenix stored {len(spans)} of {count} {span_kind} spans of project {project!r}")
+        time.sleep(0.5)
