@@ -18,10 +18,13 @@ questions. The table shows the live adapter's nDCG@10 on the *next* day's traffi
 the base model's, and the decisions. At the end a rollback is checked to restore the previous version's
 numbers exactly (served through the registry that follows the store).
 
-    nice -n 10 python benchmarks/drift_refresh.py                      # 3 seeds, every rule, Phoenix
-    nice -n 10 python benchmarks/drift_refresh.py --seeds 1 --rules a  # quicker
+    nice -n 10 python benchmarks/drift_refresh.py --rules b                         # the default rule, 3 seeds
+    nice -n 10 python benchmarks/drift_refresh.py --out drift_refresh_rules         # every rule side by side
+    nice -n 10 python benchmarks/drift_refresh.py --seeds 1 --days 3 --per-day 60   # a quick check
 
-Results: ``benchmarks/results/drift_refresh.json`` and ``drift_refresh.png``.
+Results: ``benchmarks/results/<out>.json`` and ``<out>.png``. The rollback check undoes the last change of live
+(promotion or demotion) and compares what the chain's registry serves with what it served, query for query,
+when that state was live before.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ SHOWN = 10  # results a user sees; a click can only land on one of them
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 METRIC = "ndcg@10"
 WINDOW_DAYS = 3.0  # train on the last 3 days of pairs: follows the drift, forgets a poisoned day
-# decision rules compared (RefreshConfig fields); "a" was the default before this comparison
+# decision rules compared (RefreshConfig fields); "a" was the default before this comparison, "b" is now
 RULES = {
     "a": {"demote": "significantly_below", "promote_over_base": False},
     "b": {"demote": "not_above", "promote_over_base": False},
@@ -236,6 +239,10 @@ def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, 
                 "rng": np.random.default_rng(seed),  # the same users' choices in every loop
                 "rows": [],
             }
+        probe = questions[SCHEDULE[-1][0]].subset(days[-1])  # fixed questions: what each served state scores
+        probe_vectors = enc.embed_queries([probe.queries[q] for q in probe.query_ids])
+        for loop in loops.values():
+            loop["served"] = [served_scores(loop["registry"], probe_vectors, probe, corpus)]  # before day 1: base
         for day, (language, poisoned) in enumerate(SCHEDULE):
             next_language = SCHEDULE[day + 1][0] if day + 1 < len(SCHEDULE) else SCHEDULE[-1][0]
             for rule, loop in loops.items():
@@ -247,6 +254,7 @@ def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, 
                 )
                 seconds = time.perf_counter() - started
                 base, live = next_day_scores(store, corpus, questions[next_language], days[day + 1], enc)
+                loop["served"].append(served_scores(loop["registry"], probe_vectors, probe, corpus))
                 loop["rows"].append(
                     {
                         "day": day + 1,
@@ -273,9 +281,7 @@ def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, 
                 )
         runs = {}
         for rule, loop in loops.items():
-            rollback = check_rollback(
-                loop["store"], loop["registry"], corpus, questions[SCHEDULE[-1][0]], days[-1], enc
-            )
+            rollback = check_rollback(loop, probe_vectors, probe, corpus)
             runs[rule] = {"seed": seed, "days": loop["rows"], "rollback": rollback, "history": loop["store"].history()}
         return runs
     finally:
@@ -291,26 +297,32 @@ def next_day_scores(store: AdapterStore, corpus: Corpus, qs: TrainingSet, qids: 
     return float(base), float(adapted)
 
 
-def check_rollback(store, registry, corpus, qs, qids, enc) -> dict:
-    """Roll back and compare what the registry serves with the earlier version's own numbers."""
-    promoted = [r for r in store.history() if r.get("action") == "promoted"]
-    if len(promoted) < 2 or store.live is None:
-        return {"checked": False, "why": f"{len(promoted)} promotions: nothing to roll back to"}
-    subset = qs.subset(qids)
-    vectors = enc.embed_queries([subset.queries[q] for q in subset.query_ids])
-    before_version = store.live
-    record = store.rollback()
-    target = record["live_after"]
-    direct = (
-        target and score_vectors(store.load(target).transform(vectors), subset, corpus, (METRIC,)).per_query[METRIC]
-    )
-    served = score_vectors(registry.transform(vectors), subset, corpus, (METRIC,)).per_query[METRIC]
+def served_scores(registry: AdapterRegistry, vectors: np.ndarray, qs: TrainingSet, corpus: Corpus) -> np.ndarray:
+    """Per-query nDCG@10 of what the registry the chain follows serves now."""
+    return score_vectors(registry.transform(vectors), qs, corpus, (METRIC,)).per_query[METRIC]
+
+
+def check_rollback(loop: dict, vectors: np.ndarray, qs: TrainingSet, corpus: Corpus) -> dict:
+    """Undo the last change of live (a promotion or a demotion) with ``rollback`` and compare what the registry
+    serves now with what it served, query for query, on the night that state was live before."""
+    store, rows = loop["store"], loop["rows"]
+    lives = [None] + [row["live"] for row in rows]  # live before day 1, then after each night
+    changes = [i for i in range(1, len(lives)) if lives[i] != lives[i - 1]]
+    if not changes:
+        return {"checked": False, "why": "live never changed: nothing to roll back"}
+    before = lives[changes[-1] - 1]
+    current = store.live
+    record = store.rollback(before) if before is not None else store.rollback()
+    served = served_scores(loop["registry"], vectors, qs, corpus)
+    recorded = loop["served"][changes[-1] - 1]
     return {
         "checked": True,
-        "from": before_version,
-        "to": target,
-        "served_equals_version": bool(np.array_equal(served, direct)),
+        "from": current,
+        "to": record["live_after"],
+        "expected": before,
+        "served_equals_before": bool(record["live_after"] == before and np.array_equal(served, recorded)),
         METRIC: float(served.mean()),
+        f"{METRIC}_before": float(recorded.mean()),
     }
 
 
@@ -322,6 +334,7 @@ def main() -> None:
     parser.add_argument("--source", choices=("phoenix", "log"), default="phoenix")
     parser.add_argument("--days", type=int, default=len(SCHEDULE), help="first N days only (quick checks)")
     parser.add_argument("--per-day", type=int, default=PER_DAY, help="questions a day")
+    parser.add_argument("--out", default="drift_refresh", help="name of the JSON and PNG in benchmarks/results")
     args = parser.parse_args()
     SCHEDULE, PER_DAY = SCHEDULE[: args.days], args.per_day
     rules = [r for r in args.rules.split(",") if r]
@@ -359,8 +372,8 @@ def main() -> None:
         "runs": runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "drift_refresh.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    plot(summary, RESULTS / "drift_refresh.png", args.seeds)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    plot(summary, RESULTS / f"{args.out}.png", args.seeds)
     print(comparison_table(out["comparison"]))
     for rule in rules:
         print(f"\nrule {rule}: {RULE_NAMES[rule]}")
@@ -405,7 +418,7 @@ def compare_rule(summary: list[dict], runs: list[dict]) -> dict:
         "promotions": sum(d["decision"] == "promoted" for run in runs for d in run["days"]),
         "demotions": sum(d["decision"] == "demoted" for run in runs for d in run["days"]),
         "rollbacks_checked": sum(bool(run["rollback"].get("checked")) for run in runs),
-        "rollbacks_exact": sum(bool(run["rollback"].get("served_equals_version")) for run in runs),
+        "rollbacks_exact": sum(bool(run["rollback"].get("served_equals_before")) for run in runs),
     }
 
 

@@ -78,14 +78,38 @@ def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
 
     log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
     poisoned = run(tmp_path, task, 2)
-    assert poisoned.action == "kept" and store.live == "v0001"
     assert poisoned.record["scores"]["candidate"] < poisoned.record["scores"]["base"] + 0.05  # nothing to gain
-    assert [r["action"] for r in store.history()] == ["promoted", "nothing_new", "kept"]
+    assert poisoned.action != "promoted" and store.live in ("v0001", None)  # the poisoned night is refused
+
+
+@pytest.mark.parametrize("demote", ["not_above", "significantly_below"])
+def test_a_poisoned_night_is_refused_and_live_is_judged_by_the_demote_rule(tmp_path, task, demote):
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    store = AdapterStore(tmp_path / "store")
+    config = RefreshConfig(min_queries=20, training=TRAINING, demote=demote)
+    log_day(log, 0, range(0, 100))
+    assert run(tmp_path, task, 0, config).action == "promoted"
+    log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
+    poisoned = run(tmp_path, task, 2, config)
+    assert poisoned.action != "promoted"
+    # on noise, live is not above the base model, but not significantly below it either
+    assert poisoned.record["scores"]["live"] <= poisoned.record["scores"]["base"]
+    assert poisoned.record["live_gain_over_base"]["interval"][1] >= 0
+    if demote == "not_above":  # live must earn its place every night: the base model is served
+        assert poisoned.action == "demoted" and store.live is None
+    else:  # only a significant loss demotes: live stays through the noisy night
+        assert poisoned.action == "kept" and store.live == "v0001"
+    assert [r["action"] for r in store.history()] == ["promoted", poisoned.action]
 
     log_day(log, 3, range(200, 300))
-    later = run(tmp_path, task, 3, RefreshConfig(min_queries=20, window_days=1.5, training=TRAINING))
+    window = RefreshConfig(min_queries=20, window_days=1.5, training=TRAINING, demote=demote)
+    later = run(tmp_path, task, 3, window)
     assert later.record["data"]["n_queries"] == 100  # the window leaves the poisoned day out
-    assert later.record["scores"]["live"] > later.record["scores"]["base"] + 0.2  # v0001 still helps
+    if demote == "not_above":  # a clean day: a new candidate wins over the base model again
+        assert later.action == "promoted" and store.live == later.candidate
+        assert later.record["scores"]["candidate"] > later.record["scores"]["base"] + 0.2
+    else:
+        assert later.record["scores"]["live"] > later.record["scores"]["base"] + 0.2  # v0001 still helps
 
 
 def test_late_signals_find_their_retrieval_from_an_earlier_run(tmp_path, task):
@@ -207,7 +231,8 @@ def test_a_winning_candidate_is_promoted_whatever_live_did_unless_it_must_beat_b
     winner = {"candidate": 0.52, "gain_interval": (0.01, 0.08), "over_base": (-0.03, 0.07)}
     assert _decide(RefreshConfig(demote="not_above"), 0.47, (-0.08, 0.02), **winner) == "promoted"
     # above live, but not significantly above the base model: refused; live is then judged on its own
-    assert _decide(RefreshConfig(promote_over_base=True), 0.47, (-0.08, 0.02), **winner) == "kept"
+    old = RefreshConfig(demote="significantly_below", promote_over_base=True)
+    assert _decide(old, 0.47, (-0.08, 0.02), **winner) == "kept"
     both = RefreshConfig(demote="not_above", promote_over_base=True)
     assert _decide(both, 0.47, (-0.08, 0.02), **winner) == "demoted"
     clear = {**winner, "over_base": (0.01, 0.05)}
