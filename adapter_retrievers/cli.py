@@ -790,6 +790,9 @@ def refresh_command(
     held_out_fraction: Annotated[float, typer.Option(help="newest queries held out to decide")] = 0.2,
     min_queries: Annotated[int, typer.Option(help="queries with pairs needed to train and decide")] = 20,
     confidence: Annotated[float, typer.Option(help="paired-bootstrap confidence the gain over live needs")] = 0.95,
+    demote: Annotated[
+        str, typer.Option(help="serve the base model when live is: not_above | significantly_below base")
+    ] = "not_above",
     keep: Annotated[int, typer.Option(help="versions kept (the live one is always kept)")] = 10,
     kind: Annotated[str, typer.Option(help="linear | low_rank | orthogonal | residual_mlp")] = "linear",
     epochs: int = 100,
@@ -827,6 +830,7 @@ def refresh_command(
             min_queries=min_queries,
             window_days=window_days,
             confidence=confidence,
+            demote=demote,
             training={"kind": kind, "epochs": epochs},
             seed=seed,
         )

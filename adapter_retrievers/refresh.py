@@ -10,11 +10,13 @@
    candidate on the held-out queries, none of which any of them trained on, split into queries about
    documents the candidate saw in training and queries about new documents;
 4. promotes the candidate only if its gain over live is significant (paired bootstrap) and it is not
-   below the base model on new documents; otherwise live stays, unless live itself is now
-   significantly below the base model on the newest queries (the traffic moved away from what it
-   learned): then the base model is served ("demoted") until a candidate wins again. The candidate is stored either way
-   (an operator can still ``promote`` it), the decision and its numbers go to the history, and a PNG
-   of the metric across decisions is redrawn.
+   below the base model on new documents; otherwise live stays only while it keeps earning its place:
+   when its mean on the newest queries is not above the base model's (the traffic moved away from
+   what it learned), the base model is served ("demoted") until a candidate wins again. (Measured in
+   ``benchmarks/drift_refresh.py``: waiting until live is *significantly* below base kept a stale
+   adapter below base on 10 of 21 day-seeds, this rule on 2.) The candidate is stored either way (an
+   operator can still ``promote`` it), the decision and its numbers go to the history, and a PNG of
+   the metric across decisions is redrawn.
 
 A failure anywhere leaves live untouched; a failure before step 1's commit leaves the watermarks too.
 """
@@ -44,6 +46,7 @@ WATERMARKS_FILE = "watermarks.json"
 RUN_FILE = "run.jsonl"
 PLOT_FILE = "refresh.png"
 DECISIONS = ("promoted", "kept", "demoted")
+DEMOTE_RULES = ("significantly_below", "not_above", "not_significantly_above")
 
 
 @dataclass
@@ -53,8 +56,15 @@ class RefreshConfig:
     ``window_days``: train and evaluate on pairs first seen in the last N days only (None: all), to
     follow drift. ``pending_days``: how long a retrieval without a signal waits for a late one.
     ``new_documents_tolerance``: how far below the base model, on queries about new documents, a
-    candidate may be and still be promoted (0: not below at all). ``training``: keyword arguments of
-    :class:`~adapter_retrievers.training.TrainingConfig`.
+    candidate may be and still be promoted (0: not below at all). ``demote``: when live stops being
+    served if no candidate wins: ``"not_above"`` (default: its mean on the newest held-out queries is
+    not above the base model's; live must keep earning its place), ``"significantly_below"`` (its gain
+    over the base model there is significantly negative: slower, a stale adapter stays below base for
+    days) or ``"not_significantly_above"`` (its gain there is not significantly positive).
+    ``promote_over_base``: a candidate must also be significantly above the base model, not only above
+    live. ``training``: keyword arguments of
+    :class:`~adapter_retrievers.training.TrainingConfig` (its defaults otherwise; validation is the
+    newest slice of the training pairs, by time).
     """
 
     metric: str = "ndcg@10"
@@ -65,10 +75,14 @@ class RefreshConfig:
     pending_days: float = 2.0
     confidence: float = 0.95
     new_documents_tolerance: float = 0.0
+    demote: str = "not_above"
+    promote_over_base: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.demote not in DEMOTE_RULES:
+            raise ValueError(f"demote must be one of {DEMOTE_RULES}, got {self.demote!r}")
         if not 0 < self.held_out_fraction < 1 or not 0 < self.validation_fraction < 1:
             raise ValueError("held_out_fraction and validation_fraction must be in (0, 1)")
         if self.min_queries < 4:
@@ -314,32 +328,21 @@ def _decide(
     live_vs_base = paired_bootstrap(
         per_query["base"], per_query["live"], confidence=config.confidence, seed=config.seed
     )
+    candidate_vs_base = paired_bootstrap(
+        per_query["base"], per_query["candidate"], confidence=config.confidence, seed=config.seed
+    )
     scores = {k: float(v.mean()) for k, v in per_query.items()}
     new = groups["new"]
-    gain = scores["candidate"] - scores["live"]
-    ci = f"{config.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}]"
-    if candidate.is_identity:
-        action, reason = "kept", "no candidate: training found nothing that beats the base model on validation"
-    elif interval[0] <= 0:
-        action, reason = "kept", f"gain over live {gain:+.4f} is not significant ({ci})"
-    elif new["n_queries"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
-        action = "kept"
-        reason = (
-            f"below the base model on {new['n_queries']} queries about new documents "
-            f"({new['candidate']:.4f} < {new['base']:.4f})"
-        )
-    else:
-        action, reason = "promoted", f"gain over live {gain:+.4f}, {ci}"
-    if action == "kept" and live_at_start is not None and live_vs_base[1] < 0:
-        # traffic moved away from what live learned: it is now significantly worse than no adapter. (A
-        # mean below base is not enough: a poisoned day's held-out queries are noise, and would demote a
-        # good adapter.)
-        action = "demoted"
-        reason = (
-            f"live {live_at_start} is below the base model on the newest queries ({scores['live']:.4f} < "
-            f"{scores['base']:.4f}, {config.confidence:.0%} interval of its gain [{live_vs_base[0]:+.4f}, "
-            f"{live_vs_base[1]:+.4f}]): serving the base model; candidate: {reason}"
-        )
+    action, reason = decide(
+        config,
+        scores,
+        new,
+        gain_over_live=interval,
+        candidate_over_base=candidate_vs_base,
+        live_over_base=live_vs_base,
+        has_candidate=not candidate.is_identity,
+        live=live_at_start,
+    )
     if action != "kept" and store.live != live_at_start:
         action, reason = "kept", f"live changed during this run (now {store.live or 'base model'}): an operator decided"
     evaluation = {
@@ -351,6 +354,10 @@ def _decide(
         "groups": groups,
         "gain_over_live": {"mean": scores["candidate"] - scores["live"], "interval": list(interval)},
         "live_gain_over_base": {"mean": scores["live"] - scores["base"], "interval": list(live_vs_base)},
+        "candidate_gain_over_base": {
+            "mean": scores["candidate"] - scores["base"],
+            "interval": list(candidate_vs_base),
+        },
         "confidence": config.confidence,
         "live_version": live_at_start,
         "held_out_since": min((info.get(q, {}).get("timestamp") or "" for q in held.query_ids), default=None),
@@ -378,6 +385,61 @@ def _decide(
             {"action": "kept", "live_before": store.live, "live_after": store.live, **details}
         )
     return RefreshOutcome(action, reason, store.live, version, record)
+
+
+def decide(
+    config: RefreshConfig,
+    scores: dict[str, float],
+    new: dict[str, Any],
+    *,
+    gain_over_live: tuple[float, float],
+    candidate_over_base: tuple[float, float],
+    live_over_base: tuple[float, float],
+    has_candidate: bool,
+    live: str | None,
+) -> tuple[str, str]:
+    """The decision rule, on one night's held-out numbers: ``(action, reason)``.
+
+    ``scores``: mean metric of ``base``, ``live`` and ``candidate``; ``new``: the same on queries about
+    new documents (``n_queries``, ``base``, ``candidate``); the intervals are paired-bootstrap intervals of
+    the differences; ``live``: the live version (None: the base model is served).
+    """
+    gain = scores["candidate"] - scores["live"]
+    ci = f"{config.confidence:.0%} interval [{gain_over_live[0]:+.4f}, {gain_over_live[1]:+.4f}]"
+    if not has_candidate:
+        action, reason = "kept", "no candidate: training found nothing that beats the base model on validation"
+    elif gain_over_live[0] <= 0:
+        action, reason = "kept", f"gain over live {gain:+.4f} is not significantly above zero ({ci})"
+    elif config.promote_over_base and candidate_over_base[0] <= 0:
+        action = "kept"
+        reason = (
+            f"gain over the base model {scores['candidate'] - scores['base']:+.4f} is not significantly above zero "
+            f"({config.confidence:.0%} interval [{candidate_over_base[0]:+.4f}, {candidate_over_base[1]:+.4f}])"
+        )
+    elif new["n_queries"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
+        action = "kept"
+        reason = (
+            f"below the base model on {new['n_queries']} queries about new documents "
+            f"({new['candidate']:.4f} < {new['base']:.4f})"
+        )
+    else:
+        action, reason = "promoted", f"gain over live {gain:+.4f}, {ci}"
+    if config.demote == "not_above":
+        # live must keep earning its place: served only while it is above the base model on the newest queries
+        demote, how = scores["live"] <= scores["base"], "not above"
+    elif config.demote == "not_significantly_above":
+        demote, how = live_over_base[0] <= 0, "not significantly above"
+    else:
+        # only once the traffic moved so far from what live learned that it is significantly worse
+        demote, how = live_over_base[1] < 0, "significantly below"
+    if action == "kept" and live is not None and demote:
+        action = "demoted"
+        reason = (
+            f"live {live} is {how} the base model on the newest queries ({scores['live']:.4f} vs "
+            f"{scores['base']:.4f}, {config.confidence:.0%} interval of its gain [{live_over_base[0]:+.4f}, "
+            f"{live_over_base[1]:+.4f}]): serving the base model; candidate: {reason}"
+        )
+    return action, reason
 
 
 def _plot(store: AdapterStore, metric: str) -> None:

@@ -78,14 +78,38 @@ def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
 
     log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
     poisoned = run(tmp_path, task, 2)
-    assert poisoned.action == "kept" and store.live == "v0001"
     assert poisoned.record["scores"]["candidate"] < poisoned.record["scores"]["base"] + 0.05  # nothing to gain
-    assert [r["action"] for r in store.history()] == ["promoted", "nothing_new", "kept"]
+    assert poisoned.action != "promoted" and store.live in ("v0001", None)  # the poisoned night is refused
+
+
+@pytest.mark.parametrize("demote", ["not_above", "significantly_below"])
+def test_a_poisoned_night_is_refused_and_live_is_judged_by_the_demote_rule(tmp_path, task, demote):
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    store = AdapterStore(tmp_path / "store")
+    config = RefreshConfig(min_queries=20, training=TRAINING, demote=demote)
+    log_day(log, 0, range(0, 100))
+    assert run(tmp_path, task, 0, config).action == "promoted"
+    log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
+    poisoned = run(tmp_path, task, 2, config)
+    assert poisoned.action != "promoted"
+    # on noise, live is not above the base model, but not significantly below it either
+    assert poisoned.record["scores"]["live"] <= poisoned.record["scores"]["base"]
+    assert poisoned.record["live_gain_over_base"]["interval"][1] >= 0
+    if demote == "not_above":  # live must earn its place every night: the base model is served
+        assert poisoned.action == "demoted" and store.live is None
+    else:  # only a significant loss demotes: live stays through the noisy night
+        assert poisoned.action == "kept" and store.live == "v0001"
+    assert [r["action"] for r in store.history()] == ["promoted", poisoned.action]
 
     log_day(log, 3, range(200, 300))
-    later = run(tmp_path, task, 3, RefreshConfig(min_queries=20, window_days=1.5, training=TRAINING))
+    window = RefreshConfig(min_queries=20, window_days=1.5, training=TRAINING, demote=demote)
+    later = run(tmp_path, task, 3, window)
     assert later.record["data"]["n_queries"] == 100  # the window leaves the poisoned day out
-    assert later.record["scores"]["live"] > later.record["scores"]["base"] + 0.2  # v0001 still helps
+    if demote == "not_above":  # a clean day: a new candidate wins over the base model again
+        assert later.action == "promoted" and store.live == later.candidate
+        assert later.record["scores"]["candidate"] > later.record["scores"]["base"] + 0.2
+    else:
+        assert later.record["scores"]["live"] > later.record["scores"]["base"] + 0.2  # v0001 still helps
 
 
 def test_late_signals_find_their_retrieval_from_an_earlier_run(tmp_path, task):
@@ -134,7 +158,9 @@ def test_a_source_error_moves_nothing(tmp_path, task):
     assert run(tmp_path, task, 1).record["new_pairs"] == 100  # the next run reads the day it missed
 
 
-def test_live_that_fell_below_the_base_model_is_demoted(tmp_path, task):
+@pytest.mark.parametrize("demote", ["significantly_below", "not_above", "not_significantly_above"])
+def test_live_that_fell_below_the_base_model_is_demoted(tmp_path, task, demote):
+    config = RefreshConfig(min_queries=20, training=TRAINING, demote=demote)
     corpus, encoder = task
     rng = np.random.default_rng(5)
     noise = rng.standard_normal(corpus.embeddings.shape).astype(np.float32) * 0.02
@@ -142,12 +168,12 @@ def test_live_that_fell_below_the_base_model_is_demoted(tmp_path, task):
         encoder.vectors[f"plain {i}"] = v
     log = RetrievalLog(tmp_path / "rag-log.jsonl")
     log_day(log, 0, range(0, 100))
-    assert run(tmp_path, task, 0).action == "promoted"
+    assert run(tmp_path, task, 0, config).action == "promoted"
     for n, i in enumerate(range(100, 250)):  # the population changed
         stamp = (DAY0 + timedelta(days=1, minutes=n)).isoformat()
         rid = log.log_retrieval(f"plain {i}", [{"id": f"d{i}"}], timestamp=stamp)
         log.add_click(rid, f"d{i}")
-    outcome = run(tmp_path, task, 1)
+    outcome = run(tmp_path, task, 1, config)
     scores = outcome.record["scores"]
     assert scores["live"] < scores["base"] - 0.2  # the rotation v0001 learned now hurts
     assert outcome.action == "demoted" and AdapterStore(tmp_path / "store").live is None
@@ -161,3 +187,58 @@ def test_history_lines_are_json(tmp_path, task):
     run(tmp_path, task, 0)
     lines = (tmp_path / "store" / "history.jsonl").read_text().splitlines()
     assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+NO_NEW = {"n_queries": 0, "base": None, "candidate": None}
+
+
+def _decide(config, live_score, live_interval, candidate=0.0, gain_interval=(-0.1, 0.1), over_base=(-0.1, 0.1)):
+    from adapter_retrievers.refresh import decide
+
+    scores = {"base": 0.50, "live": live_score, "candidate": candidate}
+    return decide(
+        config,
+        scores,
+        NO_NEW,
+        gain_over_live=gain_interval,
+        candidate_over_base=over_base,
+        live_over_base=live_interval,
+        has_candidate=True,
+        live="v0001",
+    )[0]
+
+
+@pytest.mark.parametrize(
+    ("demote", "expected"),
+    [("significantly_below", "kept"), ("not_above", "demoted"), ("not_significantly_above", "demoted")],
+)
+def test_live_slightly_below_base_is_demoted_only_by_the_rules_that_ask_it_to_earn_its_place(demote, expected):
+    config = RefreshConfig(demote=demote)
+    assert _decide(config, 0.49, (-0.06, 0.04)) == expected  # below base, not significantly
+    assert _decide(config, 0.45, (-0.09, -0.01)) == "demoted"  # significantly below: every rule demotes
+
+
+@pytest.mark.parametrize(
+    ("demote", "expected"),
+    [("significantly_below", "kept"), ("not_above", "kept"), ("not_significantly_above", "demoted")],
+)
+def test_live_above_base_but_not_significantly(demote, expected):
+    assert _decide(RefreshConfig(demote=demote), 0.52, (-0.02, 0.06)) == expected
+    assert _decide(RefreshConfig(demote=demote), 0.60, (0.04, 0.16)) == "kept"  # significantly above: kept
+
+
+def test_a_winning_candidate_is_promoted_whatever_live_did_unless_it_must_beat_base_too():
+    winner = {"candidate": 0.52, "gain_interval": (0.01, 0.08), "over_base": (-0.03, 0.07)}
+    assert _decide(RefreshConfig(demote="not_above"), 0.47, (-0.08, 0.02), **winner) == "promoted"
+    # above live, but not significantly above the base model: refused; live is then judged on its own
+    old = RefreshConfig(demote="significantly_below", promote_over_base=True)
+    assert _decide(old, 0.47, (-0.08, 0.02), **winner) == "kept"
+    both = RefreshConfig(demote="not_above", promote_over_base=True)
+    assert _decide(both, 0.47, (-0.08, 0.02), **winner) == "demoted"
+    clear = {**winner, "over_base": (0.01, 0.05)}
+    assert _decide(both, 0.47, (-0.08, 0.02), **clear) == "promoted"
+
+
+def test_an_unknown_demote_rule_is_refused():
+    with pytest.raises(ValueError, match="demote must be one of"):
+        RefreshConfig(demote="sometimes")

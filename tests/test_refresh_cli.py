@@ -84,6 +84,8 @@ def test_refresh_exit_codes_without_training(tmp_path, day_of_traffic, monkeypat
     assert result.exit_code == EXIT_SOURCE and "log folder" in result.output and "unchanged" in result.output
     result = runner.invoke(app, [*args[:5], "--corpus", str(tmp_path / "no-corpus")])
     assert result.exit_code == EXIT_BAD_INPUT and "error:" in result.output
+    result = runner.invoke(app, [*args, "--demote", "sometimes"])
+    assert result.exit_code == EXIT_BAD_INPUT and "demote must be one of" in result.output
     result = runner.invoke(app, ["history", "--store", str(tmp_path / "store"), "--json"])
     records = [json.loads(line) for line in result.output.splitlines()]
     assert [r["action"] for r in records] == ["failed", "kept", "nothing_new", "failed"]

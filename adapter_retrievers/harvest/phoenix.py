@@ -31,6 +31,8 @@ from typing import Any
 
 from adapter_retrievers._files import atomic_writer
 
+# Phoenix refuses a GraphQL query with more than 50 aliases ("60 aliases found. Allowed: 50"): one alias per span
+GRAPHQL_ALIASES = 50
 _DOCUMENT_FIELDS = "spanId documentEvaluations { name label score explanation documentPosition annotatorKind metadata }"
 
 
@@ -139,8 +141,8 @@ class _Phoenix:
     def document_annotations(self, node_ids: list[str]) -> list[dict]:
         """Document annotations of spans (by GraphQL node id), in ``log_document_annotations``' shape."""
         out = []
-        for start in range(0, len(node_ids), 100):
-            chunk = node_ids[start : start + 100]
+        for start in range(0, len(node_ids), GRAPHQL_ALIASES):
+            chunk = node_ids[start : start + GRAPHQL_ALIASES]
             query = "query {" + "".join(
                 f' s{i}: node(id: "{n}") {{ ... on Span {{ {_DOCUMENT_FIELDS} }} }}' for i, n in enumerate(chunk)
             )

@@ -75,11 +75,8 @@ def _send_traffic(url: str, knowledge, queries: list[str], db_path, project: str
     from langchain_chroma import Chroma
     from langchain_core.documents import Document
     from langchain_core.runnables import RunnableLambda
-    from openinference.instrumentation.langchain import LangChainInstrumentor
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from adapter_retrievers.integrations.phoenix import trace_langchain
 
     store = Chroma(
         collection_name="phoenix-test",
@@ -93,16 +90,9 @@ def _send_traffic(url: str, knowledge, queries: list[str], db_path, project: str
             for n, (i, t) in enumerate(zip(knowledge.ids, knowledge.texts))
         ]
         store.add_documents(documents, ids=knowledge.ids)
-    provider = TracerProvider(resource=Resource.create({"openinference.project.name": project}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{url}/v1/traces")))
-    instrumentor = LangChainInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
     chain = store.as_retriever(search_kwargs={"k": 3}) | RunnableLambda(lambda docs: docs)
-    try:
+    with trace_langchain(url, project):
         results = [chain.invoke(q, config={"metadata": {"session_id": f"user-{n % 3}"}}) for n, q in enumerate(queries)]
-    finally:
-        instrumentor.uninstrument()
-        provider.shutdown()
     return results
 
 

@@ -74,3 +74,21 @@ def test_phoenix_project_without_spans_is_an_empty_night(phoenix_server, tmp_pat
     corpus = Corpus(["d1"], ["text"])
     outcome = refresh(tmp_path / "store", [PhoenixSource(phoenix_server, "no-such-project")], corpus, None)
     assert outcome.action == "kept" and "0 queries with pairs" in outcome.reason
+
+
+def test_more_annotated_spans_than_one_graphql_request_takes(phoenix_server, tmp_path):
+    """Phoenix allows 50 aliases per GraphQL query: document annotations of a 60-span page take two requests."""
+    from phoenix.client import Client
+
+    encoder = HashingEncoder(64, "test/hashing-64")
+    ids = [f"doc-{t}" for t in TOPICS]
+    texts = [f"notes on {t} and more {t}" for t in TOPICS]
+    app = SimpleNamespace(encoder=encoder, ids=ids, texts=texts)
+    queries = [f"question {n} on {t}" for n in range(4) for t in TOPICS][:60]
+    _send_traffic(phoenix_server, app, queries, tmp_path / "db", "many-spans")
+    client = Client(base_url=phoenix_server)
+    spans = _stored_retriever_spans(client, set(queries), "many-spans")
+    _click_first_results(client, spans, queries)
+    store = AdapterStore(tmp_path / "store")
+    outcome = refresh(store, [PhoenixSource(phoenix_server, "many-spans")], Corpus(ids, texts), encoder)
+    assert outcome.record["data"]["n_queries"] == len(queries)  # every click found, in one page of spans
