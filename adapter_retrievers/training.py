@@ -297,76 +297,65 @@ class AdapterTrainer:
         cross-validation for small sets). ``data_fingerprint`` names the data the caller started from.
         """
         with _limit_threads(self.config.threads):
-            return self._fit_vectors(train, train_vectors, validation, validation_vectors, corpus, data_fingerprint)
-
-    def _fit_vectors(
-        self,
-        train: TrainingSet,
-        train_vectors: np.ndarray,
-        validation: TrainingSet | None,
-        validation_vectors: np.ndarray | None,
-        corpus: Corpus,
-        data_fingerprint: str | None,
-    ) -> TrainingResult:
-        cfg = self.config
-        if corpus.embeddings is None:
-            raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
-        dim = corpus.embeddings.shape[1]
-        train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
-        split_name = "given validation set"
-        given_documents = train.documents
-        if validation is None:
-            if len(train) < 2:
-                raise ValueError("need at least 2 training queries to hold some out for validation")
-            if self._use_cross_validation(train):
-                return self._fit_cross_validated(train, train_vectors, corpus, data_fingerprint)
-            rows = {q: i for i, q in enumerate(train.query_ids)}
-            train, validation = self.validation_split(train)
-            validation_vectors = train_vectors[[rows[q] for q in validation.query_ids]]
-            train_vectors = train_vectors[[rows[q] for q in train.query_ids]]
-            split_name = _split_label(validation.name)
-        else:
-            _check_disjoint(train, validation)
-        validation_vectors = check_vectors(
-            validation_vectors, "validation query vectors", rows=len(validation), dimension=dim
-        )
-        if len(train) == 0 or len(validation) == 0:
-            raise ValueError(
-                "need at least one training and one validation query with a relevant document in the corpus"
+            cfg = self.config
+            if corpus.embeddings is None:
+                raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
+            dim = corpus.embeddings.shape[1]
+            train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
+            split_name = "given validation set"
+            given_documents = train.documents
+            if validation is None:
+                if len(train) < 2:
+                    raise ValueError("need at least 2 training queries to hold some out for validation")
+                if self._use_cross_validation(train):
+                    return self._fit_cross_validated(train, train_vectors, corpus, data_fingerprint)
+                rows = {q: i for i, q in enumerate(train.query_ids)}
+                train, validation = self.validation_split(train)
+                validation_vectors = train_vectors[[rows[q] for q in validation.query_ids]]
+                train_vectors = train_vectors[[rows[q] for q in train.query_ids]]
+                split_name = _split_label(validation.name)
+            else:
+                _check_disjoint(train, validation)
+            validation_vectors = check_vectors(
+                validation_vectors, "validation query vectors", rows=len(validation), dimension=dim
             )
-        model_id = self.model_id or "unknown-model"
-        started = time.perf_counter()
-        scorer = _Scorer(validation, validation_vectors, corpus, cfg.selection_metric, train.documents)
-        identity = QueryAdapter.identity(dim, model_id)
-        if cfg.solver == "procrustes":
-            candidates = iter([(1, float("nan"), self._procrustes(train, train_vectors, corpus, model_id))])
-            chosen = _select(candidates, [scorer], cfg)
-        else:
-            chosen = _best(
-                _select(self._train_epochs(train, train_vectors, corpus, model_id, config=option), [scorer], option)
-                for option in _negative_options(cfg)
+            if len(train) == 0 or len(validation) == 0:
+                raise ValueError(
+                    "need at least one training and one validation query with a relevant document in the corpus"
+                )
+            model_id = self.model_id or "unknown-model"
+            started = time.perf_counter()
+            scorer = _Scorer(validation, validation_vectors, corpus, cfg.selection_metric, train.documents)
+            identity = QueryAdapter.identity(dim, model_id)
+            if cfg.solver == "procrustes":
+                candidates = iter([(1, float("nan"), self._procrustes(train, train_vectors, corpus, model_id))])
+                chosen = _select(candidates, [scorer], cfg)
+            else:
+                chosen = _best(
+                    _select(self._train_epochs(train, train_vectors, corpus, model_id, config=option), [scorer], option)
+                    for option in _negative_options(cfg)
+                )
+            best_adapter, best_per_query = identity, scorer.base
+            if chosen.epoch:
+                best_adapter = blend(chosen.adapter, chosen.alpha)
+                best_per_query = chosen.per_query[0]
+            seconds = time.perf_counter() - started
+            decision = _decide(scorer.base, best_per_query, scorer.new, chosen, cfg, split_name)
+            if not decision["kept"]:
+                best_adapter = identity
+            report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
+            return self._result(
+                best_adapter,
+                report,
+                chosen,
+                decision,
+                seconds,
+                train,
+                len(validation),
+                corpus,
+                data_fingerprint,
+                given_documents | validation.documents,
             )
-        best_adapter, best_per_query = identity, scorer.base
-        if chosen.epoch:
-            best_adapter = blend(chosen.adapter, chosen.alpha)
-            best_per_query = chosen.per_query[0]
-        seconds = time.perf_counter() - started
-        decision = _decide(scorer.base, best_per_query, scorer.new, chosen, cfg, split_name)
-        if not decision["kept"]:
-            best_adapter = identity
-        report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
-        return self._result(
-            best_adapter,
-            report,
-            chosen,
-            decision,
-            seconds,
-            train,
-            len(validation),
-            corpus,
-            data_fingerprint,
-            given_documents | validation.documents,
-        )
 
     def _fit_cross_validated(
         self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, data_fingerprint: str | None

@@ -36,6 +36,7 @@ import numpy as np
 
 from adapter_retrievers import AdapterTrainer, Corpus, TrainingSet, compare
 from adapter_retrievers.evaluation import paired_bootstrap
+from adapters_scifact import VARIANTS as SCIFACT_VARIANTS
 from common import DATA, RESULTS, embedded_corpus, encoder, machine, query_vectors
 
 LANGUAGES = ("es", "de", "zh", "ar")
@@ -58,20 +59,7 @@ VARIANTS: dict[str, dict] = {
 }
 # the SciFact ablation rows (kinds, losses, negatives), each on top of today's default, so every row gets
 # the seen/new columns: `--variants ablation`
-ABLATION: dict[str, dict] = {
-    "ablation: 256 random negatives": {"negatives": 256},
-    "ablation: 32 random negatives": {"negatives": 32},
-    "ablation: 5 random negatives": {"negatives": 5},
-    "ablation: in-batch negatives only": {"negatives": 0},
-    "ablation: triplet, 5 random negatives (Chroma report's loss)": {"loss": "triplet", "negatives": 5},
-    "ablation: triplet, all negatives": {"loss": "triplet"},
-    "ablation: mse_cosine, 5 random negatives": {"loss": "mse_cosine", "negatives": 5, "in_batch_negatives": False},
-    "ablation: low_rank r=32": {"kind": "low_rank", "rank": 32},
-    "ablation: low_rank r=8": {"kind": "low_rank", "rank": 8},
-    "ablation: orthogonal": {"kind": "orthogonal"},
-    "ablation: orthogonal, Procrustes closed form": {"kind": "orthogonal", "solver": "procrustes"},
-    "ablation: residual_mlp h=256": {"kind": "residual_mlp"},
-}
+ABLATION = {f"ablation: {name}": overrides for name, overrides in SCIFACT_VARIANTS.items() if overrides}
 VARIANTS.update(ABLATION)
 CURVE_SIZES = (25, 50, 100, 200, 400, 919)
 
