@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import re
 
 import numpy as np
@@ -74,3 +76,28 @@ def embedding_cache(request, tmp_path_factory):
     data once per machine, not once per run."""
     cache = getattr(request.config, "cache", None)
     return cache.mkdir("embeddings") if cache is not None else tmp_path_factory.mktemp("embeddings")
+
+
+@contextlib.contextmanager
+def langchain_spans():
+    """Real OpenInference spans of every LangChain run in the block, kept in memory: yields the exporter."""
+    pytest.importorskip("openinference.instrumentation.langchain")
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = LangChainInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield exporter
+    finally:
+        instrumentor.uninstrument()
+
+
+def write_spans(spans, path) -> None:
+    """Spans as the OpenTelemetry SDK serialises them, one JSON object a line."""
+    path.write_text("".join(json.dumps(json.loads(s.to_json())) + "\n" for s in spans))

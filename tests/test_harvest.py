@@ -9,6 +9,7 @@ import pytest
 from adapter_retrievers import Corpus
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.harvest import SignalPolicy, content_hash, harvest
+from conftest import langchain_spans, write_spans
 
 TEXTS = {f"d{i}": f"document number {i} about topic {i}" for i in range(10)}
 
@@ -129,23 +130,10 @@ def test_langchain_capture_handler(tmp_path, corpus):
 
 def _emit_openinference_spans(query_texts):
     """Real spans from openinference-instrumentation-langchain around a real LangChain retriever."""
-    pytest.importorskip("openinference.instrumentation.langchain")
-    from openinference.instrumentation.langchain import LangChainInstrumentor
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = LangChainInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
-    try:
+    with langchain_spans() as exporter:
         retriever = _langchain_store().as_retriever(search_kwargs={"k": 2})
         for q in query_texts:
             retriever.invoke(q, config={"metadata": {"session_id": "sess-1"}})
-    finally:
-        instrumentor.uninstrument()
     return exporter.get_finished_spans()
 
 
@@ -155,7 +143,7 @@ def test_openinference_sdk_and_otlp_json(tmp_path, corpus):
     assert len(retriever_spans) == 2
     assert "retrieval.documents.0.document.id" not in retriever_spans[0].attributes  # as the issue says
     sdk = tmp_path / "spans.jsonl"
-    sdk.write_text("".join(json.dumps(json.loads(s.to_json())) + "\n" for s in spans))
+    write_spans(spans, sdk)
     # Phoenix-style document annotation: the first document of the first span is relevant, the second is not
     first_span = format(retriever_spans[0].context.span_id, "016x")
     annotations = tmp_path / "annotations.jsonl"

@@ -12,6 +12,7 @@ from adapter_retrievers.data import ReadReport
 from adapter_retrievers.harvest import harvest, read_traces
 from adapter_retrievers.registry import AdapterRegistry, StoreFollower
 from adapter_retrievers.store import AdapterStore
+from conftest import langchain_spans, write_spans
 
 MODEL = "test/fake-16"
 DIM = 16
@@ -183,30 +184,17 @@ def test_capture_records_the_serving_version_and_harvest_keeps_it(store, tmp_pat
 
 
 def test_openinference_spans_carry_the_serving_version(store):
-    pytest.importorskip("openinference.instrumentation.langchain")
-    from openinference.instrumentation.langchain import LangChainInstrumentor
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
     from adapter_retrievers.harvest.records import LoggedRetrieval
     from adapter_retrievers.integrations.langchain import AdapterRetriever
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = LangChainInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
     registry = AdapterRegistry.from_store(store, MODEL, DIM, check_interval=0)
     retriever = AdapterRetriever(vectorstore=_vectorstore(), embeddings=_fake_embeddings(), adapter=registry, k=2)
-    try:
+    with langchain_spans() as exporter:
         retriever.invoke("what about subject 3")
         store.promote("v0003")
         retriever.invoke("what about subject 4")
-    finally:
-        instrumentor.uninstrument()
     path = store.root / "spans.jsonl"
-    path.write_text("".join(json.dumps(json.loads(s.to_json())) + "\n" for s in exporter.get_finished_spans()))
+    write_spans(exporter.get_finished_spans(), path)
     items = [i for i in read_traces([path], "openinference", ReadReport()) if isinstance(i, LoggedRetrieval)]
     assert [(i.query, i.adapter_version) for i in items] == [
         ("what about subject 3", "v0001"),
