@@ -33,10 +33,15 @@ class LookupEncoder:
         return self.embed_queries(texts)
 
 
-@pytest.fixture
-def task():
+def make_task():
+    """A 300-document corpus and an encoder that looks up each query's vector: ``(corpus, encoder)``."""
     corpus, _, queries = make_rotation_task(n_docs=300)
     return corpus, LookupEncoder(queries, corpus.embeddings)
+
+
+@pytest.fixture
+def task():
+    return make_task()
 
 
 def log_day(log, day, indices, poisoned=False, seed=0):

@@ -17,7 +17,7 @@ import pytest
 
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.store import AdapterStore, StoreLocked
-from test_refresh import log_day, run
+from test_refresh import log_day, make_task, run
 
 TESTS = Path(__file__).resolve().parent
 
@@ -26,7 +26,7 @@ CHILD = """
 import os, sys, time
 from pathlib import Path
 sys.path[:0] = [{tests!r}]
-from test_refresh import make_rotation_task, LookupEncoder, run
+from test_refresh import make_task, run
 tmp, phase = Path(sys.argv[1]), sys.argv[2]
 
 def block(*args, **kwargs):
@@ -38,9 +38,15 @@ if phase == "training":
     training.AdapterTrainer.fit_vectors = block
 else:  # "save": the version folder is fully written, the rename that publishes it is next
     os.rename = block
-corpus, _, queries = make_rotation_task(n_docs=300)
-run(tmp, (corpus, LookupEncoder(queries, corpus.embeddings)), 1)
+run(tmp, make_task(), 1)
 """
+
+
+def first_night(tmp_path):
+    """The task, the RAG log with day 0's traffic, and the (empty) store: ``(task, log, store)``."""
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    log_day(log, 0, range(0, 100))
+    return make_task(), log, AdapterStore(tmp_path / "store")
 
 
 def start_child(tmp_path, phase):
@@ -58,13 +64,7 @@ def start_child(tmp_path, phase):
 
 @pytest.mark.parametrize("phase", ["training", "save"])
 def test_a_run_killed_midway_leaves_live_and_the_next_run_proceeds(tmp_path, phase):
-    from test_refresh import LookupEncoder, make_rotation_task
-
-    corpus, _, queries = make_rotation_task(n_docs=300)
-    task = (corpus, LookupEncoder(queries, corpus.embeddings))
-    log = RetrievalLog(tmp_path / "rag-log.jsonl")
-    store = AdapterStore(tmp_path / "store")
-    log_day(log, 0, range(0, 100))
+    task, log, store = first_night(tmp_path)
     assert run(tmp_path, task, 0).action == "promoted"
     log_day(log, 1, range(100, 200))
     history = store.history()
@@ -91,13 +91,7 @@ def test_a_run_killed_midway_leaves_live_and_the_next_run_proceeds(tmp_path, pha
 
 
 def test_disk_full_while_saving_a_version(tmp_path, monkeypatch):
-    from test_refresh import LookupEncoder, make_rotation_task
-
-    corpus, _, queries = make_rotation_task(n_docs=300)
-    task = (corpus, LookupEncoder(queries, corpus.embeddings))
-    log = RetrievalLog(tmp_path / "rag-log.jsonl")
-    store = AdapterStore(tmp_path / "store")
-    log_day(log, 0, range(0, 100))
+    task, _, store = first_night(tmp_path)
     real_open = io.open
 
     class FullDisk:
