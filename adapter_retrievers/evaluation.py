@@ -140,15 +140,18 @@ def score_vectors(
                 position.append(corpus.position(doc_id))
                 grade.append(g)
     owner_arr, position_arr = np.array(owner, dtype=np.int64), np.array(position, dtype=np.int64)
+    bounds = np.searchsorted(owner_arr, np.arange(len(q) + 1))  # each query's slice of the pairs
     rank = np.empty(len(owner), dtype=np.float64)
     columns = np.arange(docs.shape[0])
-    for start in range(0, len(owner), batch_size):
-        rows, where = owner_arr[start : start + batch_size], position_arr[start : start + batch_size]
-        scores = q[rows] @ docs.T
-        own = scores[np.arange(len(rows)), where][:, None]
-        tied_before = (scores == own) & (columns[None, :] < where[:, None])
-        rank[start : start + batch_size] = (scores > own).sum(axis=1) + tied_before.sum(axis=1)
-    bounds = np.searchsorted(owner_arr, np.arange(len(q) + 1))
+    for start in range(0, len(q), batch_size):
+        scores = q[start : start + batch_size] @ docs.T  # once per query, however many relevant documents
+        first, last = bounds[start], bounds[min(start + batch_size, len(q))]
+        for lo in range(first, last, batch_size):
+            hi = min(lo + batch_size, last)
+            mine, where = scores[owner_arr[lo:hi] - start], position_arr[lo:hi]
+            own = mine[np.arange(hi - lo), where][:, None]
+            tied_before = (mine == own) & (columns[None, :] < where[:, None])
+            rank[lo:hi] = (mine > own).sum(axis=1) + tied_before.sum(axis=1)
     grades = np.array(grade, dtype=np.float64)
     ranks = [rank[bounds[i] : bounds[i + 1]] for i in range(len(q))]
     return RetrievalScores(

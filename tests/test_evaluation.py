@@ -179,6 +179,8 @@ def test_score_vectors_matches_metrics_of_the_sorted_ranking():
     q = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     rankings = [[f"d{j}" for j in np.argsort(-(row @ unit.T), kind="stable")] for row in q]
     expected = ranking_metrics(rankings, [relevant[q] for q in queries.query_ids], metrics)
+    batched = score_vectors(vectors, queries, corpus, metrics, batch_size=4)  # queries and pairs in chunks
     for name in metrics:
         np.testing.assert_allclose(scores.per_query[name], expected[name], atol=1e-12)
+        np.testing.assert_array_equal(batched.per_query[name], scores.per_query[name])
     assert rankings[0][:2] == ["d3", "d7"] and scores.per_query["mrr@10"][0] == 1.0
