@@ -13,13 +13,14 @@ instead of one small validation split, then refit on all pairs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -41,6 +42,7 @@ Loss = Literal["infonce", "triplet", "mse_cosine"]
 LOSSES = ("infonce", "triplet", "mse_cosine")
 ValidationSplit = Literal["document", "query", "both"]
 Negatives = int | Literal["all"]
+T = TypeVar("T")
 VALIDATION_SPLITS = ("document", "query", "both")
 BLENDABLE = ("linear", "low_rank", "residual_mlp")
 
@@ -201,6 +203,35 @@ class TrainingResult:
         plot_history(self.history, self.config.selection_metric, path)
 
 
+def _thread_limited(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a trainer method under its config's thread limit (see ``TrainingConfig.threads``)."""
+
+    @functools.wraps(method)
+    def limited(self: AdapterTrainer, *args: Any, **kwargs: Any) -> T:
+        with _limit_threads(self.config.threads):
+            return method(self, *args, **kwargs)
+
+    return limited
+
+
+@contextlib.contextmanager
+def _limit_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch and BLAS threads (numpy's scoring), then restore the caller's settings."""
+    if threads is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class AdapterTrainer:
     """Fit a query adapter.
 
@@ -282,6 +313,7 @@ class AdapterTrainer:
         cfg = self.config
         return bool(cfg.cv_below_queries) and len(train) < cfg.cv_below_queries and cfg.solver == "gradient"
 
+    @_thread_limited
     def fit_vectors(
         self,
         train: TrainingSet,
@@ -296,66 +328,65 @@ class AdapterTrainer:
         ``validation=None``: hold out validation from ``train`` as :meth:`fit` does (k-fold
         cross-validation for small sets). ``data_fingerprint`` names the data the caller started from.
         """
-        with _limit_threads(self.config.threads):
-            cfg = self.config
-            if corpus.embeddings is None:
-                raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
-            dim = corpus.embeddings.shape[1]
-            train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
-            split_name = "given validation set"
-            given_documents = train.documents
-            if validation is None:
-                if len(train) < 2:
-                    raise ValueError("need at least 2 training queries to hold some out for validation")
-                if self._use_cross_validation(train):
-                    return self._fit_cross_validated(train, train_vectors, corpus, data_fingerprint)
-                rows = {q: i for i, q in enumerate(train.query_ids)}
-                train, validation = self.validation_split(train)
-                validation_vectors = train_vectors[[rows[q] for q in validation.query_ids]]
-                train_vectors = train_vectors[[rows[q] for q in train.query_ids]]
-                split_name = _split_label(validation.name)
-            else:
-                _check_disjoint(train, validation)
-            validation_vectors = check_vectors(
-                validation_vectors, "validation query vectors", rows=len(validation), dimension=dim
+        cfg = self.config
+        if corpus.embeddings is None:
+            raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
+        dim = corpus.embeddings.shape[1]
+        train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
+        split_name = "given validation set"
+        given_documents = train.documents
+        if validation is None:
+            if len(train) < 2:
+                raise ValueError("need at least 2 training queries to hold some out for validation")
+            if self._use_cross_validation(train):
+                return self._fit_cross_validated(train, train_vectors, corpus, data_fingerprint)
+            rows = {q: i for i, q in enumerate(train.query_ids)}
+            train, validation = self.validation_split(train)
+            validation_vectors = train_vectors[[rows[q] for q in validation.query_ids]]
+            train_vectors = train_vectors[[rows[q] for q in train.query_ids]]
+            split_name = _split_label(validation.name)
+        else:
+            _check_disjoint(train, validation)
+        validation_vectors = check_vectors(
+            validation_vectors, "validation query vectors", rows=len(validation), dimension=dim
+        )
+        if len(train) == 0 or len(validation) == 0:
+            raise ValueError(
+                "need at least one training and one validation query with a relevant document in the corpus"
             )
-            if len(train) == 0 or len(validation) == 0:
-                raise ValueError(
-                    "need at least one training and one validation query with a relevant document in the corpus"
-                )
-            model_id = self.model_id or "unknown-model"
-            started = time.perf_counter()
-            scorer = _Scorer(validation, validation_vectors, corpus, cfg.selection_metric, train.documents)
-            identity = QueryAdapter.identity(dim, model_id)
-            if cfg.solver == "procrustes":
-                candidates = iter([(1, float("nan"), self._procrustes(train, train_vectors, corpus, model_id))])
-                chosen = _select(candidates, [scorer], cfg)
-            else:
-                chosen = _best(
-                    _select(self._train_epochs(train, train_vectors, corpus, model_id, config=option), [scorer], option)
-                    for option in _negative_options(cfg)
-                )
-            best_adapter, best_per_query = identity, scorer.base
-            if chosen.epoch:
-                best_adapter = blend(chosen.adapter, chosen.alpha)
-                best_per_query = chosen.per_query[0]
-            seconds = time.perf_counter() - started
-            decision = _decide(scorer.base, best_per_query, scorer.new, chosen, cfg, split_name)
-            if not decision["kept"]:
-                best_adapter = identity
-            report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
-            return self._result(
-                best_adapter,
-                report,
-                chosen,
-                decision,
-                seconds,
-                train,
-                len(validation),
-                corpus,
-                data_fingerprint,
-                given_documents | validation.documents,
+        model_id = self.model_id or "unknown-model"
+        started = time.perf_counter()
+        scorer = _Scorer(validation, validation_vectors, corpus, cfg.selection_metric, train.documents)
+        identity = QueryAdapter.identity(dim, model_id)
+        if cfg.solver == "procrustes":
+            candidates = iter([(1, float("nan"), self._procrustes(train, train_vectors, corpus, model_id))])
+            chosen = _select(candidates, [scorer], cfg)
+        else:
+            chosen = _best(
+                _select(self._train_epochs(train, train_vectors, corpus, model_id, config=option), [scorer], option)
+                for option in _negative_options(cfg)
             )
+        best_adapter, best_per_query = identity, scorer.base
+        if chosen.epoch:
+            best_adapter = blend(chosen.adapter, chosen.alpha)
+            best_per_query = chosen.per_query[0]
+        seconds = time.perf_counter() - started
+        decision = _decide(scorer.base, best_per_query, scorer.new, chosen, cfg, split_name)
+        if not decision["kept"]:
+            best_adapter = identity
+        report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
+        return self._result(
+            best_adapter,
+            report,
+            chosen,
+            decision,
+            seconds,
+            train,
+            len(validation),
+            corpus,
+            data_fingerprint,
+            given_documents | validation.documents,
+        )
 
     def _fit_cross_validated(
         self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, data_fingerprint: str | None
@@ -599,24 +630,6 @@ class AdapterTrainer:
                 yield epoch, mean_loss, module.export()
         finally:
             bar.close()
-
-
-@contextlib.contextmanager
-def _limit_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch and BLAS threads (numpy's scoring), then restore the caller's settings."""
-    if threads is None:
-        yield
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_disjoint(train: TrainingSet, validation: TrainingSet) -> None:

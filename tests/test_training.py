@@ -298,3 +298,28 @@ def test_a_tuple_of_negatives_is_a_selection_grid(task):
     assert result.adapter.metadata["validation"]["negatives"] in ("all", 4)
     with pytest.raises(ValueError, match="negatives"):
         AdapterTrainer(negatives=("all", -1))
+
+
+def test_training_runs_on_the_configured_threads_and_restores_the_callers(task, monkeypatch):
+    import torch
+
+    seen = []
+    original = AdapterTrainer._train_epochs
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        yield from original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AdapterTrainer, "_train_epochs", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit(task, epochs=2, threads=1, require_significant_gain=False)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        fit(task, epochs=2, threads=None, require_significant_gain=False)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads"):
+        AdapterTrainer(threads=0)
