@@ -97,36 +97,25 @@ def build_vectorstore(corpus: Corpus, enc, tmp: Path):
     import chromadb
     from langchain_chroma import Chroma
 
+    from adapter_retrievers.integrations.langchain import EncoderEmbeddings
+
     client = chromadb.PersistentClient(path=str(tmp / "chroma"))
     vectorstore = Chroma(
         client=client,
         collection_name="xquad-en",
-        embedding_function=_embeddings(enc),
+        embedding_function=EncoderEmbeddings(enc),
         collection_configuration={"hnsw": {"space": "cosine"}},
     )
     vectorstore.add_texts(corpus.texts, ids=corpus.ids, metadatas=[{"doc_id": i} for i in corpus.ids])
     return vectorstore
 
 
-def _embeddings(enc):
-    from langchain_core.embeddings import Embeddings
-
-    class MiniLM(Embeddings):
-        def embed_documents(self, texts):
-            return enc.embed_documents(texts).tolist()
-
-        def embed_query(self, text):
-            return enc.embed_queries([text])[0].tolist()
-
-    return MiniLM()
-
-
 def build_chain(vectorstore, enc, registry: AdapterRegistry):
     from langchain_core.runnables import RunnableLambda
 
-    from adapter_retrievers.integrations.langchain import AdapterRetriever
+    from adapter_retrievers.integrations.langchain import AdapterRetriever, EncoderEmbeddings
 
-    retriever = AdapterRetriever(vectorstore=vectorstore, embeddings=_embeddings(enc), adapter=registry, k=SHOWN)
+    retriever = AdapterRetriever(vectorstore=vectorstore, embeddings=EncoderEmbeddings(enc), adapter=registry, k=SHOWN)
     # the LLM is the one part that cannot run here: an extractive stand-in answers from the top paragraph
     answer = RunnableLambda(lambda docs: {"answer": docs[0].page_content[:200], "sources": [d.id for d in docs]})
     return retriever | answer

@@ -56,19 +56,6 @@ class Traffic:
     n_spans: int = 0  # every span Phoenix stored (chains too)
 
 
-def _embeddings(encoder):
-    from langchain_core.embeddings import Embeddings
-
-    class HashingEmbeddings(Embeddings):
-        def embed_documents(self, texts):
-            return encoder.embed_documents(texts).tolist()
-
-        def embed_query(self, text):
-            return encoder.embed_queries([text])[0].tolist()
-
-    return HashingEmbeddings()
-
-
 def _send_traffic(url: str, knowledge, queries: list[str], db_path, project: str = PROJECT) -> list[list]:
     """Run a LangChain chain (Chroma retriever -> answer) per query with OpenInference tracing to Phoenix."""
     import chromadb
@@ -76,11 +63,12 @@ def _send_traffic(url: str, knowledge, queries: list[str], db_path, project: str
     from langchain_core.documents import Document
     from langchain_core.runnables import RunnableLambda
 
+    from adapter_retrievers.integrations.langchain import EncoderEmbeddings
     from adapter_retrievers.integrations.phoenix import trace_langchain
 
     store = Chroma(
         collection_name="phoenix-test",
-        embedding_function=_embeddings(knowledge.encoder),
+        embedding_function=EncoderEmbeddings(knowledge.encoder),
         client=chromadb.PersistentClient(path=str(db_path)),
     )
     if not store.get(limit=1)["ids"]:
