@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,24 @@ def score_vectors(
     q = np.asarray(query_vectors, dtype=np.float32)
     if cosine:
         q = normalize_rows(q)
+    (per_query,) = rank_metrics(queries, corpus, lambda start, stop: [q[start:stop] @ docs.T], metrics, batch_size)
+    return RetrievalScores(list(queries.query_ids), per_query)
+
+
+def rank_metrics(
+    queries: TrainingSet,
+    corpus: Corpus,
+    scores: Callable[[int, int], Sequence[np.ndarray]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    batch_size: int = 256,
+) -> list[dict[str, np.ndarray]]:
+    """Per-query metrics of one or more systems, from their scores over the whole corpus.
+
+    ``scores(start, stop)`` returns one ``(stop - start, len(corpus))`` matrix per system for the queries
+    ``start:stop`` (``queries`` order); it is called batch by batch, so no system's full matrix is held.
+    Several systems share one call when their scores share work (the trainer's blend factors are
+    mixtures of two matrices). Ties are broken by corpus order, as a stable sort would.
+    """
     # one row per (query, relevant document): its rank is the number of documents scoring above it
     owner, position, grade = [], [], []
     for row, query_id in enumerate(queries.query_ids):
@@ -139,25 +157,31 @@ def score_vectors(
                 owner.append(row)
                 position.append(corpus.position(doc_id))
                 grade.append(g)
+    n_queries = len(queries.query_ids)
     owner_arr, position_arr = np.array(owner, dtype=np.int64), np.array(position, dtype=np.int64)
-    bounds = np.searchsorted(owner_arr, np.arange(len(q) + 1))  # each query's slice of the pairs
-    rank = np.empty(len(owner), dtype=np.float64)
-    columns = np.arange(docs.shape[0])
-    for start in range(0, len(q), batch_size):
-        scores = q[start : start + batch_size] @ docs.T  # once per query, however many relevant documents
-        first, last = bounds[start], bounds[min(start + batch_size, len(q))]
-        for lo in range(first, last, batch_size):
-            hi = min(lo + batch_size, last)
-            mine, where = scores[owner_arr[lo:hi] - start], position_arr[lo:hi]
-            own = mine[np.arange(hi - lo), where][:, None]
-            tied_before = (mine == own) & (columns[None, :] < where[:, None])
-            rank[lo:hi] = (mine > own).sum(axis=1) + tied_before.sum(axis=1)
+    bounds = np.searchsorted(owner_arr, np.arange(n_queries + 1))  # each query's slice of the pairs
+    ranks: list[np.ndarray] = []
+    columns = np.arange(len(corpus))
+    for start in range(0, n_queries, batch_size):
+        stop = min(start + batch_size, n_queries)
+        first, last = bounds[start], bounds[stop]
+        for system, matrix in enumerate(scores(start, stop)):  # once per query, however many relevant documents
+            if system == len(ranks):
+                ranks.append(np.empty(len(owner), dtype=np.float64))
+            for lo in range(first, last, batch_size):
+                hi = min(lo + batch_size, last)
+                mine, where = matrix[owner_arr[lo:hi] - start], position_arr[lo:hi]
+                own = mine[np.arange(hi - lo), where][:, None]
+                tied_before = (mine == own) & (columns[None, :] < where[:, None])
+                ranks[system][lo:hi] = (mine > own).sum(axis=1) + tied_before.sum(axis=1)
     grades = np.array(grade, dtype=np.float64)
-    ranks = [rank[bounds[i] : bounds[i + 1]] for i in range(len(q))]
-    return RetrievalScores(
-        list(queries.query_ids),
-        metrics_from_ranks(ranks, [grades[bounds[i] : bounds[i + 1]] for i in range(len(q))], metrics),
-    )
+    per_query_grades = [grades[bounds[i] : bounds[i + 1]] for i in range(n_queries)]
+    if not ranks:  # no queries: one empty result per system is unknowable, so ask for one batch's count
+        ranks = [np.empty(0)] * len(scores(0, 0))
+    return [
+        metrics_from_ranks([rank[bounds[i] : bounds[i + 1]] for i in range(n_queries)], per_query_grades, metrics)
+        for rank in ranks
+    ]
 
 
 def paired_bootstrap(

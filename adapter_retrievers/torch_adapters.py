@@ -77,11 +77,12 @@ def pair_loss(
     name: str,
     scores: torch.Tensor,
     target: torch.Tensor,
-    valid: torch.Tensor,
+    valid: torch.Tensor | None,
     temperature: float = 0.05,
     margin: float = 0.2,
 ) -> torch.Tensor:
-    """Loss over candidate scores ``(batch, m)``: column ``target`` is the positive, ``valid`` masks the rest.
+    """Loss over candidate scores ``(batch, m)``: column ``target`` is the positive, ``valid`` masks the rest
+    (``None``: every candidate is valid).
 
     - ``infonce``: cross-entropy of the positive against all valid candidates (multiple-negatives
       ranking loss, as sentence-transformers and LlamaIndex use), scores divided by ``temperature``.
@@ -89,13 +90,13 @@ def pair_loss(
     - ``mse_cosine``: squared error of cosine to label +1 (positive) and −1 (negative), as in the
       Chroma report and the OpenAI cookbook.
     """
+    if name == "infonce":
+        logits = scores / temperature
+        return F.cross_entropy(logits if valid is None else logits.masked_fill(~valid, float("-inf")), target)
     rows = torch.arange(scores.shape[0], device=scores.device)
     positive = scores[rows, target]
-    negative_mask = valid.clone()
+    negative_mask = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.clone()
     negative_mask[rows, target] = False
-    if name == "infonce":
-        logits = (scores / temperature).masked_fill(~valid, float("-inf"))
-        return F.cross_entropy(logits, target)
     n_neg = negative_mask.sum(dim=1).clamp(min=1)
     if name == "triplet":
         hinge = F.relu(margin - positive[:, None] + scores) * negative_mask

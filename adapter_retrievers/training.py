@@ -33,6 +33,7 @@ from adapter_retrievers.evaluation import (
     document_groups,
     normalize_rows,
     paired_bootstrap,
+    rank_metrics,
     score_vectors,
 )
 
@@ -63,6 +64,11 @@ class TrainingConfig:
     ``require_significant_gain``: keep the best epoch only if its validation gain over the base model
     is above zero at the ``significance`` level (paired bootstrap over validation queries); otherwise
     return the identity. A gain that validation cannot tell from noise is not worth shipping.
+    ``non_inferiority_margin``: when every validation query is about a new document (k-fold folds and
+    ``validation_split="document"``), validation cannot see the gain on documents with traffic, the
+    largest in every benchmark, only what the adapter costs the others; the gate then keeps the adapter
+    when it beat the base model on validation and the interval's lower bound is above minus this margin
+    (not worse on new documents, within the margin). ``None``: require a significant gain there too.
     ``validation_split``: how validation queries are held out when none are given: ``"document"``
     (whole groups of queries that share relevant documents: every validation query is about a "new"
     document), ``"query"`` (random queries: mostly "seen" documents), or ``"both"`` (half of
@@ -111,6 +117,7 @@ class TrainingConfig:
     selection_metric: str = "ndcg@10"
     require_significant_gain: bool = True
     significance: float = 0.9
+    non_inferiority_margin: float | None = 0.01
     validation_split: ValidationSplit = "both"
     protect_new_documents: bool = True
     cv_below_queries: int = 300
@@ -148,6 +155,8 @@ class TrainingConfig:
             raise ValueError("cv_folds must be >= 2")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1 or None")
+        if self.non_inferiority_margin is not None and self.non_inferiority_margin < 0:
+            raise ValueError("non_inferiority_margin must be >= 0 or None")
         if self.consistency_documents < 2:
             raise ValueError("consistency_documents must be >= 2")
         for name in ("identity_weight", "consistency_weight"):
@@ -192,6 +201,8 @@ class TrainingResult:
         )
         if d.get("n_new"):
             line += f"; on {d['n_new']} queries about new documents {d['new_gain']:+.4f}"
+        if d.get("test", "").startswith("not worse"):  # validation saw no query about a document with traffic
+            line += f"; tested: not worse than the base model by more than {self.config.non_inferiority_margin}"
         if d.get("reason"):
             line += f" ({d['reason']})"
         return line
@@ -534,7 +545,9 @@ class AdapterTrainer:
             cfg.kind, vectors.shape[1], model_id, rank=cfg.rank, hidden=cfg.hidden, seed=cfg.seed
         )
         module = TorchAdapter(start, train_bias=cfg.bias).to(device)
-        optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate)
+        optimizer = torch.optim.Adam(
+            [p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate, fused=device.type == "cpu"
+        )
 
         docs = torch.from_numpy(corpus.normalized_embeddings()).to(device)
         queries = torch.from_numpy(vectors).to(device)
@@ -595,25 +608,28 @@ class AdapterTrainer:
                     )
                     if candidates is None:  # every document is a candidate
                         scores = adapted @ candidate_docs.T
-                    else:
-                        cand = candidate_docs[torch.from_numpy(candidates).to(device)]
+                    else:  # each row's own candidates, then the batch's positives (the same for every row)
+                        own = candidates.shape[1] - (len(batch) if cfg.in_batch_negatives else 0)
+                        cand = _rows(candidate_docs, candidates[:, :own], device).view(len(batch), own, -1)
                         scores = torch.einsum("bd,bmd->bm", adapted, cand)
+                        if cfg.in_batch_negatives:
+                            scores = torch.cat([scores, adapted @ _rows(candidate_docs, d_idx, device).T], dim=1)
                     loss = pair_loss(
                         cfg.loss,
                         scores,
                         torch.from_numpy(target).to(device),
-                        torch.from_numpy(mask).to(device),
+                        None if mask is None else torch.from_numpy(mask).to(device),
                         temperature=cfg.temperature,
                         margin=cfg.margin,
                     )
                     if cfg.identity_weight:
                         loss = loss + cfg.identity_weight * module.distance_from_start()
                     if cfg.consistency_weight:
-                        pseudo = docs[torch.from_numpy(rng.integers(0, n_docs, cfg.consistency_batch)).to(device)]
+                        pseudo = _rows(docs, rng.integers(0, n_docs, cfg.consistency_batch), device)
                         ref = reference
                         if ref is None:
                             sample = rng.choice(n_docs, cfg.consistency_documents, replace=False)
-                            ref = docs[torch.from_numpy(sample).to(device)]
+                            ref = _rows(docs, sample, device)
                         loss = loss + cfg.consistency_weight * consistency_loss(
                             module(pseudo), pseudo, ref, cfg.temperature
                         )
@@ -630,6 +646,13 @@ class AdapterTrainer:
                 yield epoch, mean_loss, module.export()
         finally:
             bar.close()
+
+
+def _rows(matrix: Any, rows: np.ndarray, device: Any) -> Any:
+    """``matrix[rows]`` for a torch matrix and numpy row numbers (flattened; ``index_select`` copies fastest)."""
+    import torch
+
+    return matrix.index_select(0, torch.from_numpy(np.ascontiguousarray(rows).reshape(-1)).to(device))
 
 
 def _check_disjoint(train: TrainingSet, validation: TrainingSet) -> None:
@@ -663,6 +686,9 @@ def blend(adapter: QueryAdapter, alpha: float) -> QueryAdapter:
     return type(adapter)(adapter.dimension, adapter.base_model, p, adapter.normalize, dict(adapter.metadata))
 
 
+_CACHED_SCORES = 1 << 24  # validation x corpus scores kept across epochs up to this many (64 MB of float32)
+
+
 class _Scorer:
     """Per-query selection metric of candidates on one validation set; knows which queries are about new docs."""
 
@@ -671,10 +697,34 @@ class _Scorer:
         groups = document_groups(queries, seen)
         self.new = np.array([groups[q] == "new" for q in queries.query_ids], dtype=bool)
         self.base = self(None)
+        self._base_scores: np.ndarray | None = None
 
     def __call__(self, adapter: QueryAdapter | None) -> np.ndarray:
         vectors = self.vectors if adapter is None else adapter.transform(self.vectors)
         return score_vectors(vectors, self.queries, self.corpus, (self.metric,)).per_query[self.metric]
+
+    def blends(self, adapter: QueryAdapter, alphas: Sequence[float]) -> dict[float, np.ndarray]:
+        """Per-query scores of ``blend(adapter, alpha)`` for each alpha, from two matrix products in all.
+
+        Before its final normalisation a blended adapter maps ``x`` to ``alpha * f(x) + (1 - alpha) * x``
+        (see :func:`blend`), and cosine ranking ignores the query's length, so every blend factor ranks by
+        ``alpha * (f(x) . d) + (1 - alpha) * (x . d)``.
+        """
+        if list(alphas) == [1.0] or adapter.kind not in BLENDABLE:
+            return {alpha: self(blend(adapter, alpha)) for alpha in alphas}
+        docs = self.corpus.normalized_embeddings()
+        x = np.asarray(self.vectors, dtype=np.float32)
+        mapped = adapter._apply(x)  # f(x), not yet normalised
+        if self._base_scores is None and x.shape[0] * docs.shape[0] <= _CACHED_SCORES:
+            self._base_scores = x @ docs.T  # the same every epoch: computed once when it is small
+
+        def scores(start: int, stop: int) -> list[np.ndarray]:
+            adapted = mapped[start:stop] @ docs.T
+            base = x[start:stop] @ docs.T if self._base_scores is None else self._base_scores[start:stop]
+            return [alpha * adapted + (1 - alpha) * base for alpha in alphas]
+
+        per_system = rank_metrics(self.queries, self.corpus, scores, (self.metric,))
+        return {alpha: result[self.metric] for alpha, result in zip(alphas, per_system)}
 
 
 @dataclass
@@ -719,13 +769,13 @@ def _select(candidates: Any, scorers: list[_Scorer], cfg: TrainingConfig) -> _Ch
     scorer = scorers[0]
     metric = cfg.selection_metric
     base_score = float(scorer.base.mean())
-    choice = _Choice(score=base_score, per_query=[scorer.base])
-    choice.history.append({"epoch": 0, "train_loss": float("nan"), metric: base_score})
+    history = [{"epoch": 0, "train_loss": float("nan"), metric: base_score}]
+    choice = _Choice(score=base_score, per_query=[scorer.base], history=history)
     last_improved, best_raw = 0, -math.inf
     for epoch, loss, candidate in candidates:
         row = {"epoch": epoch, "train_loss": loss}
-        for alpha in sorted(cfg.blend, reverse=True):
-            per_query = scorer(blend(candidate, alpha))
+        alphas = sorted(cfg.blend, reverse=True)
+        for alpha, per_query in scorer.blends(candidate, alphas).items():
             score = float(per_query.mean())
             if alpha == max(cfg.blend):
                 row[metric] = score
@@ -734,9 +784,9 @@ def _select(candidates: Any, scorers: list[_Scorer], cfg: TrainingConfig) -> _Ch
                 if score > best_raw + 1e-9:
                     best_raw, last_improved = score, epoch
             if score > choice.score + 1e-9 and _feasible(per_query, scorer.base, scorer.new, cfg):
-                choice = _Choice(epoch, alpha, score, candidate, [per_query], choice.history, cfg.negatives)
+                choice = _Choice(epoch, alpha, score, candidate, [per_query], history, cfg.negatives)
                 last_improved = epoch
-        choice.history.append(row)
+        history.append(row)
         if epoch - last_improved >= cfg.patience:
             break
     return choice
@@ -752,8 +802,8 @@ def _select_folds(runs: list[Any], scorers: list[_Scorer], cfg: TrainingConfig) 
     alphas = sorted(cfg.blend, reverse=True)
     base = np.concatenate([s.base for s in scorers])
     new = np.concatenate([s.new for s in scorers])
-    choice = _Choice(score=float(base.mean()), per_query=[s.base for s in scorers])
-    choice.history.append({"epoch": 0, "train_loss": float("nan"), metric: choice.score})
+    history = [{"epoch": 0, "train_loss": float("nan"), metric: float(base.mean())}]
+    choice = _Choice(score=float(base.mean()), per_query=[s.base for s in scorers], history=history)
     latest: list[dict[float, np.ndarray]] = [{a: s.base for a in alphas} for s in scorers]
     alive = [True] * len(runs)
     last_improved, best_raw = 0, -math.inf
@@ -767,7 +817,7 @@ def _select_folds(runs: list[Any], scorers: list[_Scorer], cfg: TrainingConfig) 
                 alive[i] = False
                 continue
             losses.append(step[1])
-            latest[i] = {a: scorers[i](blend(step[2], a)) for a in alphas}
+            latest[i] = scorers[i].blends(step[2], alphas)
         if not any(alive):
             break
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan")}
@@ -780,9 +830,9 @@ def _select_folds(runs: list[Any], scorers: list[_Scorer], cfg: TrainingConfig) 
                 if score > best_raw + 1e-9:
                     best_raw, last_improved = score, epoch
             if score > choice.score + 1e-9 and _feasible(per_query, base, new, cfg):
-                choice = _Choice(epoch, alpha, score, None, parts, choice.history, cfg.negatives)
+                choice = _Choice(epoch, alpha, score, None, parts, history, cfg.negatives)
                 last_improved = epoch
-        choice.history.append(row)
+        history.append(row)
         if epoch - last_improved >= cfg.patience:
             break
     for run in runs:
@@ -797,11 +847,16 @@ def _decide(
     interval = paired_bootstrap(base, adapted, confidence=cfg.significance, seed=cfg.seed)
     kept = bool(chosen.epoch)
     reason = "" if kept else "no candidate beat the base model on validation"
-    if kept and cfg.require_significant_gain and interval[0] <= 0:
-        kept, reason = False, "gain not significant"
-        logger.info(
-            "best epoch %d gains %s on validation: not significant, keeping the base model", chosen.epoch, interval
-        )
+    # validation about new documents only cannot see the gain on documents with traffic: test "not worse"
+    blind = bool(new.all()) and cfg.non_inferiority_margin is not None
+    test = "not worse than the base model by more than the margin" if blind else "significant gain"
+    if kept and cfg.require_significant_gain:
+        if blind and interval[0] <= -cfg.non_inferiority_margin:
+            kept, reason = False, f"may be worse than the base model by more than {cfg.non_inferiority_margin}"
+        elif not blind and interval[0] <= 0:
+            kept, reason = False, "gain not significant"
+        if not kept:
+            logger.info("best epoch %d gains %s on validation: %s, keeping the base model", chosen.epoch, interval, reason)
     decision: dict[str, Any] = {
         "kept": kept,
         "split": split,
@@ -812,6 +867,7 @@ def _decide(
         "gain": float(adapted.mean() - base.mean()),
         "gain_interval": list(interval),
         "significance": cfg.significance,
+        "test": test,
         "epoch": chosen.epoch,
         "blend": chosen.alpha,
         "n_new": int(new.sum()),
@@ -833,14 +889,16 @@ def _candidates(
     n_random: int,
     in_batch: bool,
     rng: np.random.Generator,
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Candidate documents per pair: returns ``(doc rows or None for all, target column, valid mask)``.
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Candidate documents per pair: returns ``(doc rows or None for all, target column, valid mask or None)``.
 
     The target is the pair's positive; the query's other positives are masked out, so a known positive
     is never scored as a negative.
     """
     b = len(q_idx)
     if use_all:
+        if all(len(positives[q]) == 1 for q in q_idx):  # no other positive to hide: no mask to build
+            return None, d_idx.copy(), None
         mask = np.ones((b, n_docs), dtype=bool)
         for row, q in enumerate(q_idx):
             mask[row, positives[q]] = False

@@ -104,6 +104,8 @@ def test_random_negatives_never_include_known_positives():
         assert 9 in candidates[0, 1:] and 9 in candidates[1, 1:]  # labelled negatives are used
     _, target, mask = _candidates(q_idx, d_idx, positives, labelled, 10, True, 0, False, rng)
     assert (target == d_idx).all() and mask[0, 0] and not mask[0, 1] and not mask[0, 2] and mask[0, 5]
+    single = _candidates(np.array([1, 1]), np.array([3, 3]), positives, labelled, 10, True, 0, False, rng)
+    assert single[0] is None and single[2] is None  # one positive per query: nothing to hide, every document valid
 
 
 def test_torch_and_numpy_agree():
@@ -180,6 +182,30 @@ def test_gain_that_validation_cannot_tell_from_noise_is_rejected():
     assert not strict.improved and strict.adapter.is_identity
     rejected = strict.adapter.metadata["validation"]["rejected_not_significant"]
     assert rejected["epoch"] == lenient.best_epoch and rejected["gain_interval"][0] <= 0
+
+
+def test_validation_blind_to_documents_with_traffic_tests_not_worse_instead_of_a_gain():
+    """All validation queries about new documents: keep a gain too small to be significant, unless it may cost more
+    than the margin; with a validation query about a document with traffic, the gain must be significant."""
+    from adapter_retrievers.training import TrainingConfig, _Choice, _decide
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.9, 400)
+    adapted = base + 0.004 + rng.normal(0, 0.06, 400)  # a small gain, interval straddling zero
+    chosen = _Choice(epoch=3)
+    all_new = np.ones(400, dtype=bool)
+    cfg = TrainingConfig()
+    blind = _decide(base, adapted, all_new, chosen, cfg, "folds")
+    assert -cfg.non_inferiority_margin < blind["gain_interval"][0] <= 0 < blind["gain"]
+    assert blind["kept"] and blind["test"].startswith("not worse")
+    strict = _decide(base, adapted, all_new, chosen, TrainingConfig(non_inferiority_margin=None), "folds")
+    assert not strict["kept"] and strict["reason"] == "gain not significant"
+    some_seen = all_new.copy()
+    some_seen[:50] = False
+    assert not _decide(base, adapted, some_seen, chosen, cfg, "split")["kept"]
+    risky = base + 0.004 + rng.normal(0, 0.3, 400)  # same mean gain, far wider spread: may cost more than 0.01
+    decision = _decide(base, risky, all_new, chosen, cfg, "folds")
+    assert decision["gain_interval"][0] < -0.01 and not decision["kept"] and "worse" in decision["reason"]
 
 
 def test_all_negatives_falls_back_to_sampling_on_large_corpora(task, caplog):
@@ -262,6 +288,26 @@ def test_blend_is_the_adapter_mixed_with_the_identity(task):
     assert AdapterTrainer(kind="orthogonal", blend=(0.5,)).config.blend == (1.0,)  # no blend for a rotation
     with pytest.raises(ValueError, match="blend factors"):
         AdapterTrainer(blend=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("kind", ["linear", "low_rank", "residual_mlp"])
+def test_blend_factors_scored_together_match_scoring_each_blended_adapter(task, kind):
+    """The trainer scores every blend factor from two matrix products; that must rank as each blended adapter does."""
+    from adapter_retrievers.training import _Scorer, blend
+
+    corpus, train, _, _, all_vectors = task
+    vectors = rows_for(train, all_vectors)
+    rng = np.random.default_rng(1)
+    start = QueryAdapter.create(kind, vectors.shape[1], "m", rank=4, hidden=8)
+    params = {k: v + rng.normal(scale=0.3, size=v.shape).astype(np.float32) for k, v in start.params.items()}
+    adapter = type(start)(start.dimension, "m", params, start.normalize)
+    scorer = _Scorer(train, vectors, corpus, "ndcg@10", set())
+    alphas = [1.0, 0.75, 0.5, 0.25]
+    together = scorer.blends(adapter, alphas)
+    assert list(together) == alphas
+    for alpha in alphas:
+        np.testing.assert_allclose(together[alpha], scorer(blend(adapter, alpha)), atol=1e-9)
+    assert not np.allclose(together[1.0], together[0.25])  # the factors really differ, so the check can fail
 
 
 def test_negatives_from_training_positives_only(task):
