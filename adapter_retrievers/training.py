@@ -856,7 +856,9 @@ def _decide(
         elif not blind and interval[0] <= 0:
             kept, reason = False, "gain not significant"
         if not kept:
-            logger.info("best epoch %d gains %s on validation: %s, keeping the base model", chosen.epoch, interval, reason)
+            logger.info(
+                "best epoch %d gains %s on validation: %s, keeping the base model", chosen.epoch, interval, reason
+            )
     decision: dict[str, Any] = {
         "kept": kept,
         "split": split,
