@@ -77,12 +77,12 @@ def pair_loss(
     name: str,
     scores: torch.Tensor,
     target: torch.Tensor,
-    valid: torch.Tensor | None,
+    valid: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
     temperature: float = 0.05,
     margin: float = 0.2,
 ) -> torch.Tensor:
     """Loss over candidate scores ``(batch, m)``: column ``target`` is the positive, ``valid`` masks the rest
-    (``None``: every candidate is valid).
+    (a boolean mask; or the ``(rows, columns)`` of the invalid cells, when they are few; ``None``: all valid).
 
     - ``infonce``: cross-entropy of the positive against all valid candidates (multiple-negatives
       ranking loss, as sentence-transformers and LlamaIndex use), scores divided by ``temperature``.
@@ -92,7 +92,14 @@ def pair_loss(
     """
     if name == "infonce":
         logits = scores / temperature
-        return F.cross_entropy(logits if valid is None else logits.masked_fill(~valid, float("-inf")), target)
+        if isinstance(valid, tuple):
+            logits = logits.index_put(valid, torch.tensor(float("-inf"), device=scores.device))
+        elif valid is not None:
+            logits = logits.masked_fill(~valid, float("-inf"))
+        return F.cross_entropy(logits, target)
+    if isinstance(valid, tuple):
+        hidden, valid = valid, torch.ones_like(scores, dtype=torch.bool)
+        valid[hidden] = False
     rows = torch.arange(scores.shape[0], device=scores.device)
     positive = scores[rows, target]
     negative_mask = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.clone()

@@ -76,6 +76,8 @@ class TrainingConfig:
     only selected if it is not below the base model on them (``protect_new_documents``).
     ``cv_below_queries``/``cv_folds``: with fewer training queries than this, select and gate with
     ``cv_folds``-fold cross-validation grouped by document, then refit on all pairs.
+    ``refit``: with a validation split held out by the trainer, train the kept adapter again on every
+    pair (validation included) for the chosen epochs, as cross-validation does; costs a third run.
     A tuple of ``negatives`` trains one run per option and keeps the one that validation prefers, under
     the same rules as the epoch and blend. The default ``("all", 5)``: the whole corpus gives the largest
     gain on queries about documents with traffic (SciFact), 5 random negatives learn more of how users
@@ -118,6 +120,7 @@ class TrainingConfig:
     require_significant_gain: bool = True
     significance: float = 0.9
     non_inferiority_margin: float | None = 0.01
+    refit: bool = False
     validation_split: ValidationSplit = "both"
     protect_new_documents: bool = True
     cv_below_queries: int = 300
@@ -346,7 +349,9 @@ class AdapterTrainer:
         train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
         split_name = "given validation set"
         given_documents = train.documents
+        every_pair = None
         if validation is None:
+            every_pair = (train, train_vectors)
             if len(train) < 2:
                 raise ValueError("need at least 2 training queries to hold some out for validation")
             if self._use_cross_validation(train):
@@ -386,6 +391,10 @@ class AdapterTrainer:
         if not decision["kept"]:
             best_adapter = identity
         report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
+        if decision["kept"] and cfg.refit and every_pair is not None:
+            train, train_vectors = every_pair
+            best_adapter = self._refit(train, train_vectors, corpus, model_id, chosen) or best_adapter
+            seconds = time.perf_counter() - started
         return self._result(
             best_adapter,
             report,
@@ -432,13 +441,8 @@ class AdapterTrainer:
         label = f"{len(folds)}-fold cross-validation grouped by document (out-of-fold)"
         decision = _decide(base, adapted, new, chosen, cfg, label)
         adapter: QueryAdapter = QueryAdapter.identity(vectors.shape[1], model_id)
-        if decision["kept"]:  # refit on every pair for the chosen number of epochs
-            refit = replace(cfg, epochs=chosen.epoch, negatives=chosen.negatives)
-            final = None
-            for _epoch, _loss, snapshot in self._train_epochs(train, vectors, corpus, model_id, config=refit):
-                final = snapshot
-            if final is not None:
-                adapter = blend(final, chosen.alpha)
+        if decision["kept"]:
+            adapter = self._refit(train, vectors, corpus, model_id, chosen) or adapter
         seconds = time.perf_counter() - started
         metric = cfg.selection_metric
         ids = [q for f in folds for q in f.query_ids]
@@ -512,6 +516,16 @@ class AdapterTrainer:
         )
 
     # ------------------------------------------------------------------------------- internals
+
+    def _refit(
+        self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, model_id: str, chosen: _Choice
+    ) -> QueryAdapter | None:
+        """Train on ``train`` for the chosen number of epochs with the chosen negatives and blend."""
+        config = replace(self.config, epochs=chosen.epoch, negatives=chosen.negatives)
+        final = None
+        for _epoch, _loss, snapshot in self._train_epochs(train, vectors, corpus, model_id, config=config):
+            final = snapshot
+        return None if final is None else blend(final, chosen.alpha)
 
     def _procrustes(self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, model_id: str) -> QueryAdapter:
         rows, targets = [], []
@@ -618,7 +632,7 @@ class AdapterTrainer:
                         cfg.loss,
                         scores,
                         torch.from_numpy(target).to(device),
-                        None if mask is None else torch.from_numpy(mask).to(device),
+                        _to_torch(mask, device),
                         temperature=cfg.temperature,
                         margin=cfg.margin,
                     )
@@ -653,6 +667,17 @@ def _rows(matrix: Any, rows: np.ndarray, device: Any) -> Any:
     import torch
 
     return matrix.index_select(0, torch.from_numpy(np.ascontiguousarray(rows).reshape(-1)).to(device))
+
+
+def _to_torch(valid: Any, device: Any) -> Any:
+    """A ``valid`` of :func:`_candidates` as torch tensors."""
+    import torch
+
+    if valid is None:
+        return None
+    if isinstance(valid, tuple):
+        return tuple(torch.from_numpy(part).to(device) for part in valid)
+    return torch.from_numpy(valid).to(device)
 
 
 def _check_disjoint(train: TrainingSet, validation: TrainingSet) -> None:
@@ -891,21 +916,21 @@ def _candidates(
     n_random: int,
     in_batch: bool,
     rng: np.random.Generator,
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """Candidate documents per pair: returns ``(doc rows or None for all, target column, valid mask or None)``.
+) -> tuple[np.ndarray | None, np.ndarray, Any]:
+    """Candidate documents per pair: returns ``(doc rows or None for all, target column, valid)``.
 
     The target is the pair's positive; the query's other positives are masked out, so a known positive
-    is never scored as a negative.
+    is never scored as a negative. ``valid`` is a boolean mask of the candidates, or with every document
+    as a candidate the ``(rows, columns)`` of the hidden ones, or ``None`` when nothing is hidden.
     """
     b = len(q_idx)
     if use_all:
-        if all(len(positives[q]) == 1 for q in q_idx):  # no other positive to hide: no mask to build
+        # a (batch, corpus) mask would be nearly all True: name the few hidden cells instead
+        hidden = [(row, p) for row, q in enumerate(q_idx) for p in positives[q] if p != d_idx[row]]
+        if not hidden:
             return None, d_idx.copy(), None
-        mask = np.ones((b, n_docs), dtype=bool)
-        for row, q in enumerate(q_idx):
-            mask[row, positives[q]] = False
-            mask[row, d_idx[row]] = True
-        return None, d_idx.copy(), mask
+        rows, cols = np.array(hidden, dtype=np.int64).T
+        return None, d_idx.copy(), (rows, cols)
     columns = [d_idx[:, None]]
     if n_random:
         random_rows = rng.integers(0, n_docs, size=(b, n_random))

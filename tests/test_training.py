@@ -102,10 +102,26 @@ def test_random_negatives_never_include_known_positives():
             scored_negatives = candidates[row, 1:][mask[row, 1:]]
             assert not np.isin(scored_negatives, positives[q]).any()
         assert 9 in candidates[0, 1:] and 9 in candidates[1, 1:]  # labelled negatives are used
-    _, target, mask = _candidates(q_idx, d_idx, positives, labelled, 10, True, 0, False, rng)
-    assert (target == d_idx).all() and mask[0, 0] and not mask[0, 1] and not mask[0, 2] and mask[0, 5]
+    _, target, hidden = _candidates(q_idx, d_idx, positives, labelled, 10, True, 0, False, rng)
+    # every document is a candidate: each pair hides its query's other positives, and only those
+    assert (target == d_idx).all() and sorted(zip(*hidden)) == [(0, 1), (0, 2), (1, 0), (1, 2)]
     single = _candidates(np.array([1, 1]), np.array([3, 3]), positives, labelled, 10, True, 0, False, rng)
     assert single[0] is None and single[2] is None  # one positive per query: nothing to hide, every document valid
+
+
+@pytest.mark.parametrize("loss", ["infonce", "triplet", "mse_cosine"])
+def test_hidden_cells_and_a_dense_mask_give_the_same_loss(loss):
+    torch = pytest.importorskip("torch")
+    from adapter_retrievers.torch_adapters import pair_loss
+
+    scores = torch.randn(4, 9, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 3, 5, 8])
+    rows, cols = torch.tensor([0, 1, 1, 3]), torch.tensor([2, 0, 7, 1])
+    dense = torch.ones(4, 9, dtype=torch.bool)
+    dense[rows, cols] = False
+    sparse = pair_loss(loss, scores, target, (rows, cols), temperature=1.0)
+    torch.testing.assert_close(sparse, pair_loss(loss, scores, target, dense, temperature=1.0))
+    assert not torch.isclose(sparse, pair_loss(loss, scores, target, None, temperature=1.0))  # hiding the cells changes the loss
 
 
 def test_torch_and_numpy_agree():
@@ -182,6 +198,18 @@ def test_gain_that_validation_cannot_tell_from_noise_is_rejected():
     assert not strict.improved and strict.adapter.is_identity
     rejected = strict.adapter.metadata["validation"]["rejected_not_significant"]
     assert rejected["epoch"] == lenient.best_epoch and rejected["gain_interval"][0] <= 0
+
+
+def test_refit_trains_the_kept_adapter_again_on_every_pair(task):
+    corpus, train, _, _, vectors = task
+    options = {**FAST, "epochs": 10, "cv_below_queries": 0}
+    plain = AdapterTrainer(**options).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
+    refit = AdapterTrainer(**options, refit=True).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
+    assert plain.improved and refit.improved and plain.decision == refit.decision  # the same selection
+    assert plain.n_train_queries < len(train) == refit.n_train_queries
+    assert refit.adapter.metadata["training_data"]["n_pairs"] == train.n_pairs
+    assert not np.allclose(plain.adapter.params["weight"], refit.adapter.params["weight"])
+    assert held_out(task, refit.adapter).gain() > 0
 
 
 def test_validation_blind_to_documents_with_traffic_tests_not_worse_instead_of_a_gain():
