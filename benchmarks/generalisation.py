@@ -22,6 +22,7 @@ means over seeds with the spread (std). Results: ``benchmarks/results/generalisa
     python benchmarks/generalisation.py --config '{"bias": false}' --name "no bias"
     python benchmarks/generalisation.py --variants ablation --splits scifact-test xquad-es xquad-de
     python benchmarks/generalisation.py --curve               # learning curve, seen/new gains per size
+    python benchmarks/generalisation.py --timing --against 085b4f2   # fit time, and against another revision
 """
 
 from __future__ import annotations
@@ -254,6 +255,55 @@ def timing(enc) -> dict:
     return out
 
 
+def fit_seconds() -> float:
+    """Wall seconds of one default fit on SciFact train from cached vectors (``--fit-once``, for ``--against``)."""
+    folder = DATA / "scifact"
+    enc = encoder()
+    corpus = embedded_corpus(Corpus.from_beir(folder), enc)
+    train = TrainingSet.from_beir(folder, "train")
+    vectors = query_vectors(enc, train)
+    trainer = AdapterTrainer(model_id=enc.model_id, progress=False)
+    started = time.perf_counter()
+    trainer.fit_vectors(train, vectors, None, None, corpus)
+    return time.perf_counter() - started
+
+
+def timing_against(revision: str, repeats: int) -> dict:
+    """The default SciFact fit with this tree's package and with ``revision``'s, alternating in fresh processes
+    (same machine, same minutes: this machine's speed drifts by 20% over an hour), and the ratio of medians."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parent
+    seconds: dict[str, list[float]] = {"this tree": [], revision: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "tree"
+        git = ["git", "-C", str(root), "worktree"]
+        subprocess.run([*git, "add", "--detach", str(other), revision], check=True, capture_output=True)
+        try:
+            for _ in range(repeats):
+                for name, source in (("this tree", root), (revision, other)):
+                    env = {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{here}", "OMP_NUM_THREADS": "1"}
+                    run = subprocess.run(
+                        [sys.executable, __file__, "--fit-once"], env=env, capture_output=True, text=True, check=True
+                    )
+                    seconds[name].append(float(run.stdout.split()[-1]))
+                    print(f"timing {name}: {seconds[name][-1]:.2f} s", flush=True)
+        finally:
+            subprocess.run([*git, "remove", "--force", str(other)], check=False, capture_output=True)
+    medians = {name: float(np.median(values)) for name, values in seconds.items()}
+    return {
+        "against": revision,
+        "seconds": seconds,
+        "median_seconds": medians,
+        "this tree / revision": medians["this tree"] / medians[revision],
+    }
+
+
 def curve(enc, seeds) -> dict:
     """The SciFact learning curve of the default, with seen/new gains (3 random subsets per size)."""
     from adapter_retrievers import learning_curve
@@ -296,7 +346,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "generalisation.json"))
     parser.add_argument("--timing", action="store_true", help="only time the SciFact fit (default, threads, before)")
     parser.add_argument("--curve", action="store_true", help="only the SciFact learning curve of the default")
+    parser.add_argument("--against", help="with --timing: also time a git revision's trainer, alternating runs")
+    parser.add_argument("--repeats", type=int, default=3, help="fits per tree for --against")
+    parser.add_argument("--fit-once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fit_once:
+        print(f"{fit_seconds():.4f}")
+        return
     if args.curve:
         enc = encoder()
         out = {"model": enc.model_id, "machine": machine(), "date": datetime.now(timezone.utc).isoformat()}
@@ -306,6 +362,8 @@ def main() -> None:
     if args.timing:
         result = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         result.update(timing(encoder()))
+        if args.against:
+            result["against"] = timing_against(args.against, args.repeats)
         (RESULTS / "generalisation_timing.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result))
         return
