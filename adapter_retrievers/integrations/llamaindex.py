@@ -89,6 +89,7 @@ def as_llamaindex_embedding(embed_model: Any, model_id: str | None = None) -> Ba
     """``embed_model`` if it is a LlamaIndex ``BaseEmbedding``, else wrapped in :class:`EncoderEmbedding`."""
     return embed_model if isinstance(embed_model, BaseEmbedding) else EncoderEmbedding(embed_model, model_id)
 
+
 # Set while AdapterVectorRetriever runs the index's own retriever: that inner retrieval is the same
 # retrieval as the wrapper's, so RetrievalEventLogger records the wrapper's only (one record per query).
 _delegated_retrieval: ContextVar[bool] = ContextVar("adapter_retrievers_delegated_retrieval", default=False)
