@@ -82,20 +82,13 @@ def embedding_cache(request, tmp_path_factory):
 def langchain_spans():
     """Real OpenInference spans of every LangChain run in the block, kept in memory: yields the exporter."""
     pytest.importorskip("openinference.instrumentation.langchain")
-    from openinference.instrumentation.langchain import LangChainInstrumentor
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    from adapter_retrievers.integrations.phoenix import instrument_langchain
+
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = LangChainInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
-    try:
+    with instrument_langchain(exporter):
         yield exporter
-    finally:
-        instrumentor.uninstrument()
 
 
 def write_spans(spans, path) -> None:

@@ -2,9 +2,9 @@
 
 :func:`local_phoenix` starts ``phoenix serve`` on 127.0.0.1 with free ports and a throwaway working dir
 (SQLite) and stops it on exit: what the tests, the drift benchmark and the ``nightly_refresh`` notebook
-trace into. :func:`trace_langchain` instruments LangChain with OpenInference's instrumentor, exporting
-over OTLP/HTTP to one Phoenix project; :func:`wait_for_spans` waits until Phoenix has stored them (to
-annotate them). Needs ``pip install 'adapter-retrievers[phoenix]'``.
+trace into. :func:`instrument_langchain` instruments LangChain with OpenInference's instrumentor into any
+span exporter, and :func:`trace_langchain` into one Phoenix project over OTLP/HTTP; :func:`wait_for_spans`
+waits until Phoenix has stored them (to annotate them). Needs ``pip install 'adapter-retrievers[phoenix]'``.
 
 Facts this relies on (measured with Phoenix 20): the server is ready when ``GET /v1/projects`` answers
 (~20 s on a 2-core machine); its gRPC OTLP port binds every interface whatever the host, so it gets a
@@ -123,22 +123,17 @@ class _ShiftedClock:
 
 
 @contextlib.contextmanager
-def trace_langchain(url: str, project: str, clock_offset_ns: Callable[[], int] | None = None) -> Iterator[Any]:
-    """Trace every LangChain run in the block to Phoenix project ``project`` (OpenInference instrumentor,
-    OTLP/HTTP, one export per span so each span is sent when it ends); yields the tracer provider.
-
-    ``clock_offset_ns``: for simulations, nanoseconds added to every span's times when it is exported.
-    """
+def instrument_langchain(exporter: Any, project: str | None = None) -> Iterator[Any]:
+    """Send the spans of every LangChain run in the block to ``exporter`` (OpenInference instrumentor, one
+    export per span so each span is sent when it ends), under OpenInference project ``project`` when given;
+    yields the tracer provider, which is shut down on exit."""
     from openinference.instrumentation.langchain import LangChainInstrumentor
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces")
-    if clock_offset_ns is not None:
-        exporter = _ShiftedClock(exporter, clock_offset_ns)
-    provider = TracerProvider(resource=Resource.create({"openinference.project.name": project}))
+    resource = Resource.create({"openinference.project.name": project} if project else {})
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     instrumentor = LangChainInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
@@ -147,6 +142,22 @@ def trace_langchain(url: str, project: str, clock_offset_ns: Callable[[], int] |
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
+
+
+@contextlib.contextmanager
+def trace_langchain(url: str, project: str, clock_offset_ns: Callable[[], int] | None = None) -> Iterator[Any]:
+    """Trace every LangChain run in the block to Phoenix project ``project`` (OTLP/HTTP, through
+    :func:`instrument_langchain`); yields the tracer provider.
+
+    ``clock_offset_ns``: for simulations, nanoseconds added to every span's times when it is exported.
+    """
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces")
+    if clock_offset_ns is not None:
+        exporter = _ShiftedClock(exporter, clock_offset_ns)
+    with instrument_langchain(exporter, project) as provider:
+        yield provider
 
 
 def wait_for_spans(
