@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from adapter_retrievers._files import atomic_folder
+from adapter_retrievers.data import normalize_rows
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -116,8 +117,7 @@ class QueryAdapter:
             )
         y = self._apply(batch)
         if self.normalize:
-            norms = np.linalg.norm(y, axis=1, keepdims=True)
-            y = y / np.maximum(norms, 1e-12)
+            y = normalize_rows(y)
         return y[0] if single else y
 
     __call__ = transform

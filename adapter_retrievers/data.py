@@ -245,8 +245,7 @@ class Corpus:
             raise ValueError("the corpus has no embeddings: embed it first (corpus.with_embeddings(...))")
         cached = getattr(self, "_normalized", None)
         if cached is None or cached[0] is not self.embeddings:
-            x = np.asarray(self.embeddings, dtype=np.float32)
-            unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            unit = normalize_rows(np.asarray(self.embeddings, dtype=np.float32))
             self._normalized = (self.embeddings, unit)
         return self._normalized[1]
 
@@ -301,6 +300,11 @@ class Corpus:
             json.dumps({"_id": i, "title": "", "text": t}, ensure_ascii=False) for i, t in zip(self.ids, self.texts)
         )
         atomic_write_text(folder / "corpus.jsonl", "\n".join(lines) + "\n")
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (all-zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def check_vectors(vectors: Any, what: str, rows: int | None = None, dimension: int | None = None) -> np.ndarray:

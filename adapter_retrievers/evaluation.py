@@ -16,13 +16,9 @@ from typing import Any
 import numpy as np
 
 from adapter_retrievers._files import atomic_write_text
-from adapter_retrievers.data import Corpus, TrainingSet
+from adapter_retrievers.data import Corpus, TrainingSet, normalize_rows
 
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "mrr@10", "hit_rate@10", "map@100")
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def exact_search(

@@ -25,13 +25,12 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from adapter_retrievers.adapters import OrthogonalAdapter, QueryAdapter
-from adapter_retrievers.data import Corpus, TrainingSet, check_vectors, documents_fingerprint
+from adapter_retrievers.data import Corpus, TrainingSet, check_vectors, documents_fingerprint, normalize_rows
 from adapter_retrievers.evaluation import (
     Comparison,
     RetrievalScores,
     compare,
     document_groups,
-    normalize_rows,
     paired_bootstrap,
     rank_metrics,
     score_vectors,
