@@ -203,8 +203,8 @@ class TrainingResult:
         )
         if d.get("n_new"):
             line += f"; on {d['n_new']} queries about new documents {d['new_gain']:+.4f}"
-        if d.get("test", "").startswith("not worse"):  # validation saw no query about a document with traffic
-            line += f"; tested: not worse than the base model by more than {self.config.non_inferiority_margin}"
+        if d.get("test", "significant gain") != "significant gain":  # validation saw no document with traffic
+            line += f"; tested: {d['test']}"
         if d.get("reason"):
             line += f" ({d['reason']})"
         return line
@@ -873,7 +873,7 @@ def _decide(
     reason = "" if kept else "no candidate beat the base model on validation"
     # validation about new documents only cannot see the gain on documents with traffic: test "not worse"
     blind = bool(new.all()) and cfg.non_inferiority_margin is not None
-    test = "not worse than the base model by more than the margin" if blind else "significant gain"
+    test = f"not worse than the base model by more than {cfg.non_inferiority_margin}" if blind else "significant gain"
     if kept and cfg.require_significant_gain:
         if blind and interval[0] <= -cfg.non_inferiority_margin:
             kept, reason = False, f"may be worse than the base model by more than {cfg.non_inferiority_margin}"

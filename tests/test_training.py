@@ -296,6 +296,7 @@ def test_small_data_uses_k_fold_cross_validation_then_refits_on_all_pairs(task):
     assert result.improved and result.best_epoch == result.decision["epoch"] > 0
     assert result.adapter.metadata["training_data"]["n_pairs"] == train.n_pairs  # the refit saw every pair
     assert result.report.n_queries_in("new") == len(train)  # out-of-fold queries are about new documents
+    assert "tested: not worse than the base model by more than 0.01" in result.describe_decision()
     assert held_out(task, result.adapter).intervals["ndcg@10"][0] > 0
     # above the threshold the same trainer holds out one validation split instead
     plain = AdapterTrainer(**FAST, cv_below_queries=10).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
