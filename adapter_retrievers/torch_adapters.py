@@ -97,12 +97,11 @@ def pair_loss(
         elif valid is not None:
             logits = logits.masked_fill(~valid, float("-inf"))
         return F.cross_entropy(logits, target)
-    if isinstance(valid, tuple):
-        hidden, valid = valid, torch.ones_like(scores, dtype=torch.bool)
-        valid[hidden] = False
     rows = torch.arange(scores.shape[0], device=scores.device)
     positive = scores[rows, target]
-    negative_mask = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.clone()
+    negative_mask = valid.clone() if isinstance(valid, torch.Tensor) else torch.ones_like(scores, dtype=torch.bool)
+    if isinstance(valid, tuple):  # the hidden cells
+        negative_mask[valid] = False
     negative_mask[rows, target] = False
     n_neg = negative_mask.sum(dim=1).clamp(min=1)
     if name == "triplet":
