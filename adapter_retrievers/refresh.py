@@ -405,7 +405,7 @@ def decide(
     the differences; ``live``: the live version (None: the base model is served).
     """
     gain = scores["candidate"] - scores["live"]
-    ci = f"{config.confidence:.0%} interval [{gain_over_live[0]:+.4f}, {gain_over_live[1]:+.4f}]"
+    ci = _interval(config.confidence, gain_over_live)
     if not has_candidate:
         action, reason = "kept", "no candidate: training found nothing that beats the base model on validation"
     elif gain_over_live[0] <= 0:
@@ -414,7 +414,7 @@ def decide(
         action = "kept"
         reason = (
             f"gain over the base model {scores['candidate'] - scores['base']:+.4f} is not significantly above zero "
-            f"({config.confidence:.0%} interval [{candidate_over_base[0]:+.4f}, {candidate_over_base[1]:+.4f}])"
+            f"({_interval(config.confidence, candidate_over_base)})"
         )
     elif new["n_queries"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
         action = "kept"
@@ -436,10 +436,15 @@ def decide(
         action = "demoted"
         reason = (
             f"live {live} is {how} the base model on the newest queries ({scores['live']:.4f} vs "
-            f"{scores['base']:.4f}, {config.confidence:.0%} interval of its gain [{live_over_base[0]:+.4f}, "
-            f"{live_over_base[1]:+.4f}]): serving the base model; candidate: {reason}"
+            f"{scores['base']:.4f}, {_interval(config.confidence, live_over_base, 'interval of its gain')}): "
+            f"serving the base model; candidate: {reason}"
         )
     return action, reason
+
+
+def _interval(confidence: float, bounds: tuple[float, float], what: str = "interval") -> str:
+    """``"95% interval [-0.0100, +0.0300]"``: a paired-bootstrap interval as the decisions print it."""
+    return f"{confidence:.0%} {what} [{bounds[0]:+.4f}, {bounds[1]:+.4f}]"
 
 
 def _plot(store: AdapterStore, metric: str) -> None:
