@@ -38,7 +38,7 @@ import numpy as np
 from adapter_retrievers import AdapterTrainer, Corpus, TrainingSet, compare
 from adapter_retrievers.evaluation import paired_bootstrap
 from adapters_scifact import VARIANTS as SCIFACT_VARIANTS
-from common import DATA, RESULTS, embedded_corpus, encoder, machine, query_vectors
+from common import DATA, RESULTS, embedded_corpus, encoder, machine, query_vectors, scifact
 
 LANGUAGES = ("es", "de", "zh", "ar")
 SMALL_SIZES = (50, 100)
@@ -85,9 +85,7 @@ def load_splits(enc, names) -> list[Split]:
     splits = []
     need_scifact = any(n.startswith("scifact") or n == "small" for n in names)
     if need_scifact:
-        folder = DATA / "scifact"
-        corpus = embedded_corpus(Corpus.from_beir(folder), enc)
-        train, test = TrainingSet.from_beir(folder, "train"), TrainingSet.from_beir(folder, "test")
+        corpus, train, test = scifact(enc)
         train_vectors, test_vectors = query_vectors(enc, train), query_vectors(enc, test)
         if "scifact-test" in names:
             splits.append(Split("scifact-test", corpus, train, train_vectors, test, test_vectors))
@@ -233,9 +231,7 @@ def timing(enc) -> dict:
     (one thread), the default with torch's own thread count, and the default before issue 10."""
     import torch
 
-    folder = DATA / "scifact"
-    corpus = embedded_corpus(Corpus.from_beir(folder), enc)
-    train = TrainingSet.from_beir(folder, "train")
+    corpus, train, _ = scifact(enc)
     vectors = query_vectors(enc, train)
     out = {"torch_default_threads": torch.get_num_threads()}
     runs = (("default", {}), ("default, threads=None", {"threads": None}), ("before", {**BEFORE, "negatives": "all"}))
@@ -257,10 +253,8 @@ def timing(enc) -> dict:
 
 def fit_seconds() -> float:
     """Wall seconds of one default fit on SciFact train from cached vectors (``--fit-once``, for ``--against``)."""
-    folder = DATA / "scifact"
     enc = encoder()
-    corpus = embedded_corpus(Corpus.from_beir(folder), enc)
-    train = TrainingSet.from_beir(folder, "train")
+    corpus, train, _ = scifact(enc)
     vectors = query_vectors(enc, train)
     trainer = AdapterTrainer(model_id=enc.model_id, progress=False)
     started = time.perf_counter()
@@ -309,9 +303,7 @@ def curve(enc, seeds) -> dict:
     from adapter_retrievers import learning_curve
     from adapter_retrievers.plots import plot_learning_curve
 
-    folder = DATA / "scifact"
-    corpus = embedded_corpus(Corpus.from_beir(folder), enc)
-    train, test = TrainingSet.from_beir(folder, "train"), TrainingSet.from_beir(folder, "test")
+    corpus, train, test = scifact(enc)
     rows = learning_curve(
         AdapterTrainer(model_id=enc.model_id, progress=False),
         train,
