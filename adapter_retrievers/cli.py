@@ -214,6 +214,9 @@ def train(
     epochs: int = 100,
     learning_rate: float = 1e-3,
     seed: int = 0,
+    refit: Annotated[
+        bool, typer.Option(help="train the kept adapter again on every pair, validation included (300+ queries)")
+    ] = True,
     cache_dir: CacheOption = DEFAULT_CACHE,
     lenient: LenientOption = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -252,6 +255,7 @@ def train(
         epochs=epochs,
         learning_rate=learning_rate,
         seed=seed,
+        refit=refit,
         progress=progress,
     )
     result = trainer.fit(queries, documents)

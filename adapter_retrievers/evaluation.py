@@ -72,29 +72,49 @@ def metrics_from_ranks(
     unknown = {b for b, _ in parsed} - {"ndcg", "recall", "mrr", "hit_rate", "map", "precision"}
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}")
-    out = {m: np.zeros(len(ranks)) for m in metrics}
-    for row, (rank, grade) in enumerate(zip(ranks, grades)):
-        if not len(rank):
-            continue
-        order = np.argsort(rank, kind="stable")
-        rank, grade = rank[order], grade[order]
-        ideal = np.sort(grade)[::-1]
-        for name, (base, k) in zip(metrics, parsed):
-            hit = rank < k
-            if base == "ndcg":
-                idcg = (ideal[:k] / np.log2(np.arange(2, min(k, len(ideal)) + 2))).sum()
-                value = (grade[hit] / np.log2(rank[hit] + 2)).sum() / idcg
-            elif base == "recall":
-                value = hit.sum() / len(rank)
-            elif base == "precision":
-                value = hit.sum() / k
-            elif base == "hit_rate":
-                value = float(hit.any())
-            elif base == "mrr":
-                value = 1.0 / (rank[0] + 1) if hit[0] else 0.0
-            else:  # map: precision at each relevant hit, over all relevant documents
-                value = (np.arange(1, hit.sum() + 1) / (rank[hit] + 1)).sum() / len(rank)
-            out[name][row] = value
+    n_queries = len(ranks)
+    out = {m: np.zeros(n_queries) for m in metrics}
+    counts = np.array([len(r) for r in ranks], dtype=np.int64)
+    if not counts.sum():
+        return out
+    # one flat row per (query, relevant document), each query's rows in rank order (vectorised: this runs
+    # once per epoch and blend factor while training)
+    owner = np.repeat(np.arange(n_queries), counts)
+    rank = np.concatenate(ranks).astype(np.float64)
+    grade = np.concatenate(grades).astype(np.float64)
+    order = np.lexsort((rank, owner))
+    rank, grade = rank[order], grade[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(rank)) - np.repeat(starts, counts)  # 0-based place among the query's documents
+    ideal = grade[np.lexsort((-grade, owner))]  # each query's grades, best first
+    has = counts > 0
+
+    def per_query(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=n_queries)
+
+    for name, (base, k) in zip(metrics, parsed):
+        hit = rank < k
+        n_hits = per_query(hit.astype(np.float64))
+        if base == "ndcg":
+            dcg = per_query(np.where(hit, grade / np.log2(np.where(hit, rank, 0) + 2), 0.0))
+            idcg = per_query(np.where(position < k, ideal / np.log2(position + 2), 0.0))
+            value = np.divide(dcg, idcg, out=np.zeros(n_queries), where=idcg > 0)
+        elif base == "recall":
+            value = n_hits / np.maximum(counts, 1)
+        elif base == "precision":
+            value = n_hits / k
+        elif base == "hit_rate":
+            value = (n_hits > 0).astype(np.float64)
+        elif base == "mrr":
+            first = np.full(n_queries, np.inf)
+            first[has] = rank[starts[has]]
+            value = np.where(first < k, 1.0 / (np.where(first < k, first, 0) + 1), 0.0)
+        else:  # map: precision at each relevant hit, over all relevant documents
+            cumulative = np.cumsum(hit)
+            before = np.concatenate([[0], cumulative])[starts]
+            nth_hit = cumulative - np.repeat(before, counts)
+            value = per_query(np.where(hit, nth_hit / (np.where(hit, rank, 0) + 1), 0.0)) / np.maximum(counts, 1)
+        out[name] = np.where(has, value, 0.0)
     return out
 
 
@@ -168,8 +188,12 @@ def rank_metrics(
                 hi = min(lo + batch_size, last)
                 mine, where = matrix[owner_arr[lo:hi] - start], position_arr[lo:hi]
                 own = mine[np.arange(hi - lo), where][:, None]
-                tied_before = (mine == own) & (columns[None, :] < where[:, None])
-                ranks[system][lo:hi] = (mine > own).sum(axis=1) + tied_before.sum(axis=1)
+                rank = (mine > own).sum(axis=1)
+                equal = mine == own
+                tied = np.flatnonzero(equal.sum(axis=1) > 1)  # rows where another document ties: rare
+                if len(tied):
+                    rank[tied] += (equal[tied] & (columns[None, :] < where[tied, None])).sum(axis=1)
+                ranks[system][lo:hi] = rank
     grades = np.array(grade, dtype=np.float64)
     per_query_grades = [grades[bounds[i] : bounds[i + 1]] for i in range(n_queries)]
     if not ranks:  # no queries: one empty result per system is unknowable, so ask for one batch's count

@@ -80,6 +80,7 @@ def pair_loss(
     valid: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
     temperature: float = 0.05,
     margin: float = 0.2,
+    overwrite_scores: bool = False,
 ) -> torch.Tensor:
     """Loss over candidate scores ``(batch, m)``: column ``target`` is the positive, ``valid`` masks the rest
     (a boolean mask; or the ``(rows, columns)`` of the invalid cells, when they are few; ``None``: all valid).
@@ -91,11 +92,13 @@ def pair_loss(
       Chroma report and the OpenAI cookbook.
     """
     if name == "infonce":
-        logits = scores / temperature
+        # masked in place: a new tensor, or (``overwrite_scores``: the caller has no further use for them and
+        # their backward does not need them) the scores themselves, saving a (batch, candidates) copy
+        logits = scores if temperature == 1.0 and overwrite_scores else scores / temperature
         if isinstance(valid, tuple):
-            logits = logits.index_put(valid, torch.tensor(float("-inf"), device=scores.device))
+            logits.index_put_(valid, torch.tensor(float("-inf"), device=scores.device))
         elif valid is not None:
-            logits = logits.masked_fill(~valid, float("-inf"))
+            logits.masked_fill_(~valid, float("-inf"))
         return F.cross_entropy(logits, target)
     rows = torch.arange(scores.shape[0], device=scores.device)
     positive = scores[rows, target]
@@ -123,6 +126,6 @@ def consistency_loss(
     so it cannot pull every query toward the popular training documents.
     """
     with torch.no_grad():
-        target = F.log_softmax(original @ documents.T / temperature, dim=-1)
-    current = F.log_softmax(adapted @ documents.T / temperature, dim=-1)
+        target = F.log_softmax((original / temperature) @ documents.T, dim=-1)
+    current = F.log_softmax((adapted / temperature) @ documents.T, dim=-1)
     return F.kl_div(current, target, log_target=True, reduction="batchmean")

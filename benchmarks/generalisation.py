@@ -51,6 +51,7 @@ BEFORE = {
     "blend": (1.0,),
     "consistency_weight": 0.0,
     "identity_weight": 0.0,
+    "refit": False,
 }
 
 # name -> TrainingConfig overrides; {} is the package default
@@ -228,13 +229,20 @@ def markdown(results: dict) -> str:
 
 def timing(enc) -> dict:
     """Seconds to fit on all SciFact train pairs from cached vectors, side by side in one process: the default
-    (one thread), the default with torch's own thread count, and the default before issue 10."""
+    (runs in parallel threads, one torch thread each), one run at a time, without the refit, with torch's own
+    thread count, and the default before issue 10."""
     import torch
 
     corpus, train, _ = scifact(enc)
     vectors = query_vectors(enc, train)
     out = {"torch_default_threads": torch.get_num_threads()}
-    runs = (("default", {}), ("default, threads=None", {"threads": None}), ("before", {**BEFORE, "negatives": "all"}))
+    runs = (
+        ("default", {}),
+        ("default, parallel_runs=1", {"parallel_runs": 1}),
+        ("default, refit=False", {"refit": False}),
+        ("default, threads=None", {"threads": None}),
+        ("before", {**BEFORE, "negatives": "all"}),
+    )
     for name, overrides in runs:
         trainer = AdapterTrainer(model_id=enc.model_id, progress=False, **overrides)
         started, cpu_started = time.perf_counter(), time.process_time()

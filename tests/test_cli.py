@@ -92,6 +92,7 @@ def test_train_and_eval_with_bundled_model(tmp_path):
             str(tmp_path / "adapter"),
             "--epochs",
             "3",
+            "--no-refit",
             "--no-progress",
             "--cache-dir",
             cache,
@@ -99,6 +100,9 @@ def test_train_and_eval_with_bundled_model(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "adapter" / "model.safetensors").exists() and "ndcg@10" in result.output
+    assert (
+        json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["metadata"]["training"]["refit"] is False
+    )
     result = runner.invoke(
         app,
         [

@@ -204,9 +204,11 @@ def test_gain_that_validation_cannot_tell_from_noise_is_rejected():
 def test_refit_trains_the_kept_adapter_again_on_every_pair(task):
     corpus, train, _, _, vectors = task
     options = {**FAST, "epochs": 10, "cv_below_queries": 0}
-    plain = AdapterTrainer(**options).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
-    refit = AdapterTrainer(**options, refit=True).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
-    assert plain.improved and refit.improved and plain.decision == refit.decision  # the same selection
+    plain = AdapterTrainer(**options, refit=False).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
+    refit = AdapterTrainer(**options).fit_vectors(train, rows_for(train, vectors), None, None, corpus)  # the default
+    assert plain.improved and refit.improved
+    assert refit.decision.pop("refit_on_queries") == len(train) and plain.decision == refit.decision  # same selection
+    assert "trained again on all" not in plain.describe_decision()
     assert plain.n_train_queries < len(train) == refit.n_train_queries
     assert refit.adapter.metadata["training_data"]["n_pairs"] == train.n_pairs
     assert not np.allclose(plain.adapter.params["weight"], refit.adapter.params["weight"])
@@ -284,7 +286,10 @@ def test_validation_split_by_document_has_only_new_documents(split):
         assert seen > new  # random queries: most have their twin in training
     else:
         assert seen > 0 and new > 0 and result.decision["n_new"] == new
-    assert result.n_train_queries + result.n_validation_queries == len(doubled)
+    rest, validation = trainer.validation_split(doubled)
+    assert len(rest) + len(validation) == len(doubled) and not set(rest.queries) & set(validation.queries)
+    assert result.n_validation_queries == len(validation)
+    assert result.decision["kept"] and result.n_train_queries == result.decision["refit_on_queries"] == len(doubled)
 
 
 def test_small_data_uses_k_fold_cross_validation_then_refits_on_all_pairs(task):
@@ -300,7 +305,7 @@ def test_small_data_uses_k_fold_cross_validation_then_refits_on_all_pairs(task):
     assert held_out(task, result.adapter).intervals["ndcg@10"][0] > 0
     # above the threshold the same trainer holds out one validation split instead
     plain = AdapterTrainer(**FAST, cv_below_queries=10).fit_vectors(train, rows_for(train, vectors), None, None, corpus)
-    assert "cross-validation" not in plain.decision["split"] and plain.n_train_queries < len(train)
+    assert "cross-validation" not in plain.decision["split"] and plain.n_validation_queries < len(train)
 
 
 def test_blend_is_the_adapter_mixed_with_the_identity(task):
@@ -374,6 +379,46 @@ def test_a_tuple_of_negatives_is_a_selection_grid(task):
     assert result.adapter.metadata["validation"]["negatives"] in ("all", 4)
     with pytest.raises(ValueError, match="negatives"):
         AdapterTrainer(negatives=("all", -1))
+
+
+@pytest.mark.parametrize(("cross_validated", "refit"), [(False, False), (False, True), (True, True)])
+def test_negatives_options_train_in_parallel_with_the_same_result(task, monkeypatch, cross_validated, refit):
+    """``parallel_runs=2`` trains the options in threads at once (with ``refit``, always after k-fold, the refit
+    runs trail their selection runs); the chosen adapter is bit-identical to training one run after another."""
+    import threading
+
+    threads_seen = []
+    original = AdapterTrainer._train_epochs
+
+    def spy(self, *args, **kwargs):
+        threads_seen.append(threading.current_thread().name)
+        yield from original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AdapterTrainer, "_train_epochs", spy)
+    corpus, train, _, _, vectors = task
+    options = {**FAST, "negatives": ("all", 4), "consistency_weight": 1.0, "blend": (0.5, 1.0), "epochs": 6}
+    options["cv_below_queries"] = 10_000 if cross_validated else 0
+    options["refit"] = refit
+    results = {}
+    for runs in (1, 2, 3):
+        threads_seen.clear()
+        trainer = AdapterTrainer(**options, parallel_runs=runs)
+        results[runs] = trainer.fit_vectors(train, rows_for(train, vectors), None, None, corpus)
+        workers = {name for name in threads_seen if name.startswith("adapter-training")}
+        assert len(workers) == (0 if runs == 1 else min(runs, 3 if refit else 2)), threads_seen
+    one = results[1]
+    assert one.improved  # so that the weights compared below are trained ones
+    for many in (results[2], results[3]):
+        assert repr(one.decision) == repr(many.decision) and repr(one.history) == repr(many.history)  # nan != nan
+        np.testing.assert_array_equal(one.adapter.params["weight"], many.adapter.params["weight"])
+    if not cross_validated and refit:  # the refit trained again, on every pair: not the selected adapter
+        selected = AdapterTrainer(**{**options, "refit": False}).fit_vectors(
+            train, rows_for(train, vectors), None, None, corpus
+        )
+        assert selected.best_epoch == one.best_epoch
+        assert not np.allclose(selected.adapter.params["weight"], one.adapter.params["weight"])
+    with pytest.raises(ValueError, match="parallel_runs"):
+        AdapterTrainer(parallel_runs=0)
 
 
 def test_training_runs_on_the_configured_threads_and_restores_the_callers(task, monkeypatch):
