@@ -566,7 +566,8 @@ class AdapterTrainer:
         """
         options = _negative_options(self.config)
         states = [_RunState() for _ in options]
-        workers = min(len(options) + (1 if refit else 0), _parallel_runs(self.config))
+        runs = len(options) + (1 if refit else 0)
+        workers = min(runs, _parallel_runs(self.config))
         if workers <= 1:
             choices = [select(option, 0, state) for option, state in zip(options, states)]
             chosen = _best(choices)
@@ -600,24 +601,31 @@ class AdapterTrainer:
         state: _RunState,
         show: bool = False,
     ) -> QueryAdapter | None:
-        """Train ``option`` on ``train`` epoch by epoch, never ahead of its selection run (``state``): the
-        snapshot at the epoch that run chose, or ``None`` when it chose none or was cancelled."""
+        """Train ``option`` on ``train`` up to the epoch its selection run (``state``) chooses: the snapshot
+        at that epoch, or ``None`` when it chose none or was cancelled.
+
+        Epoch ``e`` is trained only once the selection run has chosen ``e`` or a later epoch (its choice
+        never moves back), so a refit that runs beside its selection run never trains an epoch for nothing.
+        """
+
+        def ready(epoch: int) -> bool:
+            with state.changed:
+                state.changed.wait_for(lambda: state.cancelled or state.done or state.chosen >= epoch)
+                return not state.cancelled and epoch <= state.chosen
+
         model_id = self.model_id or "unknown-model"
         best = None
-        run = self._train_epochs(train, vectors, corpus, model_id, config=option, show=show)
+        run = self._train_epochs(train, vectors, corpus, model_id, config=option, show=show, ready=ready)
         try:
             for epoch, _loss, snapshot in run:
                 with state.changed:
-                    state.changed.wait_for(lambda e=epoch: state.cancelled or state.done or state.epoch >= e)
-                    if state.cancelled or (state.done and not state.chosen):
-                        return None
-                    if state.chosen == epoch:  # only the epoch being scored can become the chosen one
+                    if state.chosen == epoch:  # a later choice would replace it
                         best = snapshot
                     if state.done and epoch >= state.chosen:
-                        return best
+                        break
         finally:
             run.close()
-        return best
+        return None if state.cancelled else best
 
     def _procrustes(self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, model_id: str) -> QueryAdapter:
         rows, targets = [], []
@@ -638,8 +646,12 @@ class AdapterTrainer:
         config: TrainingConfig | None = None,
         show: bool = True,
         position: int = 0,
+        ready: Callable[[int], bool] | None = None,
     ):
-        """Yield ``(epoch, mean train loss, adapter snapshot)`` after every epoch (``position``: progress bar line)."""
+        """Yield ``(epoch, mean train loss, adapter snapshot)`` after every epoch (``position``: progress bar line).
+
+        ``ready(epoch)``: asked before each epoch (it may wait); ``False`` ends the run.
+        """
         import torch
 
         from adapter_retrievers.torch_adapters import TorchAdapter, consistency_loss, pair_loss
@@ -698,6 +710,8 @@ class AdapterTrainer:
         bar = _progress(cfg.epochs, self.progress and show, label, position=position)
         try:
             for epoch in range(1, cfg.epochs + 1):
+                if ready is not None and not ready(epoch):
+                    return
                 order = rng.permutation(len(pair_query_arr))
                 losses = []
                 module.train()
@@ -705,7 +719,7 @@ class AdapterTrainer:
                     batch = order[start_row : start_row + cfg.batch_size]
                     q_idx, d_idx = pair_query_arr[batch], pair_doc_arr[batch]
                     adapted = module(queries[q_idx])
-                    if cfg.loss == "infonce":  # its temperature, applied to (batch, d) rather than (batch, candidates)
+                    if cfg.loss == "infonce":  # its temperature on (batch, d), not (batch, candidates)
                         adapted = adapted / cfg.temperature
                     candidates, target, mask = _candidates(
                         q_idx,
