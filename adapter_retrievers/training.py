@@ -80,8 +80,9 @@ class TrainingConfig:
     ``refit``: with a validation split held out by the trainer, train the kept adapter again on every
     pair (validation included) for the chosen epochs, negatives and blend, as cross-validation does. On
     by default: the validation queries' documents are then learned too (SciFact, 10 seeds: 0.8023 against
-    0.7847 without; new documents +0.0006 against +0.0023). The refit trains in a thread beside the
-    selection runs, one epoch behind, so on 2 cores it adds about 1.5 s to a 6 s fit, not a third run.
+    0.7847 without; new documents +0.0006 against +0.0023). With cores to spare the refit trains in a
+    thread beside the selection runs, never ahead of the epoch they have chosen, so on 2 cores it adds
+    1-2 s to a SciFact fit instead of a third run's 5-6 s.
     ``result.report`` and ``result.decision`` describe the selected adapter on validation; the refit has
     no held-out query left to score it.
     A tuple of ``negatives`` trains one run per option and keeps the one that validation prefers, under
@@ -559,8 +560,9 @@ class AdapterTrainer:
         ``select(option, position, state)`` trains one option and selects its epoch and blend. With
         ``refit(option, state)``, the chosen option is trained again on every pair, if the choice is kept
         (``keep``). When runs go in parallel, the first option's refit (the costliest option comes first:
-        "all" documents as negatives) starts with the selection runs and trails its run one epoch behind
-        (``state``), so it is mostly done when the choice is made; it stops as soon as its option loses.
+        "all" documents as negatives) starts as soon as a thread is free and trails its selection run
+        (``state``, see :meth:`_trail`), so it is mostly done when the choice is made; it stops as soon as
+        its option loses, and another option's refit starts only if that option wins.
         The runs share only read-only data, so threads change no result: torch and numpy release the GIL
         in the matrix products that dominate a run.
         """
