@@ -400,19 +400,19 @@ class AdapterTrainer:
         if cfg.solver == "procrustes":
             candidates = iter([(1, float("nan"), self._procrustes(train, train_vectors, corpus, model_id))])
             chosen = _select(candidates, [scorer], cfg)
+            decision = gate(chosen)
         else:
             refit_on = every_pair if cfg.refit else None
-            chosen, refitted = self._each_option(
+            chosen, decision, refitted = self._each_option(
                 lambda option, position, state: _select(
                     self._train_epochs(train, train_vectors, corpus, model_id, config=option, position=position),
                     [scorer],
                     option,
                     state,
                 ),
+                gate,
                 refit=None if refit_on is None else lambda option, state: self._trail(*refit_on, corpus, option, state),
-                keep=lambda choice: gate(choice)["kept"],
             )
-        decision = gate(chosen)
         best_adapter = blend(chosen.adapter, chosen.alpha) if decision["kept"] else identity
         report = compare(best_adapter, validation_vectors, validation, corpus, seen_documents=train.documents)
         if refitted is not None:  # trained again on every pair, validation included (``refit``)
@@ -460,18 +460,17 @@ class AdapterTrainer:
             adapted = np.concatenate(choice.per_query) if choice.epoch else base
             return _decide(base, adapted, new, choice, cfg, label)
 
-        chosen, refitted = self._each_option(
+        chosen, decision, refitted = self._each_option(
             lambda option, _position, state: _select_folds(
                 [self._train_epochs(r, v, corpus, model_id, config=option, show=False) for r, v in parts],
                 scorers,
                 option,
                 state,
             ),
+            gate,
             refit=lambda option, state: self._trail(train, vectors, corpus, option, state),
-            keep=lambda choice: gate(choice)["kept"],
         )
         adapted = np.concatenate(chosen.per_query) if chosen.epoch else base
-        decision = gate(chosen)
         adapter: QueryAdapter = QueryAdapter.identity(vectors.shape[1], model_id)
         if decision["kept"] and refitted is not None:
             adapter = blend(refitted, chosen.alpha)
@@ -552,47 +551,44 @@ class AdapterTrainer:
     def _each_option(
         self,
         select: Callable[[TrainingConfig, int, _RunState], _Choice],
+        decide: Callable[[_Choice], dict[str, Any]],
         refit: Callable[[TrainingConfig, _RunState], QueryAdapter | None] | None = None,
-        keep: Callable[[_Choice], bool] = bool,
-    ) -> tuple[_Choice, QueryAdapter | None]:
-        """Train and select a run per ``negatives`` option, ``parallel_runs`` at a time; the best choice.
+    ) -> tuple[_Choice, dict[str, Any], QueryAdapter | None]:
+        """Train and select a run per ``negatives`` option, ``parallel_runs`` at a time: the best choice, the
+        gate's decision on it (``decide``), and with ``refit`` the chosen option trained again on every pair
+        when the choice is kept.
 
-        ``select(option, position, state)`` trains one option and selects its epoch and blend. With
-        ``refit(option, state)``, the chosen option is trained again on every pair, if the choice is kept
-        (``keep``). When runs go in parallel, the first option's refit (the costliest option comes first:
-        "all" documents as negatives) starts as soon as a thread is free and trails its selection run
-        (``state``, see :meth:`_trail`), so it is mostly done when the choice is made; it stops as soon as
-        its option loses, and another option's refit starts only if that option wins.
-        The runs share only read-only data, so threads change no result: torch and numpy release the GIL
-        in the matrix products that dominate a run.
+        ``select(option, position, state)`` trains one option and selects its epoch and blend. When runs go
+        in parallel, the first option's refit (the costliest option comes first: "all" documents as
+        negatives) starts as soon as a thread is free and trails its selection run (``state``, see
+        :meth:`_trail`), so it is mostly done when the choice is made; it stops as soon as its option loses,
+        and another option's refit starts only if that option wins. The runs share only read-only data, so
+        threads change no result: torch and numpy release the GIL in the matrix products that dominate a run.
         """
         options = _negative_options(self.config)
         states = [_RunState() for _ in options]
-        runs = len(options) + (1 if refit else 0)
-        workers = min(runs, _parallel_runs(self.config))
+        workers = min(len(options) + (1 if refit else 0), _parallel_runs(self.config))
         if workers <= 1:
-            choices = [select(option, 0, state) for option, state in zip(options, states)]
-            chosen = _best(choices)
-            winner = next(i for i, c in enumerate(choices) if c is chosen)
-            kept = keep(chosen)
-            return chosen, refit(options[winner], states[winner]) if refit and kept else None
+            winner, chosen = _best([select(option, 0, state) for option, state in zip(options, states)])
+            decision = decide(chosen)
+            refitted = refit(options[winner], states[winner]) if refit and decision["kept"] else None
+            return chosen, decision, refitted
         with ThreadPoolExecutor(workers, thread_name_prefix="adapter-training") as pool:
             selections = [pool.submit(select, o, i, s) for i, (o, s) in enumerate(zip(options, states))]
             early = pool.submit(refit, options[0], states[0]) if refit else None
             winner, kept = -1, False
             try:
-                choices = [future.result() for future in selections]
-                chosen = _best(choices)
-                winner = next(i for i, c in enumerate(choices) if c is chosen)
-                kept = keep(chosen)
+                winner, chosen = _best([future.result() for future in selections])
+                decision = decide(chosen)
+                kept = decision["kept"]
             finally:
                 for i, state in enumerate(states):
                     if i != winner or not kept:
                         state.cancel()
             if refit is None or not kept:
-                return chosen, None
+                return chosen, decision, None
             late = early if winner == 0 else pool.submit(refit, options[winner], states[winner])
-            return chosen, late.result()
+            return chosen, decision, late.result()
 
     def _trail(
         self,
@@ -607,7 +603,8 @@ class AdapterTrainer:
         at that epoch, or ``None`` when it chose none or was cancelled.
 
         Epoch ``e`` is trained only once the selection run has chosen ``e`` or a later epoch (its choice
-        never moves back), so a refit that runs beside its selection run never trains an epoch for nothing.
+        never moves back), and the run ends once the selection run is done and its epoch is reached, so a
+        refit that runs beside its selection run never trains an epoch for nothing.
         """
 
         def ready(epoch: int) -> bool:
@@ -617,16 +614,12 @@ class AdapterTrainer:
 
         model_id = self.model_id or "unknown-model"
         best = None
-        run = self._train_epochs(train, vectors, corpus, model_id, config=option, show=show, ready=ready)
-        try:
-            for epoch, _loss, snapshot in run:
-                with state.changed:
-                    if state.chosen == epoch:  # a later choice would replace it
-                        best = snapshot
-                    if state.done and epoch >= state.chosen:
-                        break
-        finally:
-            run.close()
+        for epoch, _loss, snapshot in self._train_epochs(
+            train, vectors, corpus, model_id, config=option, show=show, ready=ready
+        ):
+            with state.changed:
+                if state.chosen == epoch:  # a later choice would replace it
+                    best = snapshot
         return None if state.cancelled else best
 
     def _procrustes(self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, model_id: str) -> QueryAdapter:
@@ -869,18 +862,22 @@ class _Scorer:
 
 
 class _RunState:
-    """How far a selection run has got (epochs scored, best epoch so far), shared with its refit run."""
+    """A selection run's best epoch so far and whether it is done, shared with the run that refits it."""
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
-        self.epoch = 0
         self.chosen = 0
         self.done = False
         self.cancelled = False
 
-    def update(self, epoch: int, chosen: int, done: bool = False) -> None:
+    def choose(self, epoch: int) -> None:
         with self.changed:
-            self.epoch, self.chosen, self.done = epoch, chosen, self.done or done
+            self.chosen = epoch
+            self.changed.notify_all()
+
+    def finish(self) -> None:
+        with self.changed:
+            self.done = True
             self.changed.notify_all()
 
     def cancel(self) -> None:
@@ -916,26 +913,25 @@ def _negative_options(cfg: TrainingConfig) -> list[TrainingConfig]:
     return [replace(cfg, negatives=option) for option in cfg.negatives]
 
 
-def _best(choices: Any) -> _Choice:
-    """The highest-scoring choice across runs (the first on ties, so list the cheaper option last)."""
-    best: _Choice | None = None
-    for choice in choices:
-        if best is None or (choice.epoch and choice.score > best.score + 1e-9):
-            best = choice
-    assert best is not None
-    return best
+def _best(choices: Sequence[_Choice]) -> tuple[int, _Choice]:
+    """The highest-scoring choice across runs and its index (the first on ties: list the cheaper option last)."""
+    best = 0
+    for i, choice in enumerate(choices):
+        if choice.epoch and choice.score > choices[best].score + 1e-9:
+            best = i
+    return best, choices[best]
 
 
 def _select(candidates: Any, scorers: list[_Scorer], cfg: TrainingConfig, state: _RunState | None = None) -> _Choice:
     """Best (epoch, blend) by mean validation score among candidates not below base on new documents.
 
-    ``state`` is told after every epoch how far the selection has got (for a refit run that trails it).
+    ``state`` is told the best epoch after every epoch, and when selection is done (for a refit run that trails it).
     """
     state = state or _RunState()
     try:
         return _select_epochs(candidates, scorers[0], cfg, state)
     finally:
-        state.update(state.epoch, state.chosen, done=True)
+        state.finish()
 
 
 def _select_epochs(candidates: Any, scorer: _Scorer, cfg: TrainingConfig, state: _RunState) -> _Choice:
@@ -959,7 +955,7 @@ def _select_epochs(candidates: Any, scorer: _Scorer, cfg: TrainingConfig, state:
                 choice = _Choice(epoch, alpha, score, candidate, [per_query], history, cfg.negatives)
                 last_improved = epoch
         history.append(row)
-        state.update(epoch, choice.epoch)
+        state.choose(choice.epoch)
         if epoch - last_improved >= cfg.patience:
             break
     return choice
@@ -977,7 +973,7 @@ def _select_folds(
     try:
         return _select_fold_epochs(runs, scorers, cfg, state)
     finally:
-        state.update(state.epoch, state.chosen, done=True)
+        state.finish()
         for run in runs:
             run.close()
 
@@ -1018,7 +1014,7 @@ def _select_fold_epochs(runs: list[Any], scorers: list[_Scorer], cfg: TrainingCo
                 choice = _Choice(epoch, alpha, score, None, parts, history, cfg.negatives)
                 last_improved = epoch
         history.append(row)
-        state.update(epoch, choice.epoch)
+        state.choose(choice.epoch)
         if epoch - last_improved >= cfg.patience:
             break
     return choice
