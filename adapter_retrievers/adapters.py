@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +49,123 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
+GUARD_PREFIX = "guard."
+
+
+@dataclass
+class QueryGuard:
+    """Where an adapter was trained, so that it applies itself only as far as a query resembles those queries.
+
+    The training queries are summarised by their mean and their ``k`` principal directions with the variance
+    along each, plus one variance for every other direction (a probabilistic PCA): a few kilobytes. A query's
+    ``distance`` is its Mahalanobis distance from that summary per dimension (about 1 for a typical training
+    query). Up to ``inner`` the adapter applies fully; from ``outer`` on the base vector is served; in between
+    the two are blended linearly (:meth:`weight`), the way :func:`~adapter_retrievers.training.blend` mixes an
+    adapter with the identity, but per query. ``inner`` is a high quantile of the distances of validation
+    queries (held out from the summary), so queries like the training population keep the whole adapter.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+    residual_variance: float
+    inner: float
+    outer: float
+
+    def __post_init__(self) -> None:
+        self.mean = np.ascontiguousarray(self.mean, dtype=np.float32)
+        self.components = np.ascontiguousarray(self.components, dtype=np.float32)
+        self.variances = np.ascontiguousarray(self.variances, dtype=np.float32)
+        d = self.mean.shape[0] if self.mean.ndim == 1 else -1
+        if self.mean.ndim != 1 or self.components.shape != (d, self.variances.shape[0]) or self.variances.ndim != 1:
+            raise AdapterFileError(
+                f"guard tensors have shapes mean {self.mean.shape}, components {self.components.shape}, "
+                f"variances {self.variances.shape}: expected (d,), (d, k), (k,)"
+            )
+        values = (
+            self.mean,
+            self.components,
+            self.variances,
+            np.array([self.residual_variance, self.inner, self.outer]),
+        )
+        if not all(np.isfinite(v).all() for v in values):
+            raise AdapterFileError("guard values contain NaN or inf")
+        if (self.variances <= 0).any() or self.residual_variance <= 0 or not 0 <= self.inner < self.outer:
+            raise AdapterFileError(
+                "guard needs positive variances and 0 <= inner < outer, got "
+                f"residual variance {self.residual_variance}, inner {self.inner}, outer {self.outer}"
+            )
+
+    @property
+    def dimension(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.mean.nbytes + self.components.nbytes + self.variances.nbytes)
+
+    @classmethod
+    def summarise(cls, vectors: np.ndarray, components: int = 32) -> QueryGuard:
+        """The summary of ``vectors`` (training queries), with ``inner``/``outer`` still to be calibrated."""
+        x = normalize_rows(np.asarray(vectors, dtype=np.float64))
+        n, d = x.shape
+        k = max(1, min(components, n - 2, d - 1))
+        mean = x.mean(axis=0)
+        centred = x - mean
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+        eigen = singular**2 / max(n - 1, 1)
+        floor = max(float(eigen[0]) * 1e-6, 1e-12)
+        residual = max(float(eigen[k:].sum() / (d - k)), floor)  # the directions n queries cannot show
+        return cls(mean, vt[:k].T, np.maximum(eigen[:k], floor), residual, 0.0, 1.0)
+
+    def distance(self, query_vectors: np.ndarray) -> np.ndarray:
+        """Per query: Mahalanobis distance from the training queries' summary, per dimension."""
+        x = normalize_rows(np.atleast_2d(np.asarray(query_vectors, dtype=np.float32)))
+        centred = x - self.mean
+        along = centred @ self.components
+        rest = np.maximum((centred * centred).sum(axis=1) - (along * along).sum(axis=1), 0.0)
+        squared = (along * along / self.variances).sum(axis=1) + rest / self.residual_variance
+        return np.sqrt(squared / self.dimension)
+
+    def weight(self, query_vectors: np.ndarray) -> np.ndarray:
+        """Per query: how much of the adapter to apply, 1 up to ``inner``, 0 from ``outer`` on."""
+        return np.clip((self.outer - self.distance(query_vectors)) / (self.outer - self.inner), 0.0, 1.0)
+
+    def calibrated(self, held_out_distances: np.ndarray, quantile: float = 0.99, width: float = 1.0) -> QueryGuard:
+        """The same summary with ``inner`` at the ``quantile`` of held-out training-like queries' distances
+        and ``outer`` beyond it by ``width`` times the distance from their median to ``inner``."""
+        d = np.asarray(held_out_distances, dtype=np.float64)
+        inner = float(np.quantile(d, quantile))
+        spread = max(inner - float(np.median(d)), 1e-3 * max(inner, 1e-3))
+        return replace(self, inner=inner, outer=inner + width * spread)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {
+            f"{GUARD_PREFIX}mean": self.mean,
+            f"{GUARD_PREFIX}components": self.components,
+            f"{GUARD_PREFIX}variances": self.variances,
+        }
+
+    def config(self) -> dict[str, float]:
+        return {"residual_variance": self.residual_variance, "inner": self.inner, "outer": self.outer}
+
+    @classmethod
+    def from_file(cls, tensors: dict[str, np.ndarray], config: Any) -> QueryGuard:
+        names = {f"{GUARD_PREFIX}{n}" for n in ("mean", "components", "variances")}
+        if set(tensors) != names or not isinstance(config, dict):
+            raise AdapterFileError(f"a guard needs tensors {sorted(names)} and a 'guard' object in the config")
+        try:
+            numbers = {k: float(config[k]) for k in ("residual_variance", "inner", "outer")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AdapterFileError(f"guard config needs residual_variance, inner and outer numbers ({exc})") from None
+        return cls(
+            tensors[f"{GUARD_PREFIX}mean"],
+            tensors[f"{GUARD_PREFIX}components"],
+            tensors[f"{GUARD_PREFIX}variances"],
+            **numbers,
+        )
+
+
 @dataclass
 class QueryAdapter:
     """A fitted query adapter. Create one with :class:`~adapter_retrievers.AdapterTrainer` or :meth:`identity`."""
@@ -60,6 +177,7 @@ class QueryAdapter:
     params: dict[str, np.ndarray] = field(default_factory=dict)
     normalize: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    guard: QueryGuard | None = None
 
     # ---------------------------------------------------------------------------------- registry
 
@@ -104,9 +222,14 @@ class QueryAdapter:
     def __post_init__(self) -> None:
         self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.params.items()}
         _check_params(self, source="adapter parameters")
+        if self.guard is not None and self.guard.dimension != self.dimension:
+            raise AdapterFileError(f"guard has dimension {self.guard.dimension}, the adapter {self.dimension}")
 
     def transform(self, query_vectors: Any) -> np.ndarray:
-        """Adapt one query vector (shape ``(d,)``) or a batch (``(n, d)``); numpy in, numpy out."""
+        """Adapt one query vector (shape ``(d,)``) or a batch (``(n, d)``); numpy in, numpy out.
+
+        With a :attr:`guard`, each query gets the adapter only as far as it resembles the training queries.
+        """
         x = np.asarray(query_vectors, dtype=np.float32)
         single = x.ndim == 1
         batch = x[None, :] if single else x
@@ -116,6 +239,9 @@ class QueryAdapter:
                 f"(base model {self.base_model!r})"
             )
         y = self._apply(batch)
+        if self.guard is not None:  # far from the training queries: towards the base vector
+            w = self.guard.weight(batch)[:, None]
+            y = w * y + (1.0 - w) * batch
         if self.normalize:
             y = normalize_rows(y)
         return y[0] if single else y
@@ -125,7 +251,9 @@ class QueryAdapter:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(kind={self.kind!r}, dimension={self.dimension}, base_model={self.base_model!r}, "
-            f"parameters={self.n_parameters:,}, normalize={self.normalize})"
+            f"parameters={self.n_parameters:,}, normalize={self.normalize}"
+            + (f", guard=[{self.guard.inner:.3f}, {self.guard.outer:.3f}]" if self.guard is not None else "")
+            + ")"
         )
 
     @property
@@ -134,7 +262,13 @@ class QueryAdapter:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(v.nbytes for v in self.params.values()))
+        """Bytes held in memory: the parameters and the guard's summary."""
+        guard = self.guard.nbytes if self.guard is not None else 0
+        return int(sum(v.nbytes for v in self.params.values())) + guard
+
+    def with_guard(self, guard: QueryGuard | None) -> QueryAdapter:
+        """The same adapter with another guard (None: none, the adapter applies to every query alike)."""
+        return replace(self, params=dict(self.params), metadata=dict(self.metadata), guard=guard)
 
     @property
     def is_identity(self) -> bool:
@@ -171,8 +305,12 @@ class QueryAdapter:
             "created": self.metadata.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "metadata": self.metadata,
         }
+        tensors = dict(self.params)
+        if self.guard is not None:
+            config["guard"] = self.guard.config()
+            tensors.update(self.guard.tensors())
         with atomic_folder(path) as tmp:
-            (tmp / WEIGHTS_FILE).write_bytes(save(self.params, metadata={"format": "adapter-retrievers"}))
+            (tmp / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": "adapter-retrievers"}))
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_json_default) + "\n", encoding="utf-8")
         return path
 
@@ -218,8 +356,12 @@ class QueryAdapter:
         for name, value in params.items():
             if value.dtype != np.float32:
                 raise AdapterFileError(f"{weights_path}: tensor {name!r} has dtype {value.dtype}, expected float32")
+        guard_tensors = {k: params.pop(k) for k in [k for k in params if k.startswith(GUARD_PREFIX)]}
         try:
-            adapter = adapter_cls(dim, model, params, bool(config.get("normalize", True)), metadata)
+            guard = None
+            if guard_tensors or "guard" in config:
+                guard = QueryGuard.from_file(guard_tensors, config.get("guard"))
+            adapter = adapter_cls(dim, model, params, bool(config.get("normalize", True)), metadata, guard)
         except AdapterFileError as exc:
             raise AdapterFileError(f"{weights_path}: {exc}") from exc
         probe = np.random.default_rng(0).standard_normal((4, dim)).astype(np.float32)

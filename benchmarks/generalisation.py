@@ -159,6 +159,13 @@ def run_variant(name: str, overrides: dict, splits: list[Split], seeds, model_id
                 "negatives": result.adapter.metadata["validation"].get("negatives"),
                 "decision": result.describe_decision(),
             }
+            # the same adapter without its per-query guard: what the guard costs (or saves) on this split
+            plain = result.adapter.with_guard(None)
+            unguarded = compare(
+                plain, split.test_vectors, split.test, split.corpus, seen_documents=result.training_documents
+            )
+            row["adapted_unguarded"] = unguarded.means("ndcg@10")[1]
+            row["new_gain_unguarded"] = unguarded.gain("ndcg@10", "new") if unguarded.n_queries_in("new") else None
             for group in ("seen", "new"):
                 n = report.n_queries_in(group)
                 row[f"n_{group}"] = n
@@ -171,7 +178,8 @@ def run_variant(name: str, overrides: dict, splits: list[Split], seeds, model_id
     summary = {}
     for split_name, rows in per_split.items():
         entry = {"runs": rows, "n_test": len(diffs[split_name][0])}
-        for key in ("base", "adapted", "gain", "seen_gain", "new_gain", "seconds", "cpu_seconds"):
+        keys = ("base", "adapted", "gain", "seen_gain", "new_gain", "seconds", "cpu_seconds", "adapted_unguarded")
+        for key in (*keys, "new_gain_unguarded"):
             values = [r[key] for r in rows if r[key] is not None]
             if values:
                 entry[key] = float(np.mean(values))

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from adapter_retrievers import AdapterTrainer, QueryAdapter, TrainingSet, compare
-from adapter_retrievers.training import _candidates
+from adapter_retrievers.training import run
+from adapter_retrievers.training.run import _candidates
 from conftest import make_rotation_task, rows_for
 
 # the consistency term and the blend search are exercised by their own tests below; off here for speed
@@ -218,7 +219,9 @@ def test_refit_trains_the_kept_adapter_again_on_every_pair(task):
 def test_validation_blind_to_documents_with_traffic_tests_not_worse_instead_of_a_gain():
     """All validation queries about new documents: keep a gain too small to be significant, unless it may cost more
     than the margin; with a validation query about a document with traffic, the gain must be significant."""
-    from adapter_retrievers.training import TrainingConfig, _Choice, _decide
+    from adapter_retrievers.training import TrainingConfig
+    from adapter_retrievers.training.gate import decide as _decide
+    from adapter_retrievers.training.selection import Choice as _Choice
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.3, 0.9, 400)
@@ -328,7 +331,8 @@ def test_blend_is_the_adapter_mixed_with_the_identity(task):
 @pytest.mark.parametrize("kind", ["linear", "low_rank", "residual_mlp"])
 def test_blend_factors_scored_together_match_scoring_each_blended_adapter(task, kind):
     """The trainer scores every blend factor from two matrix products; that must rank as each blended adapter does."""
-    from adapter_retrievers.training import _Scorer, blend
+    from adapter_retrievers.training import blend
+    from adapter_retrievers.training.validation import ValidationScorer as _Scorer
 
     corpus, train, _, _, all_vectors = task
     vectors = rows_for(train, all_vectors)
@@ -383,18 +387,18 @@ def test_a_tuple_of_negatives_is_a_selection_grid(task):
 
 @pytest.mark.parametrize(("cross_validated", "refit"), [(False, False), (False, True), (True, True)])
 def test_negatives_options_train_in_parallel_with_the_same_result(task, monkeypatch, cross_validated, refit):
-    """``parallel_runs=2`` trains the options in threads at once (with ``refit``, always after k-fold, the refit
-    runs trail their selection runs); the chosen adapter is bit-identical to training one run after another."""
+    """``parallel_runs=2`` trains the options in threads at once (then the kept one is refitted, always after
+    k-fold); the chosen adapter is bit-identical to training one run after another."""
     import threading
 
     threads_seen = []
-    original = AdapterTrainer._train_epochs
+    original = run.train_epochs
 
-    def spy(self, *args, **kwargs):
+    def spy(*args, **kwargs):
         threads_seen.append(threading.current_thread().name)
-        yield from original(self, *args, **kwargs)
+        yield from original(*args, **kwargs)
 
-    monkeypatch.setattr(AdapterTrainer, "_train_epochs", spy)
+    monkeypatch.setattr(run, "train_epochs", spy)
     corpus, train, _, _, vectors = task
     options = {**FAST, "negatives": ("all", 4), "consistency_weight": 1.0, "blend": (0.5, 1.0), "epochs": 6}
     options["cv_below_queries"] = 10_000 if cross_validated else 0
@@ -405,7 +409,7 @@ def test_negatives_options_train_in_parallel_with_the_same_result(task, monkeypa
         trainer = AdapterTrainer(**options, parallel_runs=runs)
         results[runs] = trainer.fit_vectors(train, rows_for(train, vectors), None, None, corpus)
         workers = {name for name in threads_seen if name.startswith("adapter-training")}
-        assert len(workers) == (0 if runs == 1 else min(runs, 3 if refit else 2)), threads_seen
+        assert len(workers) == (0 if runs == 1 else 2), threads_seen
     one = results[1]
     assert one.improved  # so that the weights compared below are trained ones
     for many in (results[2], results[3]):
@@ -425,13 +429,13 @@ def test_training_runs_on_the_configured_threads_and_restores_the_callers(task, 
     import torch
 
     seen = []
-    original = AdapterTrainer._train_epochs
+    original = run.train_epochs
 
-    def spy(self, *args, **kwargs):
+    def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
-        yield from original(self, *args, **kwargs)
+        yield from original(*args, **kwargs)
 
-    monkeypatch.setattr(AdapterTrainer, "_train_epochs", spy)
+    monkeypatch.setattr(run, "train_epochs", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -1,0 +1,187 @@
+"""What decides a training run: :class:`TrainingConfig`, its defaults and their checks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from adapter_retrievers.adapters import QueryAdapter
+
+Loss = Literal["infonce", "triplet", "mse_cosine"]
+LOSSES = ("infonce", "triplet", "mse_cosine")
+ValidationSplit = Literal["document", "query", "both"]
+Negatives = int | Literal["all"]
+VALIDATION_SPLITS = ("document", "query", "both")
+BLENDABLE = ("linear", "low_rank", "residual_mlp")
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that decides a training run; saved in the adapter file for provenance.
+
+    Defaults were chosen on held-out SciFact queries (see ``docs/benchmarks.md``).
+    ``negatives``: random corpus documents per query and step, or ``"all"`` to score every document
+    (the limit case; above ``all_negatives_limit`` documents the trainer falls back to
+    ``fallback_negatives`` random negatives: 256 came within 0.006 nDCG@10 of "all" on SciFact).
+    Measured on 100k-1M synthetic documents at d=384 (``benchmarks/corpus_scale.py``): "all" costs
+    2-10% more peak memory than 256 random negatives and about the same time per epoch, and training
+    peaks at about 3.7x the corpus's float32 size plus 0.5 GB in both modes (6.0 GB for 1M x 384), so
+    up to 1M documents "all" is kept. The corpus itself, not the negatives, decides whether a machine has
+    enough memory: at d=384 a 24 GiB machine trains on up to about 4M documents either way.
+    ``require_significant_gain``: keep the best epoch only if its validation gain over the base model
+    is above zero at the ``significance`` level (paired bootstrap over validation queries); otherwise
+    return the identity. A gain that validation cannot tell from noise is not worth shipping.
+    ``non_inferiority_margin``: when every validation query is about a new document (k-fold folds and
+    ``validation_split="document"``), validation cannot see the gain on documents with traffic, the
+    largest in every benchmark, only what the adapter costs the others; the gate then keeps the adapter
+    when it beat the base model on validation and the interval's lower bound is above minus this margin
+    (not worse on new documents, within the margin). ``None``: require a significant gain there too.
+    ``validation_split``: how validation queries are held out when none are given: ``"document"``
+    (whole groups of queries that share relevant documents: every validation query is about a "new"
+    document), ``"query"`` (random queries: mostly "seen" documents), or ``"both"`` (half of
+    ``validation_fraction`` each). Whenever validation has queries about new documents, a candidate is
+    only selected if it is not below the base model on them (``protect_new_documents``).
+    ``cv_below_queries``/``cv_folds``: with fewer training queries than this, select and gate with
+    ``cv_folds``-fold cross-validation grouped by document, then refit on all pairs.
+    ``refit``: with a validation split held out by the trainer, train the kept adapter again on every
+    pair (validation included) for the chosen epochs, negatives and blend, as cross-validation does. On
+    by default: the validation queries' documents are then learned too (SciFact, 10 seeds: 0.8023 against
+    0.7847 without; new documents +0.0006 against +0.0023). With cores to spare the refit trains in a
+    thread beside the selection runs, never ahead of the epoch they have chosen, so on 2 cores it adds
+    1-2 s to a SciFact fit instead of a third run's 5-6 s.
+    ``result.report`` and ``result.decision`` describe the selected adapter on validation; the refit has
+    no held-out query left to score it.
+    A tuple of ``negatives`` trains one run per option and keeps the one that validation prefers, under
+    the same rules as the epoch and blend. The default ``("all", 5)``: the whole corpus gives the largest
+    gain on queries about documents with traffic (SciFact), 5 random negatives learn more of how users
+    ask (XQuAD new paragraphs: Spanish +0.104 vs +0.052, German +0.029 vs -0.001); validation picks.
+    ``negative_pool="positives"``: draw negatives only from the training positives, so the adapter
+    learns to tell the trained documents apart, not to prefer them over the rest of the corpus.
+    ``bias``: train the bias term (linear, low_rank, residual_mlp). ``identity_weight``: L2 pull of the
+    parameters toward the identity. ``consistency_weight``: keep the base model's rankings for corpus
+    documents used as pseudo-queries (``consistency_batch`` per step; KL between base and adapted
+    score distributions), so the adapter cannot warp the space toward popular training documents;
+    the distributions are over the whole corpus, or over ``consistency_documents`` random documents per
+    step when the corpus is larger.
+    ``threads``: torch and BLAS threads while training (restored afterwards); ``None`` keeps torch's setting.
+    One by default: on SciFact (5,183 documents, d=384) two threads on 2 cores were no faster when the
+    machine was idle and 10x slower (113 s vs 11.7 s) while another process used a core, as a nightly
+    job beside a serving process would. Raise it for corpora of millions of documents on many cores.
+    ``parallel_runs``: how many training runs (one per ``negatives`` option, and with ``refit`` one more)
+    train at once, each in its own Python thread with ``threads`` torch threads; ``None``: as many as the
+    cores this process may use hold (cores // threads; a third thread on 2 cores was no faster). The runs
+    are independent, so the result is the same either way; threads of one process time-share cores
+    without spinning as oversubscribed torch threads do.
+    ``blend``: also try ``alpha * adapter + (1 - alpha) * identity`` for each alpha (linear kinds) on
+    validation and keep the best (ignored for ``orthogonal``).
+    ``guard``: store a summary of the training queries in the adapter (mean and ``guard_components``
+    principal directions, see :class:`~adapter_retrievers.adapters.QueryGuard`) so that at serving time a
+    query gets the adapter only as far as it resembles them: fully up to the ``guard_quantile`` of held-out
+    validation queries' distances, not at all beyond ``guard_width`` times that quantile's distance from
+    their median, blended in between. A population the adapter never saw (another language, another
+    tenant) then gets the base model instead of an adapter tuned for someone else.
+    """
+
+    kind: str = "linear"
+    loss: Loss = "infonce"
+    negatives: Negatives | tuple[Negatives, ...] = ("all", 5)
+    all_negatives_limit: int = 1_000_000
+    fallback_negatives: int = 256
+    in_batch_negatives: bool = True
+    negative_pool: Literal["corpus", "positives"] = "corpus"
+    labelled_negatives: bool = True
+    learning_rate: float = 1e-3
+    epochs: int = 100
+    batch_size: int = 64
+    patience: int = 8
+    validation_fraction: float = 0.15
+    temperature: float = 0.05
+    margin: float = 0.2
+    rank: int = 32
+    hidden: int = 256
+    solver: Literal["gradient", "procrustes"] = "gradient"
+    selection_metric: str = "ndcg@10"
+    require_significant_gain: bool = True
+    significance: float = 0.9
+    non_inferiority_margin: float | None = 0.01
+    refit: bool = True
+    validation_split: ValidationSplit = "both"
+    protect_new_documents: bool = True
+    cv_below_queries: int = 300
+    cv_folds: int = 5
+    bias: bool = False
+    identity_weight: float = 0.0
+    consistency_weight: float = 5.0
+    consistency_batch: int = 64
+    consistency_documents: int = 1024
+    threads: int | None = 1
+    parallel_runs: int | None = None
+    blend: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    guard: bool = True
+    guard_components: int = 32
+    guard_quantile: float = 0.99
+    guard_width: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        trainable = [k for k in QueryAdapter.kinds() if k != "identity"]
+        if self.kind not in trainable:
+            raise ValueError(f"unknown adapter kind {self.kind!r}; choose one of {trainable}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        if isinstance(self.negatives, list | tuple):
+            self.negatives = tuple(self.negatives)
+        options = self.negatives if isinstance(self.negatives, tuple) else (self.negatives,)
+        if not options or any(n != "all" and (not isinstance(n, int) or isinstance(n, bool) or n < 0) for n in options):
+            raise ValueError(f"negatives must be a count >= 0 or 'all' (or a tuple of them), got {self.negatives!r}")
+        if self.solver == "procrustes" and self.kind != "orthogonal":
+            raise ValueError("solver='procrustes' only applies to kind='orthogonal'")
+        for name in ("learning_rate", "temperature", "validation_fraction"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.validation_split not in VALIDATION_SPLITS:
+            raise ValueError(f"validation_split must be one of {VALIDATION_SPLITS}, got {self.validation_split!r}")
+        if self.cv_below_queries and self.cv_folds < 2:
+            raise ValueError("cv_folds must be >= 2")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be >= 1 or None")
+        if self.parallel_runs is not None and self.parallel_runs < 1:
+            raise ValueError("parallel_runs must be >= 1 or None")
+        if self.non_inferiority_margin is not None and self.non_inferiority_margin < 0:
+            raise ValueError("non_inferiority_margin must be >= 0 or None")
+        if self.consistency_documents < 2:
+            raise ValueError("consistency_documents must be >= 2")
+        for name in ("identity_weight", "consistency_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        self.blend = tuple(float(a) for a in self.blend)
+        if not self.blend or any(not 0.0 < a <= 1.0 for a in self.blend):
+            raise ValueError(f"blend factors must be in (0, 1], got {self.blend}")
+        if self.guard_components < 1 or not 0 < self.guard_quantile <= 1 or self.guard_width <= 0:
+            raise ValueError("guard_components must be >= 1, guard_quantile in (0, 1] and guard_width > 0")
+        if self.kind not in BLENDABLE:  # a rotation mixed with the identity is no rotation
+            self.blend = (1.0,)
+
+
+def negative_options(cfg: TrainingConfig) -> list[TrainingConfig]:
+    """One config per ``negatives`` option (a tuple of them is a selection grid, like ``blend``)."""
+    if not isinstance(cfg.negatives, tuple):
+        return [cfg]
+    return [replace(cfg, negatives=option) for option in cfg.negatives]
+
+
+def parallel_runs(cfg: TrainingConfig) -> int:
+    """``cfg.parallel_runs``, or as many runs as fit on this process's cores at ``cfg.threads`` threads each."""
+    if cfg.parallel_runs is not None:
+        return cfg.parallel_runs
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg.threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    else:
+        threads = cfg.threads
+    return max(1, cores // threads)

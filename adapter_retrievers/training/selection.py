@@ -1,0 +1,119 @@
+"""Selection: pure functions over validation curves.
+
+A :class:`Curve` holds what validation said about one run after every epoch: the mean metric at each blend
+factor, overall and on the queries about new documents. From it alone follow the chosen (epoch, blend)
+(:func:`choose`), when the run may stop (:func:`should_stop`), the history a user sees (:func:`history`), and
+which of several runs wins (:func:`best_option`). Nothing here trains, waits or runs in a thread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.training.config import TrainingConfig
+
+_TIE = 1e-9  # a candidate must beat the one before it by more than this
+
+
+@dataclass(frozen=True)
+class EpochScores:
+    """Validation after one epoch: mean metric per blend factor, overall and on queries about new documents."""
+
+    epoch: int
+    train_loss: float
+    means: dict[float, float]
+    new_means: dict[float, float] = field(default_factory=dict)
+
+    @staticmethod
+    def of(epoch: int, train_loss: float, per_query: dict[float, np.ndarray], new: np.ndarray) -> EpochScores:
+        """From per-query scores per blend factor (``new``: which queries are about new documents)."""
+        means = {alpha: float(scores.mean()) for alpha, scores in per_query.items()}
+        new_means = {alpha: float(scores[new].mean()) for alpha, scores in per_query.items()} if new.any() else {}
+        return EpochScores(epoch, train_loss, means, new_means)
+
+
+@dataclass
+class Curve:
+    """One run's validation results so far (for k-fold: the out-of-fold queries of every fold, pooled)."""
+
+    base: float
+    base_new: float | None
+    epochs: list[EpochScores] = field(default_factory=list)
+
+    @staticmethod
+    def start(base: np.ndarray, new: np.ndarray) -> Curve:
+        return Curve(float(base.mean()), float(base[new].mean()) if new.any() else None)
+
+
+@dataclass
+class Choice:
+    """The selected candidate of a run: epoch (0: none beat the base model), blend factor, validation score;
+    ``per_query``: its per-query validation scores, ``adapter``: its snapshot (None where a refit replaces it)."""
+
+    epoch: int = 0
+    alpha: float = 1.0
+    score: float = float("nan")
+    negatives: Any = None
+    per_query: np.ndarray | None = None
+    adapter: QueryAdapter | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def feasible(curve: Curve, scores: EpochScores, alpha: float, cfg: TrainingConfig) -> bool:
+    """Not below the base model on the validation queries about new documents (when there are any)."""
+    if not cfg.protect_new_documents or curve.base_new is None:
+        return True
+    return scores.new_means[alpha] >= curve.base_new - _TIE
+
+
+def choose(curve: Curve, cfg: TrainingConfig) -> tuple[int, float, float]:
+    """``(epoch, alpha, score)``: the best mean validation score among feasible candidates; ``(0, 1.0, base)``
+    when none beats the base model. Earlier epochs and larger blend factors win ties."""
+    best = (0, 1.0, curve.base)
+    for scores in curve.epochs:
+        for alpha in sorted(cfg.blend, reverse=True):
+            score = scores.means[alpha]
+            if score > best[2] + _TIE and feasible(curve, scores, alpha, cfg):
+                best = (scores.epoch, alpha, score)
+    return best
+
+
+def last_improvement(curve: Curve, cfg: TrainingConfig) -> int:
+    """The last epoch that improved the unblended score or the choice: patience counts from there."""
+    top, best_raw, raw_epoch = max(cfg.blend), -math.inf, 0
+    for scores in curve.epochs:
+        if scores.means[top] > best_raw + _TIE:
+            best_raw, raw_epoch = scores.means[top], scores.epoch
+    return max(raw_epoch, choose(curve, cfg)[0])
+
+
+def should_stop(curve: Curve, cfg: TrainingConfig) -> bool:
+    """Early stopping: ``cfg.patience`` epochs without an improvement."""
+    return bool(curve.epochs) and curve.epochs[-1].epoch - last_improvement(curve, cfg) >= cfg.patience
+
+
+def history(curve: Curve, cfg: TrainingConfig) -> list[dict[str, float]]:
+    """Per epoch: train loss and the unblended validation metric (overall, and on new documents)."""
+    metric, top = cfg.selection_metric, max(cfg.blend)
+    rows = [{"epoch": 0, "train_loss": float("nan"), metric: curve.base}]
+    for scores in curve.epochs:
+        row = {"epoch": scores.epoch, "train_loss": scores.train_loss, metric: scores.means[top]}
+        if scores.new_means:
+            row[f"{metric} new documents"] = scores.new_means[top]
+        rows.append(row)
+    return rows
+
+
+def best_option(choices: Sequence[Choice]) -> int:
+    """The index of the highest-scoring choice across runs (the first on ties: list the cheaper option last)."""
+    best = 0
+    for i, choice in enumerate(choices):
+        if choice.epoch and choice.score > choices[best].score + _TIE:
+            best = i
+    return best

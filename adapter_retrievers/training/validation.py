@@ -1,0 +1,111 @@
+"""Validation: how queries are held out (a split, or folds grouped by document) and how candidates are scored."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.data import Corpus, TrainingSet
+from adapter_retrievers.evaluation import document_groups, rank_metrics, score_vectors
+from adapter_retrievers.training.config import BLENDABLE, TrainingConfig
+
+
+def blend(adapter: QueryAdapter, alpha: float) -> QueryAdapter:
+    """``alpha * adapter + (1 - alpha) * identity``, again an adapter of the same kind (linear kinds only).
+
+    For ``linear``: ``W' = alpha W + (1 - alpha) I``, ``b' = alpha b``; for ``low_rank`` and
+    ``residual_mlp`` the residual branch is scaled by ``alpha``.
+    """
+    if alpha == 1.0 or adapter.is_identity:
+        return adapter
+    p = dict(adapter.params)
+    if adapter.kind == "linear":
+        eye = np.eye(adapter.dimension, dtype=np.float32)
+        p["weight"], p["bias"] = alpha * p["weight"] + (1 - alpha) * eye, alpha * p["bias"]
+    elif adapter.kind == "low_rank":
+        p["up"], p["bias"] = alpha * p["up"], alpha * p["bias"]
+    elif adapter.kind == "residual_mlp":
+        p["w2"], p["b2"] = alpha * p["w2"], alpha * p["b2"]
+    else:
+        raise ValueError(f"cannot blend a {adapter.kind!r} adapter with the identity")
+    return type(adapter)(
+        adapter.dimension, adapter.base_model, p, adapter.normalize, dict(adapter.metadata), adapter.guard
+    )
+
+
+_CACHED_SCORES = 1 << 24  # validation x corpus scores kept across epochs up to this many (64 MB of float32)
+
+
+class ValidationScorer:
+    """Per-query selection metric of candidates on one validation set; knows which queries are about new docs."""
+
+    def __init__(self, queries: TrainingSet, vectors: np.ndarray, corpus: Corpus, metric: str, seen: set[str]) -> None:
+        self.queries, self.vectors, self.corpus, self.metric = queries, vectors, corpus, metric
+        groups = document_groups(queries, seen)
+        self.new = np.array([groups[q] == "new" for q in queries.query_ids], dtype=bool)
+        self.base = self(None)
+        docs = corpus.normalized_embeddings()
+        x = np.asarray(vectors, dtype=np.float32)
+        # the same for every candidate: kept when small (computed here, as threads may share the scorer)
+        self._base_scores = x @ docs.T if x.shape[0] * docs.shape[0] <= _CACHED_SCORES else None
+
+    def __call__(self, adapter: QueryAdapter | None) -> np.ndarray:
+        vectors = self.vectors if adapter is None else adapter.transform(self.vectors)
+        return score_vectors(vectors, self.queries, self.corpus, (self.metric,)).per_query[self.metric]
+
+    def blends(self, adapter: QueryAdapter, alphas: Sequence[float]) -> dict[float, np.ndarray]:
+        """Per-query scores of ``blend(adapter, alpha)`` for each alpha, from two matrix products in all.
+
+        Before its final normalisation a blended adapter maps ``x`` to ``alpha * f(x) + (1 - alpha) * x``
+        (see :func:`blend`), and cosine ranking ignores the query's length, so every blend factor ranks by
+        ``alpha * (f(x) . d) + (1 - alpha) * (x . d)``.
+        """
+        if list(alphas) == [1.0] or adapter.kind not in BLENDABLE:
+            return {alpha: self(blend(adapter, alpha)) for alpha in alphas}
+        docs = self.corpus.normalized_embeddings()
+        x = np.asarray(self.vectors, dtype=np.float32)
+        mapped = adapter._apply(x)  # f(x), not yet normalised
+
+        def scores(start: int, stop: int) -> list[np.ndarray]:
+            adapted = mapped[start:stop] @ docs.T
+            base = x[start:stop] @ docs.T if self._base_scores is None else self._base_scores[start:stop]
+            return [alpha * adapted + (1 - alpha) * base for alpha in alphas]
+
+        per_system = rank_metrics(self.queries, self.corpus, scores, (self.metric,))
+        return {alpha: result[self.metric] for alpha, result in zip(alphas, per_system)}
+
+
+def validation_split(train: TrainingSet, cfg: TrainingConfig) -> tuple[TrainingSet, TrainingSet]:
+    """``(train, validation)`` held out by ``cfg.validation_split`` and ``cfg.validation_fraction``."""
+    source = train.name
+    if cfg.validation_split == "both":
+        half = cfg.validation_fraction / 2
+        rest, new = train.split(half, seed=cfg.seed, by="document")
+        rest, seen = rest.split(half / (1 - half), seed=cfg.seed, by="query")
+        validation = TrainingSet(
+            {**new.queries, **seen.queries},
+            {**new.relevant, **seen.relevant},
+            {**new.negatives, **seen.negatives},
+        )
+        label = "grouped by document + by query"
+    else:
+        rest, validation = train.split(cfg.validation_fraction, seed=cfg.seed, by=cfg.validation_split)
+        label = f"by {cfg.validation_split}"
+    rest.name, validation.name = source, f"{source}, validation split {label}"
+    return rest, validation
+
+
+def cross_validation_folds(train: TrainingSet, cfg: TrainingConfig) -> list[TrainingSet]:
+    """``cfg.cv_folds`` folds grouped by document (by query when there are fewer document groups than folds)."""
+    try:
+        return train.folds(cfg.cv_folds, seed=cfg.seed, by="document")
+    except ValueError:  # fewer document groups than folds: fall back to folds by query
+        return train.folds(min(cfg.cv_folds, len(train)), seed=cfg.seed, by="query")
+
+
+def check_disjoint(train: TrainingSet, validation: TrainingSet) -> None:
+    overlap = set(train.queries) & set(validation.queries)
+    if overlap:
+        raise ValueError(f"{len(overlap)} queries are in both train and validation, e.g. {sorted(overlap)[:3]}")

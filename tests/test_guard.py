@@ -1,0 +1,116 @@
+"""The per-query guard: an adapter applies itself only as far as a query resembles its training queries."""
+
+import json
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from adapter_retrievers import AdapterFileError, AdapterTrainer, QueryAdapter
+from adapter_retrievers.adapters import QueryGuard
+from adapter_retrievers.registry import AdapterRegistry
+from conftest import make_rotation_task, rows_for
+
+MODEL = "test/model"
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def population(center, n, rng, spread=0.15):
+    """Queries around one direction: a population of users who ask alike."""
+    return unit(center + spread * rng.standard_normal((n, center.shape[0]))).astype(np.float32)
+
+
+@pytest.fixture
+def guarded():
+    """A strong linear adapter with a guard summarising queries near one direction, calibrated on held-out ones."""
+    rng = np.random.default_rng(0)
+    d = 16
+    here, elsewhere = unit(rng.standard_normal(d)), unit(rng.standard_normal(d))
+    train, held = population(here, 400, rng), population(here, 200, rng)
+    guard = QueryGuard.summarise(train, components=4)
+    guard = guard.calibrated(guard.distance(held), quantile=0.99)
+    weight = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)  # far from the identity
+    adapter = QueryAdapter.create("linear", d, MODEL)
+    adapter.params = {"weight": weight, "bias": np.zeros(d, dtype=np.float32)}
+    return adapter.with_guard(guard), here, elsewhere, rng
+
+
+def test_a_training_like_query_gets_the_adapter_and_a_far_one_the_base_vector(guarded):
+    adapter, here, elsewhere, rng = guarded
+    plain = adapter.with_guard(None)
+    near, far = population(here, 50, rng), population(elsewhere, 50, rng)
+    assert (adapter.guard.weight(near) > 0.99).mean() > 0.9  # held-out users like the training ones: adapted
+    np.testing.assert_allclose(adapter.transform(near[:5]), plain.transform(near[:5]), atol=1e-6)
+    assert (adapter.guard.weight(far) == 0).all()
+    np.testing.assert_allclose(adapter.transform(far), unit(far), atol=1e-6)  # exactly the base vector
+    assert not np.allclose(plain.transform(far), unit(far), atol=1e-2)  # without the guard it would move them
+    between = unit(near[0] + far[0])  # halfway: blended, neither one nor the other
+    w = adapter.guard.weight(between)[0]
+    expected = unit(w * plain._apply(between[None])[0] + (1 - w) * between)
+    np.testing.assert_allclose(adapter.transform(between), expected, atol=1e-5)
+    np.testing.assert_allclose(adapter.transform(far[0]), unit(far[0]), atol=1e-6)  # one 1-D query too
+
+
+def test_the_guard_is_in_the_file_and_old_files_still_load(tmp_path, guarded):
+    adapter, here, elsewhere, rng = guarded
+    adapter.save(tmp_path / "guarded")
+    loaded = QueryAdapter.load(tmp_path / "guarded", base_model=MODEL, dimension=16)
+    x = np.concatenate([population(here, 5, rng), population(elsewhere, 5, rng)])
+    np.testing.assert_allclose(loaded.transform(x), adapter.transform(x), atol=1e-6)
+    assert loaded.guard.inner == pytest.approx(adapter.guard.inner) and "guard=" in repr(loaded)
+    config = json.loads((tmp_path / "guarded" / "adapter_config.json").read_text())
+    assert set(config["guard"]) == {"residual_variance", "inner", "outer"}
+    adapter.with_guard(None).save(tmp_path / "old")  # a file as written before the guard existed
+    assert QueryAdapter.load(tmp_path / "old").guard is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t, c: t.pop("guard.variances"), "guard needs tensors"),
+        (lambda t, c: t.__setitem__("guard.mean", np.zeros(3, dtype=np.float32)), "shapes"),
+        (lambda t, c: c["guard"].__setitem__("outer", -1.0), "inner < outer"),
+        (lambda t, c: c.pop("guard"), "guard needs tensors"),
+        (lambda t, c: t.__setitem__("guard.variances", np.full(4, np.nan, dtype=np.float32)), "NaN"),
+    ],
+)
+def test_a_broken_guard_is_refused(tmp_path, guarded, change, message):
+    adapter = guarded[0]
+    folder = adapter.save(tmp_path / "a")
+    tensors = safetensors.numpy.load_file(folder / "model.safetensors")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    change(tensors, config)
+    (folder / "model.safetensors").write_bytes(safetensors.numpy.save(tensors))
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterFileError, match=message):
+        QueryAdapter.load(folder)
+
+
+def test_the_registry_serves_the_guard(guarded):
+    adapter, here, elsewhere, rng = guarded
+    registry = AdapterRegistry(MODEL, 16, {"tenant": adapter})
+    far = population(elsewhere, 3, rng)
+    np.testing.assert_allclose(registry.transform(far, "tenant"), unit(far), atol=1e-6)
+    near = population(here, 3, rng)
+    np.testing.assert_allclose(registry.transform(near, "tenant"), adapter.with_guard(None).transform(near), atol=1e-5)
+
+
+def test_the_trainer_guards_by_default_and_calibrates_on_validation():
+    corpus, queries, vectors = make_rotation_task(n_docs=200, dim=16, mix=0.35)
+    options = {"learning_rate": 1e-2, "epochs": 15, "progress": False, "model_id": MODEL, "cv_below_queries": 0}
+    result = AdapterTrainer(**options).fit_vectors(queries, rows_for(queries, vectors), None, None, corpus)
+    guard = result.adapter.guard
+    assert result.improved and guard is not None and 0 < guard.inner < guard.outer
+    assert result.adapter.metadata["guard"]["inner"] == guard.inner
+    # the training queries themselves are (nearly) all inside: the guard leaves them the whole adapter
+    assert (guard.weight(rows_for(queries, vectors)) == 1).mean() > 0.95
+    unguarded = AdapterTrainer(**options, guard=False).fit_vectors(
+        queries, rows_for(queries, vectors), None, None, corpus
+    )
+    assert unguarded.adapter.guard is None
+    np.testing.assert_array_equal(unguarded.adapter.params["weight"], result.adapter.params["weight"])
+    with pytest.raises(ValueError, match="guard"):
+        AdapterTrainer(guard_quantile=0)
