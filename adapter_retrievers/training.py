@@ -227,11 +227,11 @@ class TrainingResult:
             line += f"; then trained again on all {d['refit_on_queries']} queries"
         return line
 
-    def plot_history(self, path: os.PathLike | str) -> None:
-        """PNG of training loss and validation metric per epoch."""
+    def plot_history(self, path: os.PathLike | str, overwrite: bool = False) -> None:
+        """PNG of training loss and validation metric per epoch (an existing file only with ``overwrite=True``)."""
         from adapter_retrievers.plots import plot_history
 
-        plot_history(self.history, self.config.selection_metric, path)
+        plot_history(self.history, self.config.selection_metric, path, overwrite=overwrite)
 
 
 def _thread_limited(method: Callable[..., T]) -> Callable[..., T]:
@@ -1108,9 +1108,9 @@ def _candidates(
 
 
 def _progress(total: int, enabled: bool, desc: str, unit: str = "epoch", position: int = 0) -> Any:
-    from tqdm.auto import tqdm
+    from adapter_retrievers.progress import progress_bar
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit=unit, leave=False, position=position)
+    return progress_bar(total, desc, unit, enabled=enabled, position=position, leave=False)
 
 
 def _parallel_runs(cfg: TrainingConfig) -> int:
