@@ -321,4 +321,8 @@ def test_export_phoenix_command(traffic, tmp_path):
     assert f"{len(traffic.spans)} retriever spans" in result.output and "--since 20" in result.output
     _check_pairs(harvest(out, traffic.corpus, fmt="openinference"), traffic)
     missing = CliRunner().invoke(app, ["export-phoenix", "--url", traffic.url, "--page-size", "0", "-o", str(out)])
-    assert missing.exit_code == 2 and "page_size" in missing.output
+    assert missing.exit_code == 2 and "error: --page-size must be 1..1000" in missing.output
+    written = out.read_bytes()
+    again = CliRunner().invoke(app, ["export-phoenix", "--url", traffic.url, "--project", PROJECT, "-o", str(out)])
+    assert again.exit_code == 2 and "--output" in again.output and "pass --overwrite" in again.output
+    assert out.read_bytes() == written
