@@ -9,6 +9,7 @@ same thread shows nothing (the embedding inside a training step, say), so bars n
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -75,7 +76,7 @@ class _Lines(_Silent):
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last >= PLAIN_EVERY:
+        if now - self.last >= PLAIN_EVERY and self.n != self.total:  # the last line comes from close()
             self.last = now
             print(self._line(False), file=sys.stderr, flush=True)
 
@@ -122,7 +123,8 @@ class _Bar:
         self.close()
 
     def __del__(self) -> None:  # a bar dropped without close() must not silence the thread's later bars
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit, module globals may be gone already
+            self.close()
 
 
 def progress_bar(
