@@ -208,11 +208,30 @@ def one_error_line(result, *expected):
     return lines[0]
 
 
-def test_flags_are_refused_before_any_model_is_loaded(tmp_path):
-    """Wrong flags end in one line naming the flag, in a fresh process that never imported torch or the model."""
+def invoke_in_a_fresh_process(
+    cases: dict[str, list[str]], watched: tuple[str, ...]
+) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """Each argv through the CLI in one new Python process: ``({case: (exit code, output)}, the watched modules
+    that got imported)``, to show that a command stopped before loading what is heavy."""
     import subprocess
     import sys
 
+    code = (
+        "import sys, json\n"
+        "from typer.testing import CliRunner\n"
+        "from adapter_retrievers.cli import app\n"
+        "cases, watched = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
+        "out = {k: [r.exit_code, r.output] for k, argv in cases.items() for r in [CliRunner().invoke(app, argv)]}\n"
+        "print(json.dumps([out, [m for m in watched if m in sys.modules]]))\n"
+    )
+    argv = [sys.executable, "-c", code, json.dumps(cases), json.dumps(watched)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    out, imported = json.loads(done.stdout.splitlines()[-1])
+    return {k: (exit_code, output) for k, (exit_code, output) in out.items()}, imported
+
+
+def test_flags_are_refused_before_any_model_is_loaded(tmp_path):
+    """Wrong flags end in one line naming the flag, in a fresh process that never imported torch or the model."""
     write_beir(tmp_path / "data")
     (tmp_path / "a-file").write_text("x")
     beir = str(tmp_path / "data")
@@ -233,18 +252,9 @@ def test_flags_are_refused_before_any_model_is_loaded(tmp_path):
             "bogus",
         ],
     }
-    code = (
-        "import sys, json\n"
-        "from typer.testing import CliRunner\n"
-        "from adapter_retrievers.cli import app\n"
-        "cases = json.loads(sys.argv[1])\n"
-        "out = {flag: CliRunner().invoke(app, argv).output for flag, argv in cases.items()}\n"
-        "out['heavy'] = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout.splitlines()[-1])
-    assert out.pop("heavy") == []
+    results, heavy = invoke_in_a_fresh_process(cases, ("torch", "sentence_transformers"))
+    assert heavy == []
+    out = {flag: output for flag, (_, output) in results.items()}
     expected = {
         "--kind": "--kind must be one of linear, low_rank, orthogonal, residual_mlp; got 'bogus'",
         "--negatives": "--negatives must be a whole number",

@@ -2,8 +2,6 @@
 without --overwrite; bad input ends with one ``error:`` line naming the flag, before any work (issue 18)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ from typer.testing import CliRunner
 
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.cli import app
-from test_cli import one_error_line, write_beir
+from test_cli import invoke_in_a_fresh_process, one_error_line, write_beir
 
 runner = CliRunner()
 PACKAGE = Path(__file__).resolve().parent.parent / "adapter_retrievers"
@@ -71,20 +69,9 @@ def test_every_output_flag_refuses_an_existing_file_before_any_work(workspace):
     byte for byte unchanged, and neither torch, the model nor Phoenix's client was ever imported."""
     cases = every_output_flag(workspace)
     before = {name: (workspace / name).read_bytes() for name in ("README.md", "notes.json")}
-    code = (
-        "import sys, json\n"
-        "from typer.testing import CliRunner\n"
-        "from adapter_retrievers.cli import app\n"
-        "cases = json.loads(sys.argv[1])\n"
-        "out = {k: [r.exit_code, r.output] for k, argv in cases.items() for r in [CliRunner().invoke(app, argv)]}\n"
-        "out['heavy'] = [m for m in ('torch', 'sentence_transformers', 'phoenix.client') if m in sys.modules]\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout.splitlines()[-1])
+    out, heavy = invoke_in_a_fresh_process(cases, ("torch", "sentence_transformers", "phoenix.client"))
     assert {name: (workspace / name).read_bytes() for name in before} == before
     assert not (workspace / "a").exists() and not (workspace / "p.jsonl").exists()
-    heavy = out.pop("heavy")
     for name, (exit_code, output) in out.items():
         lines = [line for line in output.splitlines() if line.strip()]
         flag = "--" + name.split("--")[-1] if "--" in name else "--output's numbers"
@@ -216,18 +203,9 @@ def test_export_phoenix_options_are_refused_at_once(tmp_path):
         "--url": ["export-phoenix", "-o", out, "--url", "notaurl"],
         "--page-size": ["export-phoenix", "-o", out, "--page-size", "0"],
     }
-    code = (
-        "import sys, json\n"
-        "from typer.testing import CliRunner\n"
-        "from adapter_retrievers.cli import app\n"
-        "out = {k: CliRunner().invoke(app, v).output for k, v in json.loads(sys.argv[1]).items()}\n"
-        "out['heavy'] = [m for m in ('phoenix', 'httpx') if m in sys.modules]\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout.splitlines()[-1])
-    assert out.pop("heavy") == []
-    for flag, output in out.items():
+    out, heavy = invoke_in_a_fresh_process(cases, ("phoenix", "httpx"))
+    assert heavy == []
+    for flag, (_, output) in out.items():
         lines = [line for line in output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"error: {flag}"), (flag, output)
         assert "page_size" not in lines[0] and "isoformat" not in lines[0]
