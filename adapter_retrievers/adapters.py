@@ -289,11 +289,19 @@ class QueryAdapter:
                 "adapter for this model (or pass the matching model id if it is the same model under another name)"
             )
 
-    def save(self, path: os.PathLike | str) -> Path:
-        """Write ``model.safetensors`` and ``adapter_config.json`` into folder ``path``, atomically."""
+    def save(self, path: os.PathLike | str, overwrite: bool = False) -> Path:
+        """Write ``model.safetensors`` and ``adapter_config.json`` into folder ``path``, atomically.
+
+        An existing adapter folder is replaced only with ``overwrite=True``; a folder holding other files
+        never is.
+        """
         from safetensors.numpy import save
 
-        path = Path(path)
+        from adapter_retrievers.outputs import check_output, holds_only
+
+        path = check_output(
+            path, overwrite, folder=True, replaceable=holds_only((WEIGHTS_FILE, CONFIG_FILE)), name="adapter folder"
+        )
         config = {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,

@@ -25,7 +25,6 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from adapter_retrievers._files import append_line
@@ -38,11 +37,34 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def is_capture_log(path: os.PathLike | str) -> bool:
+    """True for an empty file or one whose first line is a record of this log (it carries ``schema``)."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+    except OSError:
+        return False
+    if not first.strip() or first.lstrip().startswith(b'{"schema"'):  # ours; maybe still being written
+        return True
+    try:
+        record = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and "schema" in record
+
+
 class RetrievalLog:
-    """Append retrievals and signals to ``path`` (created if missing)."""
+    """Append retrievals and signals to ``path`` (created if missing).
+
+    Appending is what a log does, so an existing log is added to; a file that is not one is refused.
+    """
 
     def __init__(self, path: os.PathLike | str) -> None:
-        self.path = Path(path)
+        from adapter_retrievers.outputs import check_output
+
+        self.path = check_output(
+            path, name="log", continues=is_capture_log, continues_what="a capture log", can_overwrite=False
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 

@@ -293,8 +293,12 @@ class Corpus:
         corpus = data["corpus"]
         return cls(list(corpus), [str(t) for t in corpus.values()], name=Path(path).stem)
 
-    def to_beir(self, folder: os.PathLike | str) -> None:
+    def to_beir(self, folder: os.PathLike | str, overwrite: bool = False) -> None:
+        """Write ``corpus.jsonl`` into ``folder`` (an existing one is replaced only with ``overwrite=True``)."""
+        from adapter_retrievers.outputs import check_output
+
         folder = Path(folder)
+        check_output(folder / "corpus.jsonl", overwrite)
         folder.mkdir(parents=True, exist_ok=True)
         lines = (
             json.dumps({"_id": i, "title": "", "text": t}, ensure_ascii=False) for i, t in zip(self.ids, self.texts)
@@ -590,7 +594,11 @@ class TrainingSet:
 
     # ----------------------------------------------------------------------------------- writers
 
-    def to_pairs_jsonl(self, path: os.PathLike | str) -> None:
+    def to_pairs_jsonl(self, path: os.PathLike | str, overwrite: bool = False) -> None:
+        """Write the pairs as JSON lines (an existing file is replaced only with ``overwrite=True``)."""
+        from adapter_retrievers.outputs import check_output
+
+        check_output(path, overwrite)
         rows = []
         for query_id, docs in self.relevant.items():
             for doc_id, grade in docs.items():
@@ -599,7 +607,11 @@ class TrainingSet:
                 rows.append({"query_id": query_id, "query": self.queries[query_id], "doc_id": doc_id, "label": 0})
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
-    def to_llamaindex_json(self, path: os.PathLike | str, corpus: Corpus) -> None:
+    def to_llamaindex_json(self, path: os.PathLike | str, corpus: Corpus, overwrite: bool = False) -> None:
+        """Write LlamaIndex's QA JSON (an existing file is replaced only with ``overwrite=True``)."""
+        from adapter_retrievers.outputs import check_output
+
+        check_output(path, overwrite)
         needed = {d for docs in self.relevant.values() for d in docs}
         data = {
             "queries": self.queries,
@@ -609,8 +621,13 @@ class TrainingSet:
         }
         atomic_write_text(path, json.dumps(data, ensure_ascii=False))
 
-    def to_beir(self, folder: os.PathLike | str, split: str = "train") -> None:
+    def to_beir(self, folder: os.PathLike | str, split: str = "train", overwrite: bool = False) -> None:
+        """Write ``queries.jsonl`` and ``qrels/{split}.tsv`` into ``folder`` (existing ones are replaced only with
+        ``overwrite=True``)."""
+        from adapter_retrievers.outputs import Output, check_outputs
+
         folder = Path(folder)
+        check_outputs([Output(folder / "queries.jsonl"), Output(folder / "qrels" / f"{split}.tsv")], overwrite)
         (folder / "qrels").mkdir(parents=True, exist_ok=True)
         queries = "".join(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n" for q, t in self.queries.items())
         atomic_write_text(folder / "queries.jsonl", queries)

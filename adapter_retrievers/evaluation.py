@@ -385,7 +385,11 @@ class Comparison:
         }
         return out
 
-    def save_json(self, path: os.PathLike | str) -> None:
+    def save_json(self, path: os.PathLike | str, overwrite: bool = False) -> None:
+        """The full report (per query) as JSON; an existing file is replaced only with ``overwrite=True``."""
+        from adapter_retrievers.outputs import check_output
+
+        check_output(path, overwrite)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 

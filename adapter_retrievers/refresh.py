@@ -154,11 +154,14 @@ def _read_sources(
 
 
 def _keep_pending(run_path: Path, pending: Path, days: float, now: datetime) -> int:
-    """Rewrite the waiting records: those first read less than ``days`` ago wait for late signals."""
+    """Rewrite the waiting records: those first read less than ``days`` ago are read again next run, so a
+    late signal still joins its retrieval. Returns how many of the kept retrievals have no signal yet."""
     cutoff = (now - timedelta(days=days)).isoformat(timespec="milliseconds")
     stamp = now.isoformat(timespec="milliseconds")
     kept = []
     seen: set[str] = set()
+    retrievals: list[set[str]] = []
+    targets: set[str] = set()
     with open(run_path, encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
@@ -167,8 +170,12 @@ def _keep_pending(run_path: Path, pending: Path, days: float, now: datetime) -> 
             if record["pending_since"] >= cutoff and key not in seen:
                 seen.add(key)
                 kept.append(json.dumps(record, ensure_ascii=False) + "\n")
+                if record.get("type") == "retrieval":
+                    retrievals.append({str(i) for i in (record.get("id"), record.get("trace_id")) if i})
+                elif record.get("type") == "signal" and record.get("target"):
+                    targets.add(str(record["target"]))
     atomic_write_text(pending, "".join(kept))
-    return len(kept)
+    return sum(1 for ids in retrievals if not ids & targets)
 
 
 def _last_decision(store: AdapterStore) -> dict[str, Any] | None:
@@ -212,13 +219,14 @@ def refresh(
             pairs = PairsStore(state / PAIRS_FILE)
             new_pairs = pairs.add(harvested.training_set, harvested.query_info)
             pairs.save()  # commit what was read ...
-            n_pending = _keep_pending(run_path, pending, config.pending_days, now)
+            n_waiting = _keep_pending(run_path, pending, config.pending_days, now)
             marks.commit(updates)  # ... and only then move the watermarks
             run_path.unlink()
             echo(
                 "read "
                 + ", ".join(f"{name}: {n} new records" for name, n in counts.items())
-                + f"; {new_pairs} new pairs ({len(pairs)} stored); {n_pending} records wait for late signals"
+                + f"; {new_pairs} new pairs ({len(pairs)} stored); {n_waiting} retrievals without a signal wait "
+                f"for a late one (up to {config.pending_days:g} days)"
             )
             if read.n_skipped:
                 echo(f"skipped while reading: {read}")
@@ -240,8 +248,9 @@ def refresh(
             last = _last_decision(store)
             if last is not None and last.get("data", {}).get("fingerprint") == data.fingerprint:
                 reason = "nothing new since the last decision: no training"
-                store.append_history({"action": "nothing_new", "version": None, "reason": reason, **base_record})
-                return RefreshOutcome("nothing_new", reason, store.live, record=base_record)
+                record = {"action": "nothing_new", "version": None, "live_after": store.live, "reason": reason}
+                record = store.append_history({**record, **base_record})
+                return RefreshOutcome("nothing_new", reason, store.live, record=record)
             if len(data) < config.min_queries:
                 reason = f"{len(data)} queries with pairs; at least {config.min_queries} are needed to train and decide"
                 record = store.append_history(
@@ -255,7 +264,14 @@ def refresh(
 
         except Exception as exc:
             with contextlib.suppress(OSError):  # a full disk may refuse this line too
-                store.append_history({"action": "failed", "version": None, "reason": f"{type(exc).__name__}: {exc}"})
+                store.append_history(
+                    {
+                        "action": "failed",
+                        "version": None,
+                        "live_after": store.live,
+                        "reason": f"{type(exc).__name__}: {exc}",
+                    }
+                )
             raise
 
 
@@ -409,12 +425,12 @@ def decide(
     if not has_candidate:
         action, reason = "kept", "no candidate: training found nothing that beats the base model on validation"
     elif gain_over_live[0] <= 0:
-        action, reason = "kept", f"gain over live {gain:+.4f} is not significantly above zero ({ci})"
+        action, reason = "kept", f"gain over live {gain:+.4f} {_not_above_zero(gain_over_live)} ({ci})"
     elif config.promote_over_base and candidate_over_base[0] <= 0:
         action = "kept"
         reason = (
-            f"gain over the base model {scores['candidate'] - scores['base']:+.4f} is not significantly above zero "
-            f"({_interval(config.confidence, candidate_over_base)})"
+            f"gain over the base model {scores['candidate'] - scores['base']:+.4f} "
+            f"{_not_above_zero(candidate_over_base)} ({_interval(config.confidence, candidate_over_base)})"
         )
     elif new["n_queries"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
         action = "kept"
@@ -442,6 +458,11 @@ def decide(
     return action, reason
 
 
+def _not_above_zero(bounds: tuple[float, float]) -> str:
+    """How a gain whose interval does not lie above zero compares with zero, in words that are true."""
+    return "is significantly below zero" if bounds[1] < 0 else "is not significantly above zero"
+
+
 def _interval(confidence: float, bounds: tuple[float, float], what: str = "interval") -> str:
     """``"95% interval [-0.0100, +0.0300]"``: a paired-bootstrap interval as the decisions print it."""
     return f"{confidence:.0%} {what} [{bounds[0]:+.4f}, {bounds[1]:+.4f}]"
@@ -452,4 +473,4 @@ def _plot(store: AdapterStore, metric: str) -> None:
 
     decisions = [r for r in store.history() if r.get("action") in DECISIONS and r.get("scores")]
     if decisions:
-        plot_refresh_history(decisions, store.root / PLOT_FILE, metric)
+        plot_refresh_history(decisions, store.root / PLOT_FILE, metric, overwrite=True)  # the store's own chart

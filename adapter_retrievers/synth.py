@@ -17,7 +17,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from adapter_retrievers.data import Corpus, TrainingSet
@@ -112,7 +111,37 @@ def extractive_llm(prompt: str) -> str:
     n_match = re.search(r"Write (\d+) different queries", prompt)
     n = int(n_match.group(1)) if n_match else 2
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", document) if len(s.split()) > 5]
-    return "\n".join(f"{s[:120].rstrip('.')}?" for s in sentences[:n])
+    return "\n".join(f"{_whole_words(s, 120).rstrip('.,;:')}?" for s in sentences[:n])
+
+
+def _whole_words(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary (never mid-word)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(None, 1)[0]
+    return cut if len(cut) <= limit else text[:limit]
+
+
+def is_synth_output(path: os.PathLike | str) -> bool:
+    """True for a file :func:`generate_queries` wrote: JSON lines of exactly ``{"query", "doc_id"}`` (the last
+    line may be cut short by an interrupted run). Only such a file is resumed; anything else is refused."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return False
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) - 1 and not line.endswith("\n"):  # cut by an interrupted write
+                continue
+            return False
+        if not isinstance(row, dict) or set(row) != {"query", "doc_id"}:
+            return False
+    return True
 
 
 def build_prompt(document: str, n: int, description: str = "", examples: Sequence[str] = ()) -> str:
@@ -135,17 +164,24 @@ def generate_queries(
     max_document_chars: int = 4000,
     progress: bool = True,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> tuple[TrainingSet, SynthReport]:
     """Generate queries for up to ``max_chunks`` documents (a seeded sample) and return them as pairs.
 
     Pairs are appended to ``output`` (JSONL) as each chunk finishes; chunks already there are skipped,
-    so running again after an interruption costs only the missing chunks.
+    so running again after an interruption costs only the missing chunks. Only a file this function
+    wrote is resumed: any other existing file is refused unless ``overwrite=True``, which starts afresh.
     """
     import random
 
-    from tqdm.auto import tqdm
+    from adapter_retrievers.outputs import check_output
+    from adapter_retrievers.progress import progress_bar
 
-    output = Path(output)
+    output = check_output(
+        output, overwrite, name="output", continues=is_synth_output, continues_what="a previous synth output"
+    )
+    if overwrite and output.exists():
+        output.unlink()
     report = SynthReport()
     done: set[str] = set()
     seen: set[str] = set()
@@ -164,7 +200,7 @@ def generate_queries(
     async def run() -> None:
         limiter = _RateLimiter(requests_per_second)
         semaphore = asyncio.Semaphore(max(1, concurrency))
-        bar = tqdm(total=len(todo), disable=not progress, desc="generating queries", unit="chunk")
+        bar = progress_bar(len(todo), "generating queries", "chunk", enabled=progress)
 
         async def one(doc_id: str) -> None:
             text = corpus.texts[corpus.position(doc_id)][:max_document_chars]
@@ -192,8 +228,10 @@ def generate_queries(
             report.queries += len(kept)
             bar.update(1)
 
-        await asyncio.gather(*(one(doc_id) for doc_id in todo))
-        bar.close()
+        try:
+            await asyncio.gather(*(one(doc_id) for doc_id in todo))
+        finally:
+            bar.close()
 
     try:
         asyncio.get_running_loop()

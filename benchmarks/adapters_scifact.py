@@ -232,6 +232,7 @@ def main() -> None:
                 rows,
                 RESULTS / "scifact_learning_curve.png",
                 title=f"SciFact test, {enc.model_id}, default linear adapter",
+                overwrite=True,  # this benchmark's own result, redrawn by every run
             )
             for r in rows:
                 print(f"curve: {r['pairs']:.0f} pairs -> nDCG@10 {r['ndcg@10']:.4f} ± {r['std']:.4f}", flush=True)

@@ -116,12 +116,19 @@ def test_crash_mid_save_keeps_previous_adapter(tmp_path, monkeypatch):
     second = QueryAdapter.create("linear", 8, MODEL)
     second.metadata = {"version": 2}
     with pytest.raises(OSError, match="disk full"):
-        second.save(tmp_path / "a")
+        second.save(tmp_path / "a", overwrite=True)
     assert QueryAdapter.load(tmp_path / "a").metadata == {"version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary folder left behind
     monkeypatch.undo()
-    second.save(tmp_path / "a")
+    with pytest.raises(ValueError, match="exists; pass overwrite=True to replace it"):
+        second.save(tmp_path / "a")  # an existing adapter is replaced only when asked
+    assert QueryAdapter.load(tmp_path / "a").metadata == {"version": 1}
+    second.save(tmp_path / "a", overwrite=True)
     assert QueryAdapter.load(tmp_path / "a").metadata == {"version": 2}
+    (tmp_path / "a" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="other files in it"):
+        first.save(tmp_path / "a", overwrite=True)  # a folder with other files is never replaced
+    assert (tmp_path / "a" / "notes.txt").read_text() == "mine"
 
 
 def test_procrustes_recovers_a_rotation():

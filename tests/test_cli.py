@@ -1,5 +1,4 @@
 import json
-import sqlite3
 
 import pytest
 from typer.testing import CliRunner
@@ -136,6 +135,17 @@ def test_train_and_eval_with_bundled_model(tmp_path):
     assert grouped["seen"]["n_queries"] == 12 and grouped["new"]["n_queries"] == 0
     assert "12 about documents seen in training, 0 about new documents" in result.output
     assert "note: these training documents differ" not in result.output
+    chart = (tmp_path / "r.png").read_bytes()
+    again = ["train", "--beir", str(tmp_path / "data"), "-o", str(tmp_path / "adapter"), "--epochs", "2"]
+    again += ["--no-refit", "--no-progress", "--cache-dir", cache]
+    assert runner.invoke(app, again).exit_code == 2  # an existing adapter is replaced only when asked
+    result = runner.invoke(app, [*again, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["metadata"]["training"]["epochs"] == 2
+    plot_again = ["eval", str(tmp_path / "adapter"), "--beir", str(tmp_path / "data"), "--split", "train"]
+    plot_again += ["--plot", str(tmp_path / "r.png"), "--cache-dir", cache]
+    assert runner.invoke(app, plot_again).exit_code == 2 and (tmp_path / "r.png").read_bytes() == chart
+    assert runner.invoke(app, [*plot_again, "--overwrite"]).exit_code == 0
 
 
 def test_synth_needs_a_known_provider(tmp_path):
@@ -198,11 +208,30 @@ def one_error_line(result, *expected):
     return lines[0]
 
 
-def test_flags_are_refused_before_any_model_is_loaded(tmp_path):
-    """Wrong flags end in one line naming the flag, in a fresh process that never imported torch or the model."""
+def invoke_in_a_fresh_process(
+    cases: dict[str, list[str]], watched: tuple[str, ...]
+) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """Each argv through the CLI in one new Python process: ``({case: (exit code, output)}, the watched modules
+    that got imported)``, to show that a command stopped before loading what is heavy."""
     import subprocess
     import sys
 
+    code = (
+        "import sys, json\n"
+        "from typer.testing import CliRunner\n"
+        "from adapter_retrievers.cli import app\n"
+        "cases, watched = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
+        "out = {k: [r.exit_code, r.output] for k, argv in cases.items() for r in [CliRunner().invoke(app, argv)]}\n"
+        "print(json.dumps([out, [m for m in watched if m in sys.modules]]))\n"
+    )
+    argv = [sys.executable, "-c", code, json.dumps(cases), json.dumps(watched)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    out, imported = json.loads(done.stdout.splitlines()[-1])
+    return {k: (exit_code, output) for k, (exit_code, output) in out.items()}, imported
+
+
+def test_flags_are_refused_before_any_model_is_loaded(tmp_path):
+    """Wrong flags end in one line naming the flag, in a fresh process that never imported torch or the model."""
     write_beir(tmp_path / "data")
     (tmp_path / "a-file").write_text("x")
     beir = str(tmp_path / "data")
@@ -223,18 +252,9 @@ def test_flags_are_refused_before_any_model_is_loaded(tmp_path):
             "bogus",
         ],
     }
-    code = (
-        "import sys, json\n"
-        "from typer.testing import CliRunner\n"
-        "from adapter_retrievers.cli import app\n"
-        "cases = json.loads(sys.argv[1])\n"
-        "out = {flag: CliRunner().invoke(app, argv).output for flag, argv in cases.items()}\n"
-        "out['heavy'] = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout.splitlines()[-1])
-    assert out.pop("heavy") == []
+    results, heavy = invoke_in_a_fresh_process(cases, ("torch", "sentence_transformers"))
+    assert heavy == []
+    out = {flag: output for flag, (_, output) in results.items()}
     expected = {
         "--kind": "--kind must be one of linear, low_rank, orthogonal, residual_mlp; got 'bogus'",
         "--negatives": "--negatives must be a whole number",
@@ -259,9 +279,12 @@ def test_train_refuses_to_replace_a_folder_that_is_not_an_adapter(tmp_path):
 
 
 def test_unavailable_model_is_one_line_naming_the_flag(tmp_path, monkeypatch):
+    """Downloads allowed or not (HF_HUB_OFFLINE unset), a model that is not here is refused at once: no
+    minute of network retries first."""
     pytest.importorskip("sentence_transformers")
     write_beir(tmp_path / "data")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     result = runner.invoke(
         app, ["train", "--beir", str(tmp_path / "data"), "-o", str(tmp_path / "a"), "--model", "intfloat/e5-small-v2"]
@@ -323,8 +346,7 @@ def test_eval_refuses_a_mismatched_adapter_before_embedding(tmp_path):
             ],
         )
         one_error_line(result, text)
-        rows = sqlite3.connect(cache / "embeddings.sqlite").execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        assert rows == 0  # nothing was embedded
+        assert not cache.exists()  # refused before the model was loaded: nothing was embedded
 
 
 def test_synth_extractive_is_not_rate_limited(tmp_path, monkeypatch):

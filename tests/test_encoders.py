@@ -156,11 +156,19 @@ def test_bundled_weights_are_kept_once(tmp_path):
     assert (folder / "model.safetensors").is_file() and bundled_model_path() == folder
 
 
-def test_cache_progress_bar_says_queries(tmp_path, hashing_encoder, capsys):
-    cached = CachedEncoder(hashing_encoder, tmp_path, chunk_size=2)
+def test_cache_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, hashing_encoder, capsys, monkeypatch):
+    """Redirected (cron, ``make demo > log``): one plain line per step, no escape codes, no redrawn bars."""
+    from adapter_retrievers import progress
+
+    monkeypatch.setattr(progress, "PLAIN_AFTER", 0.0)  # this step is fast; a real one prints after 2 s
+    inner = CallableEncoder(hashing_encoder.embed_documents, "test/hashing-64", batch_size=1)  # would show a bar
+    cached = CachedEncoder(inner, tmp_path, chunk_size=2)
     cached.embed_queries(["a", "b", "c"])
     err = capsys.readouterr().err
-    assert "embedding queries" in err and "querys" not in err
+    assert err.startswith("embedding queries: 3/3 texts, done in") and "querys" not in err
+    assert "\x1b" not in err and "\r" not in err and len(err.splitlines()) == 1  # the inner bar stays quiet
+    inner.embed_documents(["d", "e"])  # on its own, the encoder shows its progress
+    assert capsys.readouterr().err.startswith("embedding documents: 2/2 texts, done in")
 
 
 def test_describe_embeddings_without_embedding(hashing_encoder):

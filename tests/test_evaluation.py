@@ -103,6 +103,45 @@ def test_learning_curve_and_plots(tmp_path, rotation_task):
     plot_comparison(compare(result.adapter, rows_for(test, vectors), test, corpus), tmp_path / "cmp.png")
     result.plot_history(tmp_path / "history.png")
     assert (tmp_path / "cmp.png").stat().st_size > 1000 and (tmp_path / "history.png").stat().st_size > 1000
+    written = (tmp_path / "cmp.png").read_bytes()
+    grouped = compare(result.adapter, rows_for(test, vectors), test, corpus, seen_documents=result.training_documents)
+    with pytest.raises(ValueError, match="exists; pass overwrite=True to replace it"):
+        plot_comparison(grouped, tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.png").read_bytes() == written
+    plot_comparison(grouped, tmp_path / "cmp.png", overwrite=True)
+    assert (tmp_path / "cmp.png").read_bytes() != written
+
+
+def test_comparison_chart_says_what_it_shows(rotation_task):
+    """The before/after chart: a y-axis label, what the error bars are, and the seen/new split when there is one."""
+    import matplotlib.pyplot as plt
+
+    from adapter_retrievers.plots import comparison_figure
+    from conftest import rows_for
+
+    corpus, queries, vectors = rotation_task
+    test = queries.subset(queries.query_ids[:40])
+    identity = QueryAdapter.identity(vectors.shape[1], "test/rotation")
+    plain = comparison_figure(compare(identity, rows_for(test, vectors), test, corpus))
+    seen = set(corpus.ids[:20])
+    grouped = comparison_figure(compare(identity, rows_for(test, vectors), test, corpus, seen_documents=seen))
+    assert len(plain.axes) == 1 and plain.axes[0].get_ylabel() == "mean over 40 held-out queries"
+    assert any("error bars: 95% paired-bootstrap interval" in t.get_text() for t in plain.axes[0].texts)
+    panel = grouped.axes[1]
+    assert panel.get_ylabel() == "gain over the base model"
+    labels = [t.get_text() for t in panel.get_legend().get_texts()]
+    assert labels == ["all queries (40 queries)", "seen documents (20 queries)", "new documents (20 queries)"]
+    plt.close("all")
+
+
+def test_refresh_chart_ticks_never_repeat_one_date():
+    from adapter_retrievers.plots import _run_labels
+
+    same_day = [{"time": f"2026-11-28T08:3{i}:13.000+00:00", "version": f"v000{i}"} for i in range(3)]
+    labels, what = _run_labels(same_day)
+    assert len(set(labels)) == 3 and "2026-11-28" not in "".join(labels) and what == "time on 2026-11-28 (UTC)"
+    days = [{"time": f"2026-11-2{i}T03:15:00+00:00"} for i in range(3)]
+    assert _run_labels(days) == (["#1\n2026-11-20\n-", "#2\n2026-11-21\n-", "#3\n2026-11-22\n-"], "date")
 
 
 def test_report_separates_seen_and_new_documents(tmp_path):

@@ -5,8 +5,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from adapter_retrievers.capture import RetrievalLog
+from adapter_retrievers.cli import app
 from adapter_retrievers.refresh import RefreshConfig, refresh
 from adapter_retrievers.sources import LogSource, SourceError
 from adapter_retrievers.store import AdapterStore
@@ -53,10 +55,11 @@ def log_day(log, day, indices, poisoned=False, seed=0):
         log.add_click(rid, f"d{rng.integers(300)}" if poisoned else f"d{i}")
 
 
-def run(tmp_path, task, day, config=CONFIG):
+def run(tmp_path, task, day, config=CONFIG, echo=lambda _: None):
     corpus, encoder = task
     now = DAY0 + timedelta(days=day, hours=23)
-    return refresh(tmp_path / "store", [LogSource(tmp_path / "rag-log.jsonl")], corpus, encoder, config, now=now)
+    source = [LogSource(tmp_path / "rag-log.jsonl")]
+    return refresh(tmp_path / "store", source, corpus, encoder, config, now=now, echo=echo)
 
 
 def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
@@ -77,9 +80,15 @@ def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
     assert version["data"]["fingerprint"] == record["data"]["fingerprint"]
     assert (store.root / "refresh.png").stat().st_size > 1000
 
-    empty = run(tmp_path, task, 1)  # an empty night
+    said: list[str] = []
+    empty = run(tmp_path, task, 1, echo=said.append)  # an empty night
     assert empty.action == "nothing_new" and empty.candidate is None
     assert store.versions() == ["v0001"] and store.live == "v0001"
+    assert store.history()[-1]["live_after"] == "v0001"  # the record says what was live, for status and history
+    status = CliRunner().invoke(app, ["status", "--store", str(store.root)]).output
+    assert "live=v0001" in status.split("last")[1].splitlines()[0], status
+    # yesterday's 100 retrievals are read again for late signals, but every one has its click already
+    assert "0 retrievals without a signal wait for a late one" in said[0], said
 
     log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
     poisoned = run(tmp_path, task, 2)
@@ -247,3 +256,48 @@ def test_a_winning_candidate_is_promoted_whatever_live_did_unless_it_must_beat_b
 def test_an_unknown_demote_rule_is_refused():
     with pytest.raises(ValueError, match="demote must be one of"):
         RefreshConfig(demote="sometimes")
+
+
+def test_a_gain_wholly_below_zero_is_called_so():
+    from adapter_retrievers.refresh import decide
+
+    scores = {"base": 0.5, "live": 0.6, "candidate": 0.53}
+    _, below = decide(
+        RefreshConfig(demote="significantly_below"),
+        scores,
+        NO_NEW,
+        gain_over_live=(-0.13, -0.02),
+        candidate_over_base=(-0.1, 0.1),
+        live_over_base=(0.05, 0.15),
+        has_candidate=True,
+        live="v0001",
+    )
+    assert "gain over live -0.0700 is significantly below zero (95% interval [-0.1300, -0.0200])" in below
+    _, around = decide(
+        RefreshConfig(demote="significantly_below"),
+        scores,
+        NO_NEW,
+        gain_over_live=(-0.13, 0.02),
+        candidate_over_base=(-0.1, 0.1),
+        live_over_base=(0.05, 0.15),
+        has_candidate=True,
+        live="v0001",
+    )
+    assert "is not significantly above zero" in around
+
+
+def test_waiting_count_leaves_out_retrievals_that_have_a_signal(tmp_path):
+    from adapter_retrievers.refresh import _keep_pending
+
+    records = [
+        {"type": "retrieval", "id": "a", "query": "q"},
+        {"type": "retrieval", "id": "b", "query": "q"},
+        {"type": "retrieval", "id": "c", "trace_id": "t", "query": "q"},
+        {"type": "signal", "target": "a", "kind": "click"},
+        {"type": "signal", "target": "t", "kind": "feedback"},  # answer feedback on c's trace
+    ]
+    run_file = tmp_path / "run.jsonl"
+    run_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    waiting = _keep_pending(run_file, tmp_path / "pending.jsonl", 2.0, DAY0)
+    assert waiting == 1  # only b; every record is still kept, so a late signal for a, b or c finds its retrieval
+    assert len((tmp_path / "pending.jsonl").read_text().splitlines()) == 5

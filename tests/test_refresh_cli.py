@@ -69,7 +69,7 @@ def test_refresh_exit_codes_without_training(tmp_path, day_of_traffic, monkeypat
     monkeypatch.setattr(os, "replace", full)
     result = runner.invoke(app, args)
     monkeypatch.setattr(os, "replace", real_replace)
-    assert result.exit_code == EXIT_FAILED and "No space left on device" in result.output
+    assert result.exit_code == EXIT_FAILED and "No space left on device" in result.output, result.output
     assert "live is untouched" in result.output and store.live is None
     assert not (store.state_dir / "watermarks.json").exists()  # nothing was committed: tonight is read again
 
@@ -80,16 +80,17 @@ def test_refresh_exit_codes_without_training(tmp_path, day_of_traffic, monkeypat
     assert result.exit_code == EXIT_OK and "nothing_new: nothing new since the last decision" in result.output
     assert [r["action"] for r in store.history()] == ["failed", "kept", "nothing_new"]
 
+    # bad input is refused before the store is touched: exit 2, no history line
     result = runner.invoke(app, refresh_args(tmp_path, tmp_path / "gone" / "rag-log.jsonl"))
-    assert result.exit_code == EXIT_SOURCE and "log folder" in result.output and "unchanged" in result.output
+    assert result.exit_code == EXIT_BAD_INPUT and "--log" in result.output and "no such file" in result.output
     result = runner.invoke(app, [*args[:5], "--corpus", str(tmp_path / "no-corpus")])
-    assert result.exit_code == EXIT_BAD_INPUT and "error:" in result.output
+    assert result.exit_code == EXIT_BAD_INPUT and "--corpus" in result.output
     result = runner.invoke(app, [*args, "--demote", "sometimes"])
-    assert result.exit_code == EXIT_BAD_INPUT and "demote must be one of" in result.output
+    assert result.exit_code == EXIT_BAD_INPUT and "--demote must be one of" in result.output
     result = runner.invoke(app, ["history", "--store", str(tmp_path / "store"), "--json"])
     records = [json.loads(line) for line in result.output.splitlines()]
-    assert [r["action"] for r in records] == ["failed", "kept", "nothing_new", "failed"]
-    assert "No space left" in records[0]["reason"] and "log folder" in records[-1]["reason"]
+    assert [r["action"] for r in records] == ["failed", "kept", "nothing_new"]
+    assert "No space left" in records[0]["reason"]
 
 
 def test_refresh_trains_with_the_bundled_model(tmp_path, day_of_traffic):

@@ -43,7 +43,7 @@ def test_from_folder_and_hot_swap(tmp_path):
     registry = AdapterRegistry.from_folder(tmp_path / "adapters", MODEL, 4)
     assert sorted(registry) == ["tenant-a", "tenant-b"]
     held = registry.get("tenant-a")  # a request in flight keeps its adapter
-    shifted(4, 5.0).save(tmp_path / "adapters" / "tenant-a")
+    shifted(4, 5.0).save(tmp_path / "adapters" / "tenant-a", overwrite=True)
     registry.load("tenant-a", tmp_path / "adapters" / "tenant-a")
     x = np.zeros(4, dtype=np.float32)
     assert held.transform(x)[0] == 1.0 and registry.transform(x, "tenant-a")[0] == 5.0

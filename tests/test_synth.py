@@ -64,3 +64,13 @@ def test_llamaindex_llm_failures_and_rate_limit(tmp_path):
     )
     assert llm.calls == 8 and list(report.failed_chunks) == ["doc-2"]
     assert ts.n_pairs == 1 and report.duplicates_dropped == 6  # the same query for every chunk is kept once
+
+
+def test_extractive_questions_end_on_a_whole_word():
+    from adapter_retrievers.synth import extractive_llm
+
+    sentence = "La resolución fue aprobada por el consejo tras un largo debate sobre las sanciones " * 3
+    prompt = build_prompt(sentence.strip() + ". Otra frase corta sin interés aquí presente.", 1)
+    question = extractive_llm(prompt)
+    assert question.endswith("?") and len(question) <= 121
+    assert sentence.startswith(question[:-1]) and sentence[len(question) - 1] == " "  # cut between two words

@@ -60,11 +60,42 @@ class PhoenixExport:
         )
 
 
-def _when(value: datetime | str | None) -> datetime | None:
+def _when(value: datetime | str | None, name: str = "since") -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{name} {value!r}: not an ISO 8601 time (like 2026-11-27 or 2026-11-27T03:00:00Z)"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+DEFAULT_URL = "http://localhost:6006"
+_OPTION_NAMES = {"url": "url", "since": "since", "until": "until", "page_size": "page_size"}
+
+
+def check_options(
+    url: str | None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    page_size: int = 500,
+    names: dict[str, str] | None = None,
+) -> tuple[str, datetime | None, datetime | None]:
+    """``(url, since, until)`` checked and parsed before anything connects; ``names``: how the caller calls
+    each option in messages (the CLI: ``{"page_size": "--page-size", ...}``)."""
+    named = {**_OPTION_NAMES, **(names or {})}
+    url = url or os.environ.get("PHOENIX_COLLECTOR_ENDPOINT") or DEFAULT_URL
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{named['url']} {url!r}: not an http(s) URL (like {DEFAULT_URL})")
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+        raise ValueError(f"{named['page_size']} must be 1..1000 (Phoenix's limit), got {page_size}")
+    start, end = _when(since, named["since"]), _when(until, named["until"])
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"{named['until']} must be after {named['since']}")
+    return url, start, end
 
 
 @dataclass
@@ -189,14 +220,12 @@ def iter_phoenix_records(
     ``stats`` to get counts and the watermark (newest span start seen) while streaming; memory stays
     bounded by one page. ``url`` defaults to ``PHOENIX_COLLECTOR_ENDPOINT`` or ``http://localhost:6006``.
     """
-    if page_size < 1 or page_size > 1000:
-        raise ValueError(f"page_size must be 1..1000 (Phoenix's limit), got {page_size}")
+    url, start, end = check_options(url, since, until, page_size)
     stats = stats if stats is not None else PhoenixExport()
-    url = url or os.environ.get("PHOENIX_COLLECTOR_ENDPOINT") or "http://localhost:6006"
     phoenix = _Phoenix(url, project, api_key, dict(headers or {}))
     traces_done: set[str] = set()
     try:
-        for page in phoenix.span_pages(_when(since), _when(until), page_size, span_kind="RETRIEVER"):
+        for page in phoenix.span_pages(start, end, page_size, span_kind="RETRIEVER"):
             stats.pages += 1
             for span in page:
                 stats.retriever_spans += 1
@@ -243,16 +272,23 @@ def export_phoenix(
     api_key: str | None = None,
     headers: dict[str, str] | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> PhoenixExport:
-    """Write :func:`iter_phoenix_records` to a JSONL file (atomically) that ``harvest`` reads."""
+    """Write :func:`iter_phoenix_records` to a JSONL file (atomically) that ``harvest`` reads.
+
+    An existing file is replaced only with ``overwrite=True``; options are checked before connecting.
+    """
     import json
 
-    from tqdm.auto import tqdm
+    from adapter_retrievers.outputs import check_output
+    from adapter_retrievers.progress import progress_bar
 
+    check_output(output, overwrite, name="output")
+    check_options(url, since, until, page_size)
     stats = PhoenixExport()
     with (
         atomic_writer(Path(output), "w") as handle,
-        tqdm(disable=not progress, desc="exporting from Phoenix", unit="record") as bar,
+        progress_bar(None, "exporting from Phoenix", "record", enabled=progress) as bar,
     ):
         for record in iter_phoenix_records(url, project, since, until, page_size, api_key, headers, stats):
             handle.write(json.dumps(record, default=str) + "\n")

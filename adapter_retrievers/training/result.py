@@ -51,8 +51,8 @@ class TrainingResult:
             line += f"; then trained again on all {d['refit_on_queries']} queries"
         return line
 
-    def plot_history(self, path: os.PathLike | str) -> None:
-        """PNG of training loss and validation metric per epoch."""
+    def plot_history(self, path: os.PathLike | str, overwrite: bool = False) -> None:
+        """PNG of training loss and validation metric per epoch (an existing file only with ``overwrite=True``)."""
         from adapter_retrievers.plots import plot_history
 
-        plot_history(self.history, self.config.selection_metric, path)
+        plot_history(self.history, self.config.selection_metric, path, overwrite=overwrite)

@@ -217,9 +217,9 @@ def _candidates(
 
 
 def progress_bar(total: int, enabled: bool, desc: str, unit: str = "epoch", position: int = 0) -> Any:
-    from tqdm.auto import tqdm
+    from adapter_retrievers.progress import progress_bar as bar
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit=unit, leave=False, position=position)
+    return bar(total, desc, unit, enabled=enabled, position=position, leave=False)
 
 
 def procrustes(train: TrainingSet, vectors: np.ndarray, corpus: Corpus, model_id: str) -> QueryAdapter:

@@ -254,6 +254,12 @@ def test_export_phoenix_pages_and_harvests(traffic, tmp_path):
     assert result.report.records_read == stats.records == result.report.retrievals + result.report.signals
     newest = max(info["timestamp"] for info in result.query_info.values())
     assert stats.watermark.isoformat() == newest
+    written = (tmp_path / "traces.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="exists; pass overwrite=True"):  # refused before connecting
+        export_phoenix(tmp_path / "traces.jsonl", traffic.url, PROJECT, page_size=5)
+    assert (tmp_path / "traces.jsonl").read_bytes() == written
+    again = export_phoenix(tmp_path / "traces.jsonl", traffic.url, PROJECT, page_size=500, overwrite=True)
+    assert again.records == stats.records and again.pages == 1
 
 
 def test_export_phoenix_incremental_with_answer_feedback_on_the_trace(phoenix_server, knowledge, tmp_path):
@@ -315,4 +321,8 @@ def test_export_phoenix_command(traffic, tmp_path):
     assert f"{len(traffic.spans)} retriever spans" in result.output and "--since 20" in result.output
     _check_pairs(harvest(out, traffic.corpus, fmt="openinference"), traffic)
     missing = CliRunner().invoke(app, ["export-phoenix", "--url", traffic.url, "--page-size", "0", "-o", str(out)])
-    assert missing.exit_code == 2 and "page_size" in missing.output
+    assert missing.exit_code == 2 and "error: --page-size must be 1..1000" in missing.output
+    written = out.read_bytes()
+    again = CliRunner().invoke(app, ["export-phoenix", "--url", traffic.url, "--project", PROJECT, "-o", str(out)])
+    assert again.exit_code == 2 and "--output" in again.output and "pass --overwrite" in again.output
+    assert out.read_bytes() == written
