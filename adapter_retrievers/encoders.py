@@ -371,7 +371,8 @@ class VectorCache:
         import pyarrow.compute as pc
         import pyarrow.dataset as pads
 
-        dataset = pads.dataset([str(p) for p in self.shards()], format="parquet")
+        # pyarrow passes over names starting with "." or "_": the shards being written
+        dataset = pads.dataset(str(self.shards_folder), format="parquet")
         condition = (pc.field("model") == model) & (pc.field("role") == role)
         if hashes is not None:
             condition &= pc.field("hash").isin(hashes)
