@@ -204,3 +204,48 @@ def test_phoenix_client_shapes_without_a_server(tmp_path, corpus):
     assert result.query_info[next(q for q in ts.queries if ts.queries[q] == "frame question")]["timestamp"] == (
         "2026-11-27T23:27:38.714000+00:00"
     )
+
+
+# ------------------------------------------------------------------------- Parquet, folders, URLs
+
+
+@pytest.mark.parametrize("fmt", ["ours", "openinference", "langsmith", "langfuse", "llamaindex"])
+def test_parquet_with_one_record_a_row_harvests_like_its_jsonl(tmp_path, corpus, fmt):
+    """The Parquet layout: columns = the records' keys, a null cell = an absent key (so runs and feedback,
+    spans and annotations share one table); timestamps, structs and lists read back as the JSON held them."""
+    converted = 0
+    for path in fx.format_files(fmt, tmp_path / "jsonl"):
+        parquet = fx.as_parquet(path, tmp_path / "parquet")
+        if parquet is None:  # e.g. a value that is a number on one line and text on another
+            continue
+        converted += 1
+        jsonl, columns = harvest(path, corpus, fmt), harvest(parquet, corpus, fmt)
+        assert columns.training_set.relevant == jsonl.training_set.relevant, path.name
+        assert columns.training_set.negatives == jsonl.training_set.negatives
+        assert columns.query_info == jsonl.query_info
+        assert columns.report.skipped.skipped == jsonl.report.skipped.skipped
+        assert (columns.report.records_read, columns.report.pairs) == (jsonl.report.records_read, jsonl.report.pairs)
+    assert converted
+
+
+def test_folders_and_filesystem_urls(tmp_path, corpus):
+    """A folder is every trace file below it in name order (writers' ``_SUCCESS`` and dot files passed over,
+    other files counted as skipped); a ``file://`` URL goes through pyarrow's filesystem like ``s3://``."""
+    pytest.importorskip("pyarrow")
+    folder = tmp_path / "traces"
+    first, _ = fx.own_log(folder / "a")
+    second = fx.gzipped(fx.answer_feedback_log(tmp_path), folder / "b")
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".part.crc").write_text("x")
+    (folder / "README.txt").write_text("not a trace file")
+    files = harvest([first, second], corpus)
+    by_folder, by_url = harvest(folder, corpus), harvest(f"file://{folder}", corpus)
+    for result in (by_folder, by_url):
+        assert result.training_set.relevant == files.training_set.relevant and files.report.pairs >= 5
+        assert result.report.skipped.skipped["file in the folder that is not a trace file (by its name)"] == 1
+    assert by_url.report.skipped.examples == by_folder.report.skipped.examples
+    with pytest.raises(FileNotFoundError):
+        harvest(tmp_path / "nowhere", corpus)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no trace files"):
+        harvest(tmp_path / "empty", corpus)
