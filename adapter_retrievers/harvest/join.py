@@ -4,18 +4,20 @@ It runs as stages that :func:`harvest` calls in one process and
 :func:`adapter_retrievers.integrations.ray.harvest_on_ray` calls on Ray Data; the stages are the same
 functions, so both give the same pairs and the same report:
 
-1. :func:`signals_of` (pass 1): the signals of one file, each with its :data:`Ordinal` (where it was read);
-2. :func:`retrievals_of` (pass 2): the retrievals of one file that a signal may point to (by retrieval or
-   trace id), counting every record in the file's :class:`HarvestReport`;
+1. :func:`records_of`: one file through its format's reader, each signal with its :data:`Ordinal` (where it
+   was read) and each retrieval, every record counted in the file's :class:`HarvestReport`; then
+   :func:`has_signal` keeps the retrievals a signal may point to (by retrieval or trace id) and
+   :func:`skip_unsignalled` counts the others;
 3. :func:`resolve_targets`: which retrievals each signal applies to (the retrieval it names, else every
    retrieval of the trace it names);
 4. :func:`apply_signals`: one retrieval (:func:`latest_copy` of its logged copies) and its signals, in read
    order with answer feedback last, turned into positive and negative corpus ids;
 5. :func:`assemble`: the reports and the per-retrieval outcomes, in read order, into a :class:`HarvestResult`.
 
-The files are read twice (signals first, then only the retrievals that have one), so signals may come
-before or after their retrieval and from other files, and memory grows with the number of signals,
-not with the number of retrievals. A reader sees one file at a time (a LlamaIndex start event pairs with
+In one process the files are read twice (signals first, then only the retrievals that have one), so
+signals may come before or after their retrieval and from other files, and memory grows with the number
+of signals, not with the number of retrievals. (On Ray each file is read once and its retrievals wait in
+the object store for the signals.) A reader sees one file at a time (a LlamaIndex start event pairs with
 its end event in the same file).
 """
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -152,25 +154,36 @@ class Outcome:
     feedback_with_named_documents: int = 0
 
 
-def signals_of(parsed: Parsed, unit: int) -> list[OrderedSignal]:
-    """Pass 1: the signals of one file (or block) ``unit``, with where each was read."""
-    return [((unit, i), item) for i, item in enumerate(parsed) if isinstance(item, Signal)]
-
-
-def retrievals_of(parsed: Parsed, unit: int, targets: set[str], report: HarvestReport) -> list[KeptRetrieval]:
-    """Pass 2: the retrievals of ``unit`` whose id or trace id is a signal's target; every record is counted in
-    ``report`` (whose ``skipped`` must be the report the reader writes to)."""
-    kept = []
+def records_of(parsed: Parsed, unit: int, report: HarvestReport) -> Iterator[OrderedSignal | KeptRetrieval]:
+    """One file (or block) ``unit`` read: its signals with where each was read, and its retrievals; every record
+    is counted in ``report`` (whose ``skipped`` must be the report the reader writes to)."""
     for i, item in enumerate(parsed):
         if isinstance(item, Signal):
             report.signals += 1
-            continue
-        report.retrievals += 1
-        if item.retrieval_id not in targets and item.trace_id not in targets:
-            report.skipped.skip("retrieval with no signal", item.retrieval_id)
-            continue
-        kept.append(_kept(item, (unit, i)))
-    return kept
+            yield (unit, i), item
+        else:
+            report.retrievals += 1
+            yield _kept(item, (unit, i))
+
+
+def signals_of(parsed: Parsed, unit: int) -> list[OrderedSignal]:
+    """Pass 1 of the single process: the signals of ``unit``."""
+    return [item for item in records_of(parsed, unit, HarvestReport()) if isinstance(item, tuple)]
+
+
+def has_signal(retrieval: KeptRetrieval, targets: Container[str]) -> bool:
+    """A signal may point to it (by its id or its trace id): the join keeps it."""
+    return retrieval.retrieval_id in targets or retrieval.trace_id in targets
+
+
+UNSIGNALLED = "retrieval with no signal"
+
+
+def skip_unsignalled(report: HarvestReport, count: int, examples: Sequence[str]) -> None:
+    """Count ``unit``'s retrievals no signal points to (after its reader's own skips; examples in read order)."""
+    if count:
+        report.skipped.skipped[UNSIGNALLED] += count
+        report.skipped.examples.setdefault(UNSIGNALLED, []).extend(examples[:5])
 
 
 def _kept(item: LoggedRetrieval, ordinal: Ordinal) -> KeptRetrieval:
@@ -316,8 +329,15 @@ def harvest(
     targets = {signal.target for _, signal in signals}
     reports, kept = [], []
     for unit in units:
-        report = HarvestReport()
-        kept += retrievals_of(parse_file(files, unit, fmt, report.skipped, policy), unit, targets, report)
+        report, unsignalled, examples = HarvestReport(), 0, []
+        for item in records_of(parse_file(files, unit, fmt, report.skipped, policy), unit, report):
+            if isinstance(item, KeptRetrieval):
+                if has_signal(item, targets):
+                    kept.append(item)
+                else:
+                    unsignalled += 1
+                    examples += [item.retrieval_id] if len(examples) < 5 else []
+        skip_unsignalled(report, unsignalled, examples)
         reports.append(report)
     reports.append(ignored_files_report(files))
     applied, unknown = resolve_targets(signals, kept)
