@@ -4,20 +4,18 @@ It runs as stages that :func:`harvest` calls in one process and
 :func:`adapter_retrievers.integrations.ray.harvest_on_ray` calls on Ray Data; the stages are the same
 functions, so both give the same pairs and the same report:
 
-1. :func:`records_of`: one file through its format's reader, each signal with its :data:`Ordinal` (where it
-   was read) and each retrieval, every record counted in the file's :class:`HarvestReport`; then
-   :func:`has_signal` keeps the retrievals a signal may point to (by retrieval or trace id) and
-   :func:`skip_unsignalled` counts the others;
+1. :func:`signals_of` (pass 1): the signals of one file, each with its :data:`Ordinal` (where it was read);
+2. :func:`retrievals_of` (pass 2): the retrievals of one file that a signal may point to (by retrieval or
+   trace id, :func:`has_signal`), counting every record in the file's :class:`HarvestReport`;
 3. :func:`resolve_targets`: which retrievals each signal applies to (the retrieval it names, else every
    retrieval of the trace it names);
 4. :func:`apply_signals`: one retrieval (:func:`latest_copy` of its logged copies) and its signals, in read
    order with answer feedback last, turned into positive and negative corpus ids;
 5. :func:`assemble`: the reports and the per-retrieval outcomes, in read order, into a :class:`HarvestResult`.
 
-In one process the files are read twice (signals first, then only the retrievals that have one), so
-signals may come before or after their retrieval and from other files, and memory grows with the number
-of signals, not with the number of retrievals. (On Ray each file is read once and its retrievals wait in
-the object store for the signals.) A reader sees one file at a time (a LlamaIndex start event pairs with
+The files are read twice (signals first, then only the retrievals that have one), so signals may come
+before or after their retrieval and from other files, and memory grows with the number of signals,
+not with the number of retrievals. A reader sees one file at a time (a LlamaIndex start event pairs with
 its end event in the same file).
 """
 
@@ -176,14 +174,22 @@ def has_signal(retrieval: KeptRetrieval, targets: Container[str]) -> bool:
     return retrieval.retrieval_id in targets or retrieval.trace_id in targets
 
 
-UNSIGNALLED = "retrieval with no signal"
-
-
-def skip_unsignalled(report: HarvestReport, count: int, examples: Sequence[str]) -> None:
-    """Count ``unit``'s retrievals no signal points to (after its reader's own skips; examples in read order)."""
-    if count:
-        report.skipped.skipped[UNSIGNALLED] += count
-        report.skipped.examples.setdefault(UNSIGNALLED, []).extend(examples[:5])
+def retrievals_of(parsed: Parsed, unit: int, targets: Container[str], report: HarvestReport) -> list[KeptRetrieval]:
+    """Pass 2: the retrievals of ``unit`` a signal may point to; every record counted in ``report``, the others
+    as "retrieval with no signal" after the reader's own skips (examples in read order)."""
+    kept, unsignalled, examples = [], 0, []
+    for item in records_of(parsed, unit, report):
+        if not isinstance(item, KeptRetrieval):
+            continue
+        if has_signal(item, targets):
+            kept.append(item)
+        else:
+            unsignalled += 1
+            examples += [item.retrieval_id] if len(examples) < 5 else []
+    if unsignalled:
+        report.skipped.skipped["retrieval with no signal"] += unsignalled
+        report.skipped.examples.setdefault("retrieval with no signal", []).extend(examples)
+    return kept
 
 
 def _kept(item: LoggedRetrieval, ordinal: Ordinal) -> KeptRetrieval:
@@ -329,15 +335,8 @@ def harvest(
     targets = {signal.target for _, signal in signals}
     reports, kept = [], []
     for unit in units:
-        report, unsignalled, examples = HarvestReport(), 0, []
-        for item in records_of(parse_file(files, unit, fmt, report.skipped, policy), unit, report):
-            if isinstance(item, KeptRetrieval):
-                if has_signal(item, targets):
-                    kept.append(item)
-                else:
-                    unsignalled += 1
-                    examples += [item.retrieval_id] if len(examples) < 5 else []
-        skip_unsignalled(report, unsignalled, examples)
+        report = HarvestReport()
+        kept += retrievals_of(parse_file(files, unit, fmt, report.skipped, policy), unit, targets, report)
         reports.append(report)
     reports.append(ignored_files_report(files))
     applied, unknown = resolve_targets(signals, kept)
