@@ -14,7 +14,7 @@ import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -318,15 +318,9 @@ class VectorCache:
 
     def lookup(self, model: str, role: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors of ``hashes`` (those not cached are left out)."""
-        found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(hashes))
-        for i in range(0, len(unique), 500):
-            chunk = unique[i : i + 500]
-            rows = self._db.execute(
-                f"SELECT hash, vector FROM vectors WHERE model=? AND role=? AND hash IN ({','.join('?' * len(chunk))})",
-                [model, role, *chunk],
-            ).fetchall()
-            found.update((h, np.frombuffer(blob, dtype=np.float32)) for h, blob in rows)
+        rows = self._select("hash, vector", model, role, unique)
+        found = {h: np.frombuffer(blob, dtype=np.float32) for h, blob in rows}
         rest = [h for h in unique if h not in found]
         if rest and self.shards():
             table = self._scan(model, role, rest, with_vectors=True)
@@ -340,18 +334,19 @@ class VectorCache:
     def contains(self, model: str, role: str, hashes: Sequence[str]) -> set[str]:
         """Which of ``hashes`` are cached (no vector is read)."""
         unique = list(dict.fromkeys(hashes))
-        present: set[str] = set()
-        for i in range(0, len(unique), 500):
-            chunk = unique[i : i + 500]
-            rows = self._db.execute(
-                f"SELECT hash FROM vectors WHERE model=? AND role=? AND hash IN ({','.join('?' * len(chunk))})",
-                [model, role, *chunk],
-            ).fetchall()
-            present.update(h for (h,) in rows)
+        present = {h for (h,) in self._select("hash", model, role, unique)}
         rest = [h for h in unique if h not in present]
         if rest and self.shards():
             present.update(self._scan(model, role, rest, with_vectors=False)["hash"].to_pylist())
         return present
+
+    def _select(self, columns: str, model: str, role: str, hashes: list[str]) -> Iterator[tuple]:
+        """SQLite rows of ``hashes``, 500 a query (SQLite's limit on parameters)."""
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {columns} FROM vectors WHERE model=? AND role=? AND hash IN ({marks})"
+            yield from self._db.execute(query, [model, role, *chunk]).fetchall()
 
     def hashes(self, model: str, role: str) -> set[str]:
         """Every cached hash of ``model`` and ``role``."""
