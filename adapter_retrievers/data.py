@@ -21,7 +21,7 @@ import os
 import random
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -96,17 +96,20 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def iter_lines(
-    path: os.PathLike | str, errors: _RowErrors, max_line_bytes: int | None = None
+    path: os.PathLike | str,
+    errors: _RowErrors,
+    max_line_bytes: int | None = None,
+    opener: Callable[[Path], io.BufferedIOBase] = _open_binary,
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each non-blank line, decoded one line at a time.
 
     A line that is not UTF-8 (or longer than ``max_line_bytes``) is one bad row and the next lines are
     still read; a gzip file cut short or corrupted ends the file with one bad row. Each non-blank line
-    counts once in ``rows_read``.
+    counts once in ``rows_read``. ``opener`` opens ``path`` for binary reads (a remote filesystem's files).
     """
     path = Path(path)
     limit = -1 if max_line_bytes is None else max_line_bytes + 1
-    with _open_binary(path) as handle:
+    with opener(path) as handle:
         line_no = 0
         while True:
             try:

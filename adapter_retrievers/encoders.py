@@ -14,7 +14,7 @@ import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -297,13 +297,139 @@ def _sentence_transformer_id(model: Any) -> str:
 # ---------------------------------------------------------------------------------------- disk cache
 
 
-class CachedEncoder:
-    """Wrap an encoder with an on-disk cache keyed by model id, role and text hash.
+def text_hash(text: str) -> str:
+    """The cache's key for a text (with the model id and the role): SHA-256 of its UTF-8 bytes, in hex."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    A second run, a new epoch or a new adapter never pays the embedding model (or its API) again.
-    The cache is one SQLite file, safe for several processes. Missing texts are embedded in chunks of
-    ``chunk_size``, each committed as it finishes (an interrupted run keeps what it paid for), with a
-    progress bar when there is more than one chunk.
+
+SHARDS_FOLDER = "vectors"
+
+
+class VectorCache:
+    """An embedding cache folder: vectors keyed by (model id, role, text hash).
+
+    Two stores, one key: ``embeddings.sqlite`` (rows that :class:`CachedEncoder` writes as it embeds, safe
+    for several processes) and Parquet shards under ``vectors/`` (what
+    :func:`adapter_retrievers.integrations.ray.embed_on_ray` writes: columns ``model``, ``role``, ``hash``,
+    ``vector`` as float32 lists; one folder per run, renamed into place when complete). Lookups read both;
+    a shard's lookup scans its ``hash`` column once per call (pyarrow, only when SQLite lacks a text).
+    """
+
+    def __init__(self, folder: os.PathLike | str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / "embeddings.sqlite"
+        self.shards_folder = self.folder / SHARDS_FOLDER
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, role TEXT, hash TEXT, vector BLOB, "
+            "PRIMARY KEY (model, role, hash))"
+        )
+        self._db.commit()
+
+    # ------------------------------------------------------------------ reading
+
+    def lookup(self, model: str, role: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors of ``hashes`` (those not cached are left out)."""
+        unique = list(dict.fromkeys(hashes))
+        rows = self._select("hash, vector", model, role, unique)
+        found = {h: np.frombuffer(blob, dtype=np.float32) for h, blob in rows}
+        rest = [h for h in unique if h not in found]
+        if rest and self.shards():
+            table = self._scan(model, role, rest, with_vectors=True)
+            vectors = table["vector"].combine_chunks()
+            flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            width = len(flat) // max(1, len(vectors))
+            for h, row in zip(table["hash"].to_pylist(), flat.reshape(len(vectors), width)):
+                found.setdefault(h, row)
+        return found
+
+    def contains(self, model: str, role: str, hashes: Sequence[str]) -> set[str]:
+        """Which of ``hashes`` are cached (no vector is read)."""
+        unique = list(dict.fromkeys(hashes))
+        present = {h for (h,) in self._select("hash", model, role, unique)}
+        rest = [h for h in unique if h not in present]
+        if rest and self.shards():
+            present.update(self._scan(model, role, rest, with_vectors=False)["hash"].to_pylist())
+        return present
+
+    def _select(self, columns: str, model: str, role: str, hashes: list[str]) -> Iterator[tuple]:
+        """SQLite rows of ``hashes``, 500 a query (SQLite's limit on parameters)."""
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {columns} FROM vectors WHERE model=? AND role=? AND hash IN ({marks})"
+            yield from self._db.execute(query, [model, role, *chunk]).fetchall()
+
+    def hashes(self, model: str, role: str) -> set[str]:
+        """Every cached hash of ``model`` and ``role``."""
+        rows = self._db.execute("SELECT hash FROM vectors WHERE model=? AND role=?", [model, role]).fetchall()
+        present = {h for (h,) in rows}
+        if self.shards():
+            present.update(self._scan(model, role, None, with_vectors=False)["hash"].to_pylist())
+        return present
+
+    def shards(self) -> list[Path]:
+        """The complete Parquet shards (folders being written start with a dot and are not read)."""
+        if not self.shards_folder.is_dir():
+            return []
+        return sorted(p for p in self.shards_folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def _scan(self, model: str, role: str, hashes: list[str] | None, with_vectors: bool) -> Any:
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        # pyarrow passes over names starting with "." or "_": the shards being written
+        dataset = pads.dataset(str(self.shards_folder), format="parquet")
+        condition = (pc.field("model") == model) & (pc.field("role") == role)
+        if hashes is not None:
+            condition &= pc.field("hash").isin(hashes)
+        return dataset.to_table(columns=["hash", "vector"] if with_vectors else ["hash"], filter=condition)
+
+    # ------------------------------------------------------------------ writing
+
+    def insert(self, model: str, role: str, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Add rows to SQLite, committed at once (an interrupted run keeps what it paid for)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+            [(model, role, h, v.astype(np.float32).tobytes()) for h, v in zip(hashes, vectors)],
+        )
+        self._db.commit()
+
+    def write_shard(self, name: str, write: Callable[[Path], None]) -> Path:
+        """Run ``write(folder)`` into a hidden folder and rename it to ``vectors/name`` when it returns."""
+        from adapter_retrievers._files import make_temp_folder
+
+        self.shards_folder.mkdir(parents=True, exist_ok=True)
+        final = self.shards_folder / name
+        if final.exists():
+            raise FileExistsError(f"{final} exists")
+        tmp = make_temp_folder(self.shards_folder, prefix=f".{name}.")
+        try:
+            write(tmp)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def count(shard: Path) -> int:
+        """Rows in one shard."""
+        import pyarrow.dataset as pads
+
+        return pads.dataset(str(shard), format="parquet").count_rows()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedEncoder:
+    """Wrap an encoder with an on-disk cache keyed by model id, role and text hash (:class:`VectorCache`).
+
+    A second run, a new epoch or a new adapter never pays the embedding model (or its API) again, and
+    vectors embedded on Ray (:func:`adapter_retrievers.integrations.ray.embed_on_ray` into the same folder)
+    are found too. Missing texts are embedded in chunks, each committed as it finishes (an interrupted run
+    keeps what it paid for), with a progress bar when there is more than one chunk.
     """
 
     def __init__(
@@ -318,16 +444,9 @@ class CachedEncoder:
         self.progress = progress
         self.chunk_size = chunk_size
         self.model_id = self.encoder.model_id
-        path = Path(cache_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        self.path = path / "embeddings.sqlite"
+        self.cache = VectorCache(cache_dir)
+        self.path = self.cache.path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, role TEXT, hash TEXT, vector BLOB, "
-            "PRIMARY KEY (model, role, hash))"
-        )
-        self._db.commit()
         self.hits = 0
         self.misses = 0
 
@@ -335,22 +454,10 @@ class CachedEncoder:
     def dimension(self) -> int | None:
         return getattr(self.encoder, "dimension", None)
 
-    def _lookup(self, role: str, hashes: list[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(hashes))
-        for i in range(0, len(unique), 500):
-            chunk = unique[i : i + 500]
-            rows = self._db.execute(
-                f"SELECT hash, vector FROM vectors WHERE model=? AND role=? AND hash IN ({','.join('?' * len(chunk))})",
-                [self.model_id, role, *chunk],
-            ).fetchall()
-            found.update((h, np.frombuffer(blob, dtype=np.float32)) for h, blob in rows)
-        return found
-
     def _embed(self, texts: Sequence[str], role: str) -> np.ndarray:
-        hashes = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+        hashes = [text_hash(t) for t in texts]
         with self._lock:
-            found = self._lookup(role, hashes)
+            found = self.cache.lookup(self.model_id, role, hashes)
             missing = list(dict.fromkeys(h for h in hashes if h not in found))
             self.hits += len(texts) - sum(1 for h in hashes if h not in found)
             self.misses += len(missing)
@@ -364,11 +471,7 @@ class CachedEncoder:
                     for start in range(0, len(missing), self.chunk_size):
                         chunk = missing[start : start + self.chunk_size]
                         fresh = embed([text_of[h] for h in chunk])
-                        self._db.executemany(
-                            "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                            [(self.model_id, role, h, v.astype(np.float32).tobytes()) for h, v in zip(chunk, fresh)],
-                        )
-                        self._db.commit()
+                        self.cache.insert(self.model_id, role, chunk, fresh)
                         found.update(zip(chunk, fresh))
                         bar.update(len(chunk))
         if not texts:
@@ -382,7 +485,7 @@ class CachedEncoder:
         return self._embed(list(texts), "document")
 
     def close(self) -> None:
-        self._db.close()
+        self.cache.close()
 
 
 # ------------------------------------------------------------------------------------ bundled model

@@ -29,10 +29,11 @@ from pathlib import Path
 from common import CACHE, RESULTS, machine
 
 
-def write_log(path, n, n_docs=5000, signal_rate=0.01):
-    rng = random.Random(0)
+def write_log(path, n, n_docs=5000, signal_rate=0.01, start=0):
+    """Retrievals ``r{start}`` to ``r{start + n - 1}`` (a shard of a larger log when ``start`` > 0)."""
+    rng = random.Random(start)
     with open(path, "w") as handle:
-        for i in range(n):
+        for i in range(start, start + n):
             docs = [
                 {
                     "id": f"d{rng.randrange(n_docs)}",

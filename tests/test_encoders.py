@@ -74,9 +74,10 @@ def test_bundled_minilm_loads_offline():
 
 def test_import_is_light():
     code = (
-        "import sys, adapter_retrievers as ar; ar.Corpus; ar.QueryAdapter; "
+        "import sys, adapter_retrievers as ar; ar.Corpus; ar.QueryAdapter; ar.CachedEncoder; "
+        "import adapter_retrievers.harvest; "
         "heavy = [m for m in ('torch', 'langchain_core', 'llama_index', 'chromadb', 'sentence_transformers', "
-        "'matplotlib') if m in sys.modules]; print(','.join(heavy))"
+        "'matplotlib', 'ray', 'pyarrow') if m in sys.modules]; print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

@@ -1,8 +1,22 @@
-"""The harvest itself: read traces in any format, match documents to the corpus, apply the signal policy.
+"""The harvest: read traces in any format, match documents to the corpus, apply the signal policy.
+
+It runs as stages that :func:`harvest` calls in one process and
+:func:`adapter_retrievers.integrations.ray.harvest_on_ray` calls on Ray Data; the stages are the same
+functions, so both give the same pairs and the same report:
+
+1. :func:`signals_of` (pass 1): the signals of one file, each with its :data:`Ordinal` (where it was read);
+2. :func:`retrievals_of` (pass 2): the retrievals of one file that a signal may point to (by retrieval or
+   trace id, :func:`has_signal`), counting every record in the file's :class:`HarvestReport`;
+3. :func:`resolve_targets`: which retrievals each signal applies to (the retrieval it names, else every
+   retrieval of the trace it names);
+4. :func:`apply_signals`: one retrieval (:func:`latest_copy` of its logged copies) and its signals, in read
+   order with answer feedback last, turned into positive and negative corpus ids;
+5. :func:`assemble`: the reports and the per-retrieval outcomes, in read order, into a :class:`HarvestResult`.
 
 The files are read twice (signals first, then only the retrievals that have one), so signals may come
 before or after their retrieval and from other files, and memory grows with the number of signals,
-not with the number of retrievals.
+not with the number of retrievals. A reader sees one file at a time (a LlamaIndex start event pairs with
+its end event in the same file).
 """
 
 from __future__ import annotations
@@ -10,14 +24,24 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adapter_retrievers.data import Corpus, ReadReport, TrainingSet
 from adapter_retrievers.harvest import langfuse, langsmith, llamaindex, openinference, ours
 from adapter_retrievers.harvest.policy import SignalPolicy, apply_signal
-from adapter_retrievers.harvest.records import LoggedDocument, Parsed, Records, Signal, as_str, iter_records
+from adapter_retrievers.harvest.records import (
+    LoggedDocument,
+    LoggedRetrieval,
+    Parsed,
+    Records,
+    Signal,
+    TraceFiles,
+    as_str,
+    iter_records,
+    trace_files,
+)
 from adapter_retrievers.harvest.report import HarvestReport, HarvestResult
 
 Reader = Callable[[Records, ReadReport, SignalPolicy], Parsed]
@@ -33,14 +57,34 @@ READERS: dict[str, Reader] = {
 FORMATS: tuple[str, ...] = tuple(READERS)
 DEFAULT_METADATA_ID_FIELDS = ("id", "doc_id", "document_id", "_id", "source_id")
 
+#: where a record was read: (file or block index, index of the record among what its reader yielded)
+Ordinal = tuple[int, int]
+OrderedSignal = tuple[Ordinal, Signal]
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in READERS:
+        raise ValueError(f"unknown trace format {fmt!r}; choose one of {FORMATS}")
+
 
 def read_traces(
     paths: Iterable[os.PathLike | str], fmt: str, report: ReadReport, policy: SignalPolicy | None = None
 ) -> Parsed:
-    """Stream :class:`LoggedRetrieval` and :class:`Signal` records from trace files in ``fmt``."""
-    if fmt not in READERS:
-        raise ValueError(f"unknown trace format {fmt!r}; choose one of {FORMATS}")
-    return READERS[fmt](iter_records(paths, report), report, policy or SignalPolicy())
+    """Stream :class:`LoggedRetrieval` and :class:`Signal` records from trace files in ``fmt``, file by file."""
+    check_format(fmt)
+    files = trace_files(list(paths))
+    for unit in range(len(files.paths)):
+        yield from parse_file(files, unit, fmt, report, policy or SignalPolicy())
+
+
+def parse(records: Records, fmt: str, report: ReadReport, policy: SignalPolicy) -> Parsed:
+    """One file's (or one block's) records through the format's reader."""
+    return READERS[fmt](records, report, policy)
+
+
+def parse_file(files: TraceFiles, unit: int, fmt: str, report: ReadReport, policy: SignalPolicy) -> Parsed:
+    """File number ``unit`` of ``files`` through the format's reader: the unit of work of both harvests."""
+    return parse(iter_records([files.paths[unit]], report, files.filesystem), fmt, report, policy)
 
 
 def content_hash(text: str) -> str:
@@ -74,6 +118,197 @@ class DocumentMatcher:
             return self._by_hash.get(content_hash(doc.content))
         return None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker needs (ids and content hashes), not the corpus with its vectors."""
+        if self._by_hash is None:
+            self._by_hash = {content_hash(t): i for i, t in zip(self.corpus.ids, self.corpus.texts)}
+        return {"corpus": frozenset(self.corpus.ids), "fields": self.fields, "_by_hash": self._by_hash}
+
+
+@dataclass
+class KeptRetrieval:
+    """A retrieval a signal may point to, as the join needs it (its documents not yet matched to the corpus)."""
+
+    retrieval_id: str
+    ordinal: Ordinal
+    query: str
+    documents: list[LoggedDocument]
+    trace_id: str | None
+    timestamp: str | None
+    session: str | None
+    adapter_version: str | None
+
+
+@dataclass
+class Outcome:
+    """What the signals on one retrieval produced, and what they skipped or merged."""
+
+    retrieval: KeptRetrieval
+    positives: dict[str, float] = field(default_factory=dict)
+    negatives: set[str] = field(default_factory=set)
+    skipped: ReadReport = field(default_factory=ReadReport)
+    merged: ReadReport = field(default_factory=ReadReport)
+    feedback_to_top_k: int = 0
+    feedback_with_named_documents: int = 0
+
+
+def records_of(parsed: Parsed, unit: int, report: HarvestReport) -> Iterator[OrderedSignal | KeptRetrieval]:
+    """One file (or block) ``unit`` read: its signals with where each was read, and its retrievals; every record
+    is counted in ``report`` (whose ``skipped`` must be the report the reader writes to)."""
+    for i, item in enumerate(parsed):
+        if isinstance(item, Signal):
+            report.signals += 1
+            yield (unit, i), item
+        else:
+            report.retrievals += 1
+            yield _kept(item, (unit, i))
+
+
+def signals_of(parsed: Parsed, unit: int) -> list[OrderedSignal]:
+    """Pass 1 of the single process: the signals of ``unit``."""
+    return [item for item in records_of(parsed, unit, HarvestReport()) if isinstance(item, tuple)]
+
+
+def has_signal(retrieval: KeptRetrieval, targets: Container[str]) -> bool:
+    """A signal may point to it (by its id or its trace id): the join keeps it."""
+    return retrieval.retrieval_id in targets or retrieval.trace_id in targets
+
+
+def retrievals_of(parsed: Parsed, unit: int, targets: Container[str], report: HarvestReport) -> list[KeptRetrieval]:
+    """Pass 2: the retrievals of ``unit`` a signal may point to; every record counted in ``report``, the others
+    as "retrieval with no signal" after the reader's own skips (examples in read order)."""
+    kept, unsignalled, examples = [], 0, []
+    for item in records_of(parsed, unit, report):
+        if not isinstance(item, KeptRetrieval):
+            continue
+        if has_signal(item, targets):
+            kept.append(item)
+        else:
+            unsignalled += 1
+            examples += [item.retrieval_id] if len(examples) < 5 else []
+    if unsignalled:
+        report.skipped.skipped["retrieval with no signal"] += unsignalled
+        report.skipped.examples.setdefault("retrieval with no signal", []).extend(examples)
+    return kept
+
+
+def _kept(item: LoggedRetrieval, ordinal: Ordinal) -> KeptRetrieval:
+    return KeptRetrieval(
+        item.retrieval_id,
+        ordinal,
+        item.query,
+        item.documents,
+        item.trace_id,
+        item.timestamp,
+        item.session,
+        item.adapter_version,
+    )
+
+
+def signal_order(item: OrderedSignal) -> tuple[bool, Ordinal]:
+    """Signals apply in read order, answer feedback last (it yields to documents other signals named)."""
+    return item[1].kind == "feedback", item[0]
+
+
+def resolve_targets(
+    signals: Iterable[OrderedSignal], retrievals: Iterable[KeptRetrieval]
+) -> tuple[dict[str, list[OrderedSignal]], list[OrderedSignal]]:
+    """Which retrievals each signal applies to: the one it names, else every retrieval of the trace it names.
+
+    ``retrievals`` must hold every kept retrieval whose id or trace id is one of the signals' targets (a Ray
+    group of one target holds exactly those). Returns the signals per retrieval id and the signals that
+    name no known retrieval or trace.
+    """
+    retrievals = sorted(retrievals, key=lambda r: r.ordinal)
+    ids = {r.retrieval_id for r in retrievals}
+    traces: dict[str, list[str]] = defaultdict(list)
+    for r in retrievals:
+        if r.trace_id and r.retrieval_id not in traces[r.trace_id]:
+            traces[r.trace_id].append(r.retrieval_id)
+    applied: dict[str, list[OrderedSignal]] = defaultdict(list)
+    unknown = []
+    for ordinal, signal in signals:
+        matched = [signal.target] if signal.target in ids else traces.get(signal.target, [])
+        if not matched:
+            unknown.append((ordinal, signal))
+        for rid in matched:
+            applied[rid].append((ordinal, signal))
+    return applied, unknown
+
+
+def latest_copy(copies: Sequence[KeptRetrieval], merged: ReadReport) -> KeptRetrieval:
+    """One retrieval logged more than once under one id: the last copy read, at the place of the first."""
+    copies = sorted(copies, key=lambda r: r.ordinal)
+    for copy in copies[1:]:
+        merged.skip("retrieval logged twice (same id)", copy.retrieval_id)
+    return replace(copies[-1], ordinal=copies[0].ordinal)
+
+
+def apply_signals(
+    retrieval: KeptRetrieval,
+    signals: Iterable[OrderedSignal],
+    policy: SignalPolicy,
+    match: Callable[[LoggedDocument], str | None],
+    merged: ReadReport | None = None,
+) -> Outcome:
+    """One retrieval's signals, in :func:`signal_order`, as positive and negative corpus ids (the policy's)."""
+    rid = retrieval.retrieval_id
+    outcome = Outcome(retrieval, merged=merged if merged is not None else ReadReport())
+    docs = tuple((match(d), d.position, d.id) for d in retrieval.documents)
+    positives: dict[str, dict[str, float]] = {rid: outcome.positives}
+    negatives: dict[str, set[str]] = {rid: outcome.negatives}
+    for _, signal in sorted(signals, key=signal_order):
+        used = apply_signal(signal, rid, docs, policy, positives, negatives, outcome.skipped, match, outcome.merged)
+        if used == "top_k":
+            outcome.feedback_to_top_k += 1
+        elif used == "named":
+            outcome.feedback_with_named_documents += 1
+    return outcome
+
+
+def assemble(
+    reports: Iterable[HarvestReport],
+    unknown: Iterable[OrderedSignal],
+    outcomes: Iterable[Outcome],
+    name: str,
+) -> HarvestResult:
+    """The files' reports (in read order), the signals for no known retrieval, and the outcomes (in the order
+    their retrievals were first read) as one training set and one report."""
+    report = HarvestReport()
+    for part in reports:
+        report.merge(part)
+    read = report.skipped
+    for _, signal in sorted(unknown, key=signal_order):
+        read.skip("signal for an unknown retrieval or trace", signal.target)
+    queries: dict[str, str] = {}
+    relevant: dict[str, dict[str, float]] = {}
+    hard: dict[str, set[str]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for outcome in sorted(outcomes, key=lambda o: o.retrieval.ordinal):
+        read.merge(outcome.skipped)
+        report.merged.merge(outcome.merged)
+        report.feedback_to_top_k += outcome.feedback_to_top_k
+        report.feedback_with_named_documents += outcome.feedback_with_named_documents
+        if not outcome.positives and not outcome.negatives:
+            continue
+        r = outcome.retrieval
+        qid = query_id(r.query)
+        for doc_id in outcome.positives:
+            if doc_id in relevant.get(qid, {}):
+                report.merged.skip("same question and document in another retrieval (one pair kept)", r.retrieval_id)
+        queries[qid] = r.query
+        relevant.setdefault(qid, {}).update(outcome.positives)
+        hard.setdefault(qid, set()).update(outcome.negatives)
+        first = {"timestamp": r.timestamp, "session": r.session, "adapter_version": r.adapter_version}
+        seen = info.setdefault(qid, first)
+        if r.timestamp and (seen["timestamp"] is None or r.timestamp < seen["timestamp"]):
+            seen["timestamp"], seen["session"], seen["adapter_version"] = r.timestamp, r.session, r.adapter_version
+    report.records_read = read.rows_read
+    ts = TrainingSet(queries, relevant, hard, name, read)
+    report.queries, report.pairs = len(ts), ts.n_pairs
+    report.negatives = sum(len(v) for v in ts.negatives.values())
+    return HarvestResult(ts, report, info)
+
 
 def harvest(
     paths: Iterable[os.PathLike | str] | os.PathLike | str,
@@ -85,74 +320,39 @@ def harvest(
 ) -> HarvestResult:
     """Read traces in ``fmt`` and turn them into a :class:`TrainingSet` of (query, relevant doc) pairs.
 
+    ``paths``: trace files (JSONL, JSONL.gz, a JSON array, Parquet with one record a row, see
+    :func:`~adapter_retrievers.harvest.records.table_records`), folders of them, or pyarrow filesystem URLs.
     Every record read is accounted for in the report: it became a retrieval or a signal, was merged
     into an existing pair, or was skipped with a reason.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if fmt not in READERS:
-        raise ValueError(f"unknown trace format {fmt!r}; choose one of {FORMATS}")
+    check_format(fmt)
+    files = trace_files(paths)
     policy = policy or SignalPolicy()
-    read = ReadReport()
-    report = HarvestReport(skipped=read)
     match = DocumentMatcher(corpus, metadata_id_fields)
-    # Pass 1 keeps only the signals (few); pass 2 streams the retrievals and keeps only those that
-    # have a signal. Memory grows with the number of signals, not with the number of retrievals.
-    signals = [item for item in read_traces(paths, fmt, ReadReport(), policy) if isinstance(item, Signal)]
-    targets = {s.target for s in signals}
-    retrievals: dict[str, tuple[str, str | None, str | None, tuple, str | None]] = {}
-    trace_to_retrievals: dict[str, list[str]] = defaultdict(list)
-    for item in read_traces(paths, fmt, read, policy):
-        if isinstance(item, Signal):
-            report.signals += 1
-            continue
-        report.retrievals += 1
-        if item.retrieval_id not in targets and item.trace_id not in targets:
-            read.skip("retrieval with no signal", item.retrieval_id)
-            continue
-        if item.retrieval_id in retrievals:
-            report.merged.skip("retrieval logged twice (same id)", item.retrieval_id)
-        docs = tuple((match(d), d.position, d.id) for d in item.documents)
-        retrievals[item.retrieval_id] = (item.query, item.timestamp, item.session, docs, item.adapter_version)
-        if item.trace_id:
-            trace_to_retrievals[item.trace_id].append(item.retrieval_id)
-    report.records_read = read.rows_read
+    units = range(len(files.paths))
+    # Pass 1 keeps only the signals (few); pass 2 keeps only the retrievals that have one.
+    signals = [s for unit in units for s in signals_of(parse_file(files, unit, fmt, ReadReport(), policy), unit)]
+    targets = {signal.target for _, signal in signals}
+    reports, kept = [], []
+    for unit in units:
+        report = HarvestReport()
+        kept += retrievals_of(parse_file(files, unit, fmt, report.skipped, policy), unit, targets, report)
+        reports.append(report)
+    reports.append(ignored_files_report(files))
+    applied, unknown = resolve_targets(signals, kept)
+    copies: dict[str, list[KeptRetrieval]] = defaultdict(list)
+    for retrieval in kept:
+        copies[retrieval.retrieval_id].append(retrieval)
+    outcomes = []
+    for rid, logged in copies.items():
+        merged = ReadReport()
+        outcomes.append(apply_signals(latest_copy(logged, merged), applied.get(rid, []), policy, match, merged))
+    return assemble(reports, unknown, outcomes, name or f"harvest:{fmt}")
 
-    positives: dict[str, dict[str, float]] = defaultdict(dict)
-    negatives: dict[str, set[str]] = defaultdict(set)
-    signals.sort(key=lambda s: s.kind == "feedback")  # answer feedback last: it yields to named documents
-    for signal in signals:
-        matched = [signal.target] if signal.target in retrievals else trace_to_retrievals.get(signal.target, [])
-        if not matched:
-            read.skip("signal for an unknown retrieval or trace", signal.target)
-            continue
-        for rid in matched:
-            docs = retrievals[rid][3]
-            used = apply_signal(signal, rid, docs, policy, positives, negatives, read, match, report.merged)
-            if used == "top_k":
-                report.feedback_to_top_k += 1
-            elif used == "named":
-                report.feedback_with_named_documents += 1
 
-    queries: dict[str, str] = {}
-    relevant: dict[str, dict[str, float]] = {}
-    hard: dict[str, set[str]] = {}
-    info: dict[str, dict[str, Any]] = {}
-    for rid, (query, timestamp, session, _docs, version) in retrievals.items():
-        if not positives.get(rid) and not negatives.get(rid):
-            continue
-        qid = query_id(query)
-        for doc_id in positives.get(rid, {}):
-            if doc_id in relevant.get(qid, {}):
-                report.merged.skip("same question and document in another retrieval (one pair kept)", rid)
-        queries[qid] = query
-        relevant.setdefault(qid, {}).update(positives.get(rid, {}))
-        hard.setdefault(qid, set()).update(negatives.get(rid, set()))
-        seen = info.setdefault(qid, {"timestamp": timestamp, "session": session, "adapter_version": version})
-        if timestamp and (seen["timestamp"] is None or timestamp < seen["timestamp"]):
-            seen["timestamp"], seen["session"], seen["adapter_version"] = timestamp, session, version
-    ts = TrainingSet(queries, relevant, hard, name or f"harvest:{fmt}", read)
-    report.queries, report.pairs = len(ts), ts.n_pairs
-    report.negatives = sum(len(v) for v in ts.negatives.values())
-    return HarvestResult(ts, report, info)
+def ignored_files_report(files: TraceFiles) -> HarvestReport:
+    """Files of a folder that are not trace files, counted as skipped (not as records)."""
+    report = HarvestReport()
+    for path in files.ignored:
+        report.skipped.skip("file in the folder that is not a trace file (by its name)", path)
+    return report

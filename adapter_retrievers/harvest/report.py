@@ -30,6 +30,15 @@ class HarvestReport:
     feedback_to_top_k: int = 0
     feedback_with_named_documents: int = 0
 
+    def merge(self, other: HarvestReport) -> None:
+        """Add the counts of another part of the same harvest (one file's, one retrieval's)."""
+        for name in ("records_read", "retrievals", "signals", "pairs", "negatives", "queries"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.feedback_to_top_k += other.feedback_to_top_k
+        self.feedback_with_named_documents += other.feedback_with_named_documents
+        self.skipped.merge(other.skipped)
+        self.merged.merge(other.merged)
+
     def __str__(self) -> str:
         lines = [
             f"read {self.records_read} records: {self.retrievals} retrievals, {self.signals} signals",

@@ -1,0 +1,159 @@
+"""Benchmark: harvest of a sharded log in one process against Ray Data with 1 and 2 workers, in one run.
+
+Writes a synthetic log in our JSONL schema (the records of ``harvest_scale.py``: 3 documents per retrieval,
+a click signal on 1% of retrievals, a truncated line every 100,000) as ``--shards`` files, then harvests
+the folder in a fresh process for each engine: ``harvest()``, and ``harvest_on_ray()`` on a local Ray
+(``num_cpus=2``) with ``workers=1`` and ``workers=2``, the order reversed in every other round. Each
+run prints a digest of its pairs, hard negatives, query info and report counts; the script asserts the
+digests are equal, and reports time, records per second, ratios to the single process, the driver's
+peak RSS and each Ray worker process's peak RSS (``VmHWM``).
+
+    python benchmarks/harvest_ray.py --retrievals 1000000 --shards 16
+    python benchmarks/harvest_ray.py --retrievals 20000000 --shards 64   # ~8.4 GB of JSONL on disk
+
+Results: ``benchmarks/results/harvest_ray_<retrievals>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import CACHE, RESULTS, machine
+from harvest_scale import write_log
+
+N_DOCS = 5000
+
+CHILD = """
+import hashlib, json, os, resource, sys, time
+from pathlib import Path
+from adapter_retrievers import Corpus
+from adapter_retrievers.harvest import harvest
+
+folder, engine, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+corpus = Corpus.from_texts(["text %d" % i for i in range({n_docs})], ids=["d%d" % i for i in range({n_docs})])
+started = 0.0
+if engine == "ray":
+    import ray
+    start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    started = time.perf_counter() - start
+    from adapter_retrievers.integrations.ray import harvest_on_ray
+    run = lambda: harvest_on_ray(folder, corpus, workers=workers)
+else:
+    run = lambda: harvest(folder, corpus)
+start = time.perf_counter()
+result = run()
+seconds = time.perf_counter() - start
+workers_rss = []
+if engine == "ray":
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{{pid}}/cmdline").read_bytes()
+            status = Path(f"/proc/{{pid}}/status").read_text()
+        except OSError:
+            continue
+        if b"default_worker.py" in cmdline:
+            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+            workers_rss.append(int(hwm.split()[1]) / 1024)
+ts, report = result.training_set, result.report
+content = [list(ts.queries.items()), sorted((q, sorted(d.items())) for q, d in ts.relevant.items()),
+           sorted((q, sorted(d)) for q, d in ts.negatives.items()), sorted(result.query_info.items()),
+           report.records_read, report.retrievals, report.signals, report.pairs, report.negatives,
+           sorted(report.skipped.skipped.items()), sorted(report.merged.skipped.items())]
+print(json.dumps({{"seconds": seconds, "ray_init_seconds": started,
+                  "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_peak_rss_mb": sorted(workers_rss, reverse=True),
+                  "records": report.records_read, "retrievals": report.retrievals, "pairs": report.pairs,
+                  "skipped": dict(report.skipped.skipped),
+                  "digest": hashlib.sha256(json.dumps(content).encode()).hexdigest()}}))
+"""
+
+ENGINES = {"one process": ("single", 1), "Ray, 1 worker": ("ray", 1), "Ray, 2 workers": ("ray", 2)}
+
+
+def write_shards(folder: Path, n: int, shards: int) -> float:
+    """The log as ``shards`` files of consecutive retrievals; returns the size in MB (written once, then kept)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "_COMPLETE"
+    if not done.exists():
+        per = -(-n // shards)
+        for k in range(shards):
+            write_log(folder / f"part-{k:04d}.jsonl", min(per, n - k * per), N_DOCS, start=k * per)
+        done.write_text(str(n))
+    return sum(p.stat().st_size for p in folder.glob("part-*.jsonl")) / 2**20
+
+
+def run_child(folder: Path, engine: str, workers: int) -> dict:
+    code = CHILD.format(n_docs=N_DOCS)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder), engine, str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--retrievals", type=int, default=1_000_000)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    folder = CACHE / f"sharded-log-{args.retrievals}-{args.shards}"
+    start = time.perf_counter()
+    size_mb = write_shards(folder, args.retrievals, args.shards)
+    print(f"log: {folder} ({size_mb:.0f} MB, written or found in {time.perf_counter() - start:.0f} s)", flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in ENGINES}
+    for r in range(args.rounds):
+        for name in list(ENGINES)[:: 1 if r % 2 == 0 else -1]:
+            row = run_child(folder, *ENGINES[name])
+            runs[name].append(row)
+            print(r, name, {k: v for k, v in row.items() if k != "skipped"}, flush=True)
+    digests = {row["digest"] for rows in runs.values() for row in rows}
+    assert len(digests) == 1, "the engines' pairs, query info or report counts differ"
+    summary = {}
+    for name, rows in runs.items():
+        seconds = statistics.median(row["seconds"] for row in rows)
+        summary[name] = {
+            "seconds": [round(row["seconds"], 1) for row in rows],
+            "seconds_median": round(seconds, 1),
+            "records_per_second": round(rows[0]["records"] / seconds),
+            "ray_init_seconds": round(max(row["ray_init_seconds"] for row in rows), 1),
+            "driver_peak_rss_mb": round(max(row["driver_peak_rss_mb"] for row in rows), 1),
+            "worker_peak_rss_mb": [round(v, 1) for v in max((row["worker_peak_rss_mb"] for row in rows), key=len)],
+        }
+    single = summary["one process"]["seconds_median"]
+    for row in summary.values():
+        row["throughput_ratio_to_one_process"] = round(single / row["seconds_median"], 2)
+    first = runs["one process"][0]
+    result = {
+        "machine": machine(),
+        "load_average_at_end": os.getloadavg(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "retrievals": args.retrievals,
+        "shards": args.shards,
+        "log_mb": round(size_mb, 1),
+        "records": first["records"],
+        "pairs": first["pairs"],
+        "skipped": first["skipped"],
+        "identical_results": True,
+        "rounds": args.rounds,
+        "engines": summary,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"harvest_ray_{args.retrievals}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
