@@ -106,6 +106,10 @@ class TrainingConfig:
     significance: float = 0.9
     non_inferiority_margin: float | None = 0.01
     refit: bool = True
+    validation_folds: int = 3
+    average_folds: bool = True
+    new_documents_tolerance: float = 0.0
+    selection_tolerance: float = 0.0
     validation_split: ValidationSplit = "both"
     protect_new_documents: bool = True
     cv_below_queries: int = 300
@@ -144,6 +148,10 @@ class TrainingConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.validation_split not in VALIDATION_SPLITS:
             raise ValueError(f"validation_split must be one of {VALIDATION_SPLITS}, got {self.validation_split!r}")
+        if self.validation_folds < 1:
+            raise ValueError("validation_folds must be >= 1 (1: one validation split of validation_fraction)")
+        if self.new_documents_tolerance < 0:
+            raise ValueError("new_documents_tolerance must be >= 0")
         if self.cv_below_queries and self.cv_folds < 2:
             raise ValueError("cv_folds must be >= 2")
         if self.threads is not None and self.threads < 1:

@@ -47,8 +47,16 @@ class TrainingResult:
             line += f"; tested: {d['test']}"
         if d.get("reason"):
             line += f" ({d['reason']})"
+        if d.get("fold_gains") and d["kept"]:
+            gains = d["fold_gains"]
+            line += (
+                f"; per fold {', '.join(f'{g:+.3f}' for g in gains)} (spread {max(gains) - min(gains):.3f}: "
+                "how much the gain depends on which queries trained)"
+            )
         if d.get("refit_on_queries"):
             line += f"; then trained again on all {d['refit_on_queries']} queries"
+        if d.get("averaged_runs"):
+            line += f", averaged with the {d['averaged_runs'].replace(' and the refit', '')}"
         return line
 
     def plot_history(self, path: os.PathLike | str, overwrite: bool = False) -> None:
