@@ -4,6 +4,7 @@ import pytest
 from adapter_retrievers import AdapterTrainer, QueryAdapter, TrainingSet, compare
 from adapter_retrievers.training import run
 from adapter_retrievers.training.run import _candidates
+from adapter_retrievers.training.validation import validation_folds
 from conftest import make_rotation_task, rows_for
 
 # the consistency term and the blend search are exercised by their own tests below; off here for speed
@@ -287,8 +288,6 @@ def doubled_task():
 def test_validation_folds_by_document_have_only_new_documents(split):
     """Every query is validated once, out of fold; by document all of them are about new documents, by query
     mostly seen ones, and "both" has both kinds in every fold."""
-    from adapter_retrievers.training.validation import validation_folds
-
     corpus, doubled, vectors = doubled_task()
     trainer = AdapterTrainer(**FAST, validation_split=split, cv_below_queries=0)
     result = trainer.fit_vectors(doubled, vectors, None, None, corpus)
@@ -484,3 +483,18 @@ def test_training_runs_on_the_configured_threads_and_restores_the_callers(task, 
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="threads"):
         AdapterTrainer(threads=0)
+
+
+def test_the_result_says_how_stable_it_is(task):
+    """Per-fold gains of the chosen candidate and each option's score, in the result and in its one line."""
+    corpus, train, _, _, vectors = task
+    result = AdapterTrainer(**{**FAST, "cv_below_queries": 0, "negatives": ("all", 4)}).fit_vectors(
+        train, rows_for(train, vectors), None, None, corpus
+    )
+    stability = result.stability
+    assert len(stability["fold_gains"]) == 3 and set(stability["option_scores"]) == {"all", "4"}
+    assert stability["fold_gain_spread"] == pytest.approx(max(stability["fold_gains"]) - min(stability["fold_gains"]))
+    sizes = [len(f) for f in validation_folds(train, result.config)]
+    pooled = sum(g * n for g, n in zip(stability["fold_gains"], sizes)) / sum(sizes)
+    assert pooled == pytest.approx(result.decision["gain"])  # the folds' gains pool to the decision's gain
+    assert "per fold" in result.describe_decision() and "spread" in result.describe_decision()

@@ -16,7 +16,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -46,6 +46,7 @@ from adapter_retrievers.training.validation import (
     validation_folds,
     validation_split,
 )
+from adapter_retrievers.working_set import ArrayVectors, VectorSource, WorkingSet, working_set
 
 T = TypeVar("T")
 _NO_QUERIES = "need at least one training and one validation query with a relevant document in the corpus"
@@ -100,6 +101,15 @@ def guard_for(plan: Plan, cfg: TrainingConfig) -> QueryGuard:
     held_out = [QueryGuard.summarise(f.vectors, cfg.guard_components).distance(f.scorer.vectors) for f in plan.folds]
     summary = QueryGuard.summarise(plan.trained_on[1], cfg.guard_components)
     return summary.calibrated(np.concatenate(held_out), cfg.guard_quantile, cfg.guard_width)
+
+
+_SINGLE_RUN = {"new_documents_tolerance": 0.0, "selection_tolerance": 0.0}
+
+
+def averaged(plan: Plan, cfg: TrainingConfig) -> bool:
+    """Whether the kept adapter averages several runs: only then may validation's single runs be chosen with
+    ``new_documents_tolerance`` and ``selection_tolerance`` (an average costs new documents less than a run)."""
+    return len(plan.folds) > 1 and cfg.average_folds and cfg.kind == "linear"
 
 
 def fold_gains(plan: Plan, chosen: Choice) -> list[float]:
@@ -281,20 +291,26 @@ class AdapterTrainer:
         train_vectors: np.ndarray,
         validation: TrainingSet | None,
         validation_vectors: np.ndarray | None,
-        corpus: Corpus,
+        corpus: Corpus | VectorSource,
         data_fingerprint: str | None = None,
     ) -> TrainingResult:
         """Train from precomputed query vectors (rows in ``query_ids`` order) and an embedded corpus.
 
         ``validation=None``: hold out validation from ``train`` as :meth:`fit` does (k-fold
         cross-validation for small sets). ``data_fingerprint`` names the data the caller started from.
+        ``corpus``: a :class:`~adapter_retrievers.data.Corpus` with embeddings, or vectors read in chunks
+        (a :class:`~adapter_retrievers.working_set.VectorSource`): then, as for a corpus of more than
+        ``working_set_above`` documents, training holds only a working set of it.
         """
         cfg = self.config
+        started = time.perf_counter()
+        working = self._working_set(train, train_vectors, validation, validation_vectors, corpus)
+        if working is not None:
+            corpus = working.corpus
         if corpus.embeddings is None:
             raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
         dim = corpus.embeddings.shape[1]
         train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
-        started = time.perf_counter()
         plan = self._plan(train, train_vectors, validation, validation_vectors, corpus)
         model_id = self.model_id or "unknown-model"
         base, new = plan.base, plan.new
@@ -302,7 +318,7 @@ class AdapterTrainer:
         if cfg.solver == "procrustes":
             options, choices = [cfg], [self._procrustes(plan, corpus)]
         else:
-            options = negative_options(cfg)
+            options = negative_options(cfg if averaged(plan, cfg) else replace(cfg, **_SINGLE_RUN))
             choices, trailing = self._select_options(plan, corpus, options)
         winner = best_option(choices)
         chosen = choices[winner]
@@ -341,6 +357,8 @@ class AdapterTrainer:
             data_documents = trained_on.documents
         seconds = time.perf_counter() - started
         n_validation = len(base)
+        if working is not None:
+            decision["working_set"] = working.describe()
         return self._result(
             adapter,
             report,
@@ -355,6 +373,38 @@ class AdapterTrainer:
         )
 
     # ------------------------------------------------------------------------------- stages
+
+    def _working_set(
+        self,
+        train: TrainingSet,
+        vectors: np.ndarray,
+        validation: TrainingSet | None,
+        validation_vectors: np.ndarray | None,
+        corpus: Corpus | VectorSource,
+    ) -> WorkingSet | None:
+        """The working set for a corpus too large to hold whole (None: train on the corpus as it is)."""
+        cfg = self.config
+        if isinstance(corpus, Corpus):
+            if len(corpus) <= cfg.working_set_above or corpus.embeddings is None:
+                return None
+            source: VectorSource = ArrayVectors(corpus.embeddings, corpus.ids)
+        elif isinstance(corpus, VectorSource):
+            source = corpus
+        else:
+            raise TypeError(f"corpus must be a Corpus or a VectorSource, not {type(corpus).__name__}")
+        queries = [np.asarray(vectors, dtype=np.float32)]
+        needed = set(train.documents) | {d for docs in train.negatives.values() for d in docs}
+        if validation is not None:
+            queries.append(np.asarray(validation_vectors, dtype=np.float32))
+            needed |= set(validation.documents) | {d for docs in validation.negatives.values() for d in docs}
+        return working_set(
+            source,
+            np.concatenate(queries),
+            needed,
+            cfg.working_set_top_k,
+            cfg.working_set_sample,
+            cfg.seed,
+        )
 
     def _plan(
         self,
@@ -530,8 +580,8 @@ class AdapterTrainer:
                 "n_documents_seen": len(train.documents),
                 # all positives of the data given to fit (validation included): what a user can recompute
                 "data_documents_fingerprint": documents_fingerprint(data_documents),
-                "corpus_fingerprint": corpus.fingerprint,
-                "n_documents": len(corpus),
+                "corpus_fingerprint": decision.get("working_set", {}).get("corpus_fingerprint", corpus.fingerprint),
+                "n_documents": decision.get("working_set", {}).get("of_corpus", len(corpus)),
             },
             "validation": {
                 "n_queries": n_validation,
