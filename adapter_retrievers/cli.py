@@ -37,6 +37,10 @@ CacheOption = Annotated[
 LenientOption = Annotated[bool, typer.Option("--lenient", help="skip and count bad rows instead of stopping")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="replace outputs that exist already")]
 ProgressOption = Annotated[bool, typer.Option(help="show progress (plain lines when stderr is not a terminal)")]
+EngineOption = Annotated[str, typer.Option(help="local (this process) | ray (Ray Data: local Ray, or --ray-address)")]
+RayAddressOption = Annotated[
+    str | None, typer.Option(help="with --engine ray: join this cluster ('auto', 'ray://host:10001')")
+]
 
 DEFAULT_CACHE = Path("runs") / "emb-cache"  # like every CLI output, under runs/
 
@@ -366,7 +370,13 @@ def capture(
 @app.command()
 @_friendly_errors
 def harvest(
-    traces: Annotated[list[Path], typer.Argument(help="trace files (JSONL, or a JSON array), any number")],
+    traces: Annotated[
+        list[str],
+        typer.Argument(
+            help="trace files (JSONL, JSONL.gz, a JSON array; with --engine ray also Parquet, folders and "
+            "filesystem URLs such as s3://bucket/traces/), any number"
+        ),
+    ],
     corpus: Annotated[Path, typer.Option(help="BEIR folder whose corpus.jsonl the documents are matched to")],
     output: Annotated[Path, typer.Option("--output", "-o", help="pairs JSONL to write (train split)")],
     trace_format: Annotated[
@@ -377,9 +387,14 @@ def harvest(
     held_out_fraction: float = 0.2,
     feedback_threshold: Annotated[float, typer.Option(help="answer feedback at or above this is positive")] = 0.5,
     feedback_top_k: Annotated[int, typer.Option(help="retrieved documents that answer feedback applies to")] = 1,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Turn exported traces and feedback into training pairs, with a summary of what was skipped and why.
+
+    With --engine ray the files are parsed and joined on Ray Data (a local Ray on this machine's cores, or the
+    cluster --ray-address names): the same pairs and the same summary as --engine local.
 
     \b
     Example (from a clone, on the bundled RAG log):
@@ -396,13 +411,16 @@ def harvest(
     _choice(split_by, ("time", "session"), "--split-by")
     _between(held_out_fraction, "--held-out-fraction")
     _at_least(feedback_top_k, 0, "--feedback-top-k")
+    run_harvest = _harvester(engine, ray_address) or run_harvest
     for trace in traces:
-        _input_file(trace, "TRACES")
+        if engine == "local" or "://" not in trace:
+            (_input_folder if engine == "ray" and Path(trace).is_dir() else _input_file)(Path(trace), "TRACES")
     _input_folder(corpus, "--corpus")
     _outputs(Output(output, "--output"), _file(held_out, "--held-out"), overwrite=overwrite)
     documents = Corpus.from_beir(corpus)
     policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
-    result = run_harvest(traces, documents, fmt=trace_format, policy=policy)
+    paths = [trace if "://" in trace else Path(trace) for trace in traces]
+    result = run_harvest(paths, documents, fmt=trace_format, policy=policy)
     typer.echo(str(result.report))
     if len(result.training_set) == 0:
         raise ValueError("no training pairs: no retrieval had a positive signal (see the summary above)")
@@ -414,6 +432,20 @@ def harvest(
     else:
         result.training_set.to_pairs_jsonl(output, overwrite=overwrite)
         typer.echo(f"wrote {result.training_set.n_pairs} pairs to {output}")
+
+
+def _harvester(engine: str, ray_address: str | None) -> Callable[..., Any] | None:
+    """The harvest function of ``--engine`` (None: the single-process one), checked before any work."""
+    _choice(engine, ("local", "ray"), "--engine")
+    if engine == "local":
+        if ray_address is not None:
+            raise ValueError("--ray-address needs --engine ray")
+        return None
+    try:
+        from adapter_retrievers.integrations.ray import harvest_on_ray
+    except ImportError:
+        raise ValueError("--engine ray needs Ray Data: pip install 'adapter-retrievers[ray]'") from None
+    return functools.partial(harvest_on_ray, address=ray_address)
 
 
 @app.command("export-phoenix")
@@ -900,9 +932,13 @@ def refresh_command(
     feedback_threshold: Annotated[float, typer.Option(help="answer feedback at or above this is positive")] = 0.5,
     feedback_top_k: Annotated[int, typer.Option(help="retrieved documents that answer feedback applies to")] = 1,
     seed: int = 0,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Nightly: read new traffic, retrain, promote the candidate only if it beats live (see exit codes).
+
+    With --engine ray, tonight's records are harvested on Ray Data (same pairs, same decision).
 
     Example: adapter-retrievers refresh --store adapters/store --log logs/rag-log.jsonl --corpus docs/
 
@@ -934,6 +970,7 @@ def refresh_command(
             epochs,
             feedback_top_k,
         )
+        harvester = _harvester(engine, ray_address)
         _outputs(_store_output(store), _cache(cache_dir))
         _check_model(model)
         policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
@@ -961,6 +998,7 @@ def refresh_command(
             policy,
             progress=progress,
             echo=typer.echo,
+            harvester=harvester,
         )
     except SourceError as exc:
         typer.secho(f"error: trace source failed: {exc} (watermarks and live unchanged)", err=True, fg=typer.colors.RED)

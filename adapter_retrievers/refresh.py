@@ -193,11 +193,18 @@ def refresh(
     now: datetime | None = None,
     progress: bool = False,
     echo: Callable[[str], None] = lambda _: None,
+    harvester: Callable[..., Any] | None = None,
 ) -> RefreshOutcome:
     """Run the loop once (see the module docstring). Raises :class:`~adapter_retrievers.store.StoreLocked`
     while another run holds the lock and :class:`~adapter_retrievers.sources.SourceError` when a source is down.
+
+    ``harvester``: the function that turns tonight's records into pairs, with
+    :func:`~adapter_retrievers.harvest.harvest`'s signature (the default);
+    ``functools.partial(harvest_on_ray, address=...)`` runs that stage on Ray Data with the same result.
     """
     from adapter_retrievers.harvest import harvest
+
+    harvester = harvester or harvest
 
     store = store if isinstance(store, AdapterStore) else AdapterStore(store)
     config = config or RefreshConfig()
@@ -215,7 +222,7 @@ def refresh(
             run_path, pending = state / RUN_FILE, state / PENDING_FILE
             read = ReadReport()
             updates, counts = _read_sources(sources, marks, pending, run_path, read)
-            harvested = harvest([run_path], corpus, fmt="ours", policy=policy, name="refresh")
+            harvested = harvester([run_path], corpus, fmt="ours", policy=policy, name="refresh")
             pairs = PairsStore(state / PAIRS_FILE)
             new_pairs = pairs.add(harvested.training_set, harvested.query_info)
             pairs.save()  # commit what was read ...
