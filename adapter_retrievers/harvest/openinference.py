@@ -51,6 +51,7 @@ from adapter_retrievers.harvest.records import (
     as_str,
     json_maybe,
 )
+from adapter_retrievers.interleaving import CANDIDATE_VERSION
 
 FORMAT = "openinference"
 # the SDK keeps document metadata as one JSON string; Phoenix flattens it to one attribute per key
@@ -92,7 +93,7 @@ def read_openinference(records: Records, report: ReadReport, policy: SignalPolic
                 continue
             session = as_str(attrs.get("session.id")) or as_str(attrs.get("user.id"))
             run_metadata = json_maybe(attrs.get("metadata"))  # LangChain run metadata: the serving version
-            version = as_str(run_metadata.get("adapter_version")) if isinstance(run_metadata, dict) else None
+            run_metadata = run_metadata if isinstance(run_metadata, dict) else {}
             yield LoggedRetrieval(
                 span_id,
                 query,
@@ -100,7 +101,8 @@ def read_openinference(records: Records, report: ReadReport, policy: SignalPolic
                 as_str(span.get("trace_id")),
                 _timestamp(span["start"]),
                 session,
-                version,
+                as_str(run_metadata.get("adapter_version")),
+                as_str(run_metadata.get(CANDIDATE_VERSION)),  # interleaved: documents name their ranker
             )
 
 

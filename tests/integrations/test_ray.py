@@ -62,6 +62,7 @@ def assert_same(one, on_ray, same_locations: bool = True) -> None:
     assert list(rts.queries.items()) == list(ts.queries.items())  # the same queries in the same order
     assert rts.relevant == ts.relevant and rts.negatives == ts.negatives
     assert on_ray.query_info == one.query_info
+    assert on_ray.feedback == one.feedback  # what each signal named, where shown, which ranker picked it
     if same_locations:
         assert dataclasses.asdict(on_ray.report) == dataclasses.asdict(one.report)
         assert str(on_ray.report) == str(one.report)
