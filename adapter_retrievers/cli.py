@@ -797,7 +797,9 @@ def status(
     for line in _comparison_lines(info.get("comparison")):
         typer.echo(line)
     for night in info["quarantined"]:
-        typer.echo(f"quarantined {night.get('night')}: {night.get('reason', '')}")
+        why = (night.get("quarantine_check") or {}).get("reason") or night.get("reason", "")
+        typer.echo(f"quarantined {night.get('night')}: {why}")
+        typer.echo(f"          release: adapter-retrievers release {night.get('night')} --store {store}")
     holder = info["lock"]
     lock = "free" if holder is None else f"held by pid {holder.get('pid')} since {holder.get('started')}"
     typer.echo(f"lock      {lock}")

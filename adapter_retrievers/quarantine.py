@@ -11,14 +11,18 @@ adapter). Real users who change ask differently, but they still click what answe
 - ``click_rate``: the share of the night's new retrievals with a click, citation or positive label;
 - ``position``: the shown position of each document they named (0: the top);
 - ``live_agreement`` and ``base_agreement``: the reciprocal rank of each named document in the live
-  adapter's and in the base model's ranking of the whole corpus (exact search).
+  adapter's and in the base model's ranking of the whole corpus (exact search); live's is compared only
+  with the nights the same adapter was live (a promotion changes it on purpose).
 
 :func:`check` compares each feature with the nights before it (their pooled per-query values and the
 spread of their nightly means): a feature is *far outside its history* when its z-score passes
 ``z``. The night is quarantined when every agreement feature (position, live and base agreement) is far
-outside in the direction of disagreement, and so is the click rate (either way). A population that
-changes moves some of these; a night of wrong clicks moves all of them. Quarantined pairs are kept in
-``state/quarantine/<night>.jsonl`` until an operator releases them (``adapter-retrievers release``).
+outside in the direction of disagreement: the clicks land far lower in the shown list *and* far lower in
+both rankings than on any night before. The click rate is measured and reported beside them but decides
+nothing: a new population (a language the base model serves badly) changes it as much as a bot does.
+A population that changes moves some agreements (live's falls when the adapter no longer fits, while the
+base model's holds); a night of wrong clicks moves all of them. Quarantined pairs are kept in
+``state/quarantine/<night>.json`` until an operator releases them (``adapter-retrievers release``).
 """
 
 from __future__ import annotations
@@ -62,17 +66,19 @@ def profile(
     n_retrievals: int,
     live_ranks: dict[str, list[int]] | None = None,
     base_ranks: dict[str, list[int]] | None = None,
-) -> dict[str, dict[str, float] | None]:
+    live: str | None = None,
+) -> dict[str, Any]:
     """One night's feedback profile (see the module docstring).
 
     ``feedback``: :class:`~adapter_retrievers.harvest.RetrievalFeedback` of the night's new retrievals that
     have a signal; ``n_retrievals``: how many new retrievals the night read (with a signal or not);
-    ``live_ranks``/``base_ranks``: per retrieval id, the 0-based rank of each named document in that ranking.
+    ``live_ranks``/``base_ranks``: per retrieval id, the 0-based rank of each named document in that ranking;
+    ``live``: the version live was (agreement with it compares only with nights it was live too).
     """
     named = [f for f in feedback if f.documents]
     clicked = [1.0] * len(named) + [0.0] * max(n_retrievals - len(named), 0)
     positions = [float(p) for f in named for p in f.positions if p is not None]
-    out: dict[str, dict[str, float] | None] = {"click_rate": summary(clicked), "position": summary(positions)}
+    out: dict[str, Any] = {"live": live, "click_rate": summary(clicked), "position": summary(positions)}
     for name, ranks in (("live_agreement", live_ranks), ("base_agreement", base_ranks)):
         values = [1.0 / (r + 1) for f in named for r in (ranks or {}).get(f.retrieval_id, [])]
         out[name] = summary(values) if ranks is not None else None
@@ -103,33 +109,42 @@ def check(
     "z", "far"}}}``; ``far`` is True when the feature is beyond ``config.z`` in the direction that counts.
     """
     features: dict[str, Any] = {}
-    nights = min((_history(history, f) or (0, 0, 0, 0))[3] for f in FEATURES) if history else 0
+    same_live = [n for n in history if n.get("live") == tonight.get("live")]
+    nights = {}
     for name in FEATURES:
-        now, past = tonight.get(name), _history(history, name)
-        if not now or past is None:
+        # agreement with live's ranking is comparable only between nights the same adapter was live
+        past_nights = same_live if name == "live_agreement" else history
+        now, past = tonight.get(name), _history(past_nights, name)
+        nights[name] = past[3] if past is not None else 0
+        if not now or past is None or past[3] < config.min_nights:
             continue
         mean, sd, between, _ = past
-        total = sum(n[name]["n"] for n in history if n.get(name))
+        total = sum(n[name]["n"] for n in past_nights if n.get(name))
         se = float(np.sqrt(sd**2 / now["n"] + sd**2 / total + between))
         z = (now["mean"] - mean) / se if se > 0 else (0.0 if now["mean"] == mean else float("inf"))
         direction = AGREEMENT.get(name)
         far = abs(z) >= config.z if direction is None else direction * z >= config.z
         features[name] = {"tonight": now["mean"], "history": mean, "history_sd": sd, "z": z, "far": far}
-    needed = [f for f in FEATURES if f in features]
-    complete = set(AGREEMENT) <= set(needed)  # the agreement features need a training night's encoder
-    quarantine = config.enabled and nights >= config.min_nights and complete and all(features[f]["far"] for f in needed)
+    # position and the base model's agreement always count; live's once it has served long enough to compare
+    needed = [f for f in AGREEMENT if f in features]
+    complete = {"position", "base_agreement"} <= set(needed)
+    far = complete and all(features[f]["far"] for f in needed)
+    quarantine = config.enabled and far
+    history_nights = min(nights["position"], nights["base_agreement"])
     if quarantine:
-        reason = "feedback far outside its history on every feature: " + ", ".join(
+        reason = "clicks far outside their history: " + ", ".join(
             f"{name} {f['tonight']:.3f} vs {f['history']:.3f} (z {f['z']:+.1f})" for name, f in features.items()
         )
     elif not config.enabled:
         reason = "quarantine check off"
-    elif nights < config.min_nights:
-        reason = f"{nights} nights of feedback history; {config.min_nights} needed before a night can be quarantined"
+    elif history_nights < config.min_nights:
+        reason = (
+            f"{history_nights} nights of feedback history; {config.min_nights} needed before a night can be quarantined"
+        )
     elif not complete:
         reason = "no ranking agreement measured tonight (no training night)"
     else:
-        reason = "within history on " + ", ".join(name for name, f in features.items() if not f["far"])
+        reason = "within history on " + ", ".join(name for name in needed if not features[name]["far"])
     return {"quarantine": bool(quarantine), "reason": reason, "features": features, "nights_of_history": nights}
 
 

@@ -86,7 +86,8 @@ class RefreshConfig:
     favours live, so it errs on the side of keeping live). ``quarantine``: see
     :class:`~adapter_retrievers.quarantine.QuarantineConfig`. ``training``: keyword arguments of
     :class:`~adapter_retrievers.training.TrainingConfig` (its defaults otherwise, the per-query guard
-    included; validation is the newest slice of the training pairs, by time).
+    included, except ``require_significant_gain=False``: a candidate that beats the base model on validation
+    is stored and scored, and the pooled test decides; validation is the newest slice of the pairs, by time).
     """
 
     metric: str = "ndcg@10"
@@ -453,7 +454,7 @@ def _night_profile(
     """The night's feedback profile; the ranking agreements only on a night that trains (the encoder is
     needed then anyway: a night without training never loads the model)."""
     if not trains or not tonight or corpus.embeddings is None:
-        return profile(tonight, n_retrievals)
+        return profile(tonight, n_retrievals, live=store.live or BASE)
     named = [f for f in tonight if any(d in corpus for d in f.documents)]
     queries = harvested.training_set.queries
     vectors = np.asarray(encoder.embed_queries([queries[f.query_id] for f in named]), dtype=np.float32)
@@ -465,7 +466,7 @@ def _night_profile(
         for row, f in enumerate(named):
             own = [corpus.position(d) for d in f.documents if d in corpus]
             ranks[name][f.retrieval_id] = [int((scores[row] > scores[row, i]).sum()) for i in own]
-    return profile(tonight, n_retrievals, ranks["live"], ranks["base"])
+    return profile(tonight, n_retrievals, ranks["live"], ranks["base"], store.live or BASE)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -485,7 +486,9 @@ class Evidence:
     candidate's picks won the query, -1 live's); ``combined``: both as one test. ``gain``: the pooled mean gain
     over live (inverse-propensity weighted when configured) and its bootstrap interval; ``new_documents``:
     pooled queries about documents the scoring candidate had not seen (``n``, ``base``, ``candidate``);
-    ``live_vs_base``: live's recent pooled gain over the base model (``n``, ``mean``, ``interval``).
+    ``live_vs_base``: live's recent pooled gain over the base model (``n``, ``mean``, ``interval``); ``own``:
+    the gain over live of the candidate that would be promoted, on the queries it scored itself (``n``,
+    ``gain``): the pooled test is about the loop's candidates, and this one must not contradict it.
     """
 
     offline: Sequential
@@ -496,6 +499,7 @@ class Evidence:
     new_documents: dict[str, Any]
     live_vs_base: dict[str, Any]
     has_candidate: bool
+    own: dict[str, Any] = field(default_factory=lambda: {"n": 0, "gain": 0.0})
 
 
 def decide(config: RefreshConfig, evidence: Evidence, live: str | None) -> tuple[str, str]:
@@ -511,6 +515,12 @@ def decide(config: RefreshConfig, evidence: Evidence, live: str | None) -> tuple
             f"the candidates' gain over live is not significant yet ({what}: e-value {test.wealth:.2f} < "
             f"{test.threshold:.0f}; pooled gain {evidence.gain:+.4f}, "
             f"{_interval(config.confidence, evidence.gain_interval)})"
+        )
+    elif evidence.own["n"] and evidence.own["gain"] < 0:
+        action = "kept"
+        reason = (
+            f"the candidates beat live significantly ({what}: e-value {test.wealth:.1f}), but the newest one is "
+            f"below live on the {evidence.own['n']} queries it scored itself ({evidence.own['gain']:+.4f})"
         )
     elif new["n"] and new["candidate"] < new["base"] - config.new_documents_tolerance:
         action = "kept"
@@ -570,11 +580,11 @@ def pooled_evidence(
     live: str,
     since: str,
     window_start: str | None,
-    has_candidate: bool,
+    newest: str | None,
 ) -> Evidence:
     """The evidence since ``live`` went live (``since``: real time; ledger rows scored and interleaved
     retrievals read from then on); live's recent gain over the base model on the rows whose queries were first
-    seen from ``window_start`` on (None: all)."""
+    seen from ``window_start`` on (None: all); ``newest``: the candidate a promotion would serve (None: none)."""
     rows = [r for r in ledger if r.get("live") == live and r.get("scored_at", "") >= since]
     scored = [r for r in rows if r.get("candidate") not in (None, live)]
     differences = np.array([r["candidate_score"] - r["live_score"] for r in scored])
@@ -595,6 +605,8 @@ def pooled_evidence(
     recent = [r for r in rows if window_start is None or (r.get("timestamp") or "") >= window_start]
     recent_gain = np.array([r["live_score"] - r["base"] for r in recent])
     recent_weights = _weights(recent, config)
+    own = [r for r in scored if newest is not None and r.get("candidate") == newest]
+    own_gain = np.array([r["candidate_score"] - r["live_score"] for r in own])
     return Evidence(
         offline=offline,
         online=on,
@@ -611,7 +623,8 @@ def pooled_evidence(
             "mean": weighted_mean(recent_gain, recent_weights) if recent else 0.0,
             "interval": weighted_bootstrap(recent_gain, recent_weights, config.confidence, seed=config.seed),
         },
-        has_candidate=has_candidate,
+        has_candidate=newest is not None,
+        own={"n": len(own), "gain": weighted_mean(own_gain, _weights(own, config)) if own else 0.0},
     )
 
 
@@ -664,7 +677,9 @@ def _decide(
             cache.update(zip(missing, embedded))
         return np.stack([cache[q] for q in ts.query_ids]) if ts.query_ids else np.zeros((0, dim), np.float32)
 
-    training = {"seed": config.seed, **config.training}
+    # the pooled test decides; the trainer's own significance gate on a small validation split would throw
+    # away the candidates whose gain only the pooled evidence can show
+    training = {"seed": config.seed, "require_significant_gain": False, **config.training}
     trainer = AdapterTrainer(None, model_id=encoder.model_id, progress=progress, **training)
     result = trainer.fit_vectors(
         train, vectors(train), validation, vectors(validation), corpus, data_fingerprint=data.fingerprint
@@ -717,9 +732,8 @@ def _decide(
         (now - timedelta(days=config.window_days)).isoformat(timespec="milliseconds") if config.window_days else None
     )
     has_new = not candidate.is_identity
-    evidence = pooled_evidence(
-        config, ledger, online, live_name, live_since, window_start, has_new or previous is not None
-    )
+    newest_name = "tonight" if has_new else previous
+    evidence = pooled_evidence(config, ledger, online, live_name, live_since, window_start, newest_name)
     action, reason = decide(config, evidence, live_at_start)
     if action != "kept" and store.live != live_at_start:
         action, reason = "kept", f"live changed during this run (now {store.live or 'base model'}): an operator decided"

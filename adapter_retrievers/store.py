@@ -403,30 +403,39 @@ class AdapterStore:
         return self._switch(version, "promote", reason=reason)
 
     def rollback(self, version: str | None = None) -> dict[str, Any]:
-        """Serve ``version``, or by default what was live before the current state.
+        """Serve ``version``, or by default what was live before the last change of live.
 
-        After a demotion (the base model served because live stopped earning its place) that is the adapter
-        the demotion took down; otherwise the newest earlier version that was live before the current one.
-        Repeated rollbacks walk further back, ending at the base model.
+        The last change may be a promotion, a demotion (the base model served because live stopped earning
+        its place: rollback brings that adapter back) or an operator's switch. Repeated rollbacks walk further
+        back through the states live was in, ending where the store began (the base model).
         """
-        current = self.live
-        if version is None:
-            changes = [r for r in self.history() if r.get("action") in LIVE_ACTIONS]
-            last = changes[-1] if changes else {}
-            if current is None:
-                demoted = last.get("live_before") if last.get("action") == "demoted" else None
-                if demoted is None:
-                    raise StoreError("the base model is live already: nothing to roll back to")
-                if demoted not in self.versions():
-                    raise StoreError(f"the demoted version {demoted} is no longer stored: nothing to roll back to")
-                return self._switch(
-                    demoted, "rollback", reason=f"rolled back by an operator (undoes the demotion of {demoted})"
-                )
-            was_live = {r.get("live_after") for r in changes}
-            current_n = _version_number(current) or 0
-            earlier = [v for v in self.versions() if v in was_live and (_version_number(v) or 0) < current_n]
-            version = earlier[-1] if earlier else None
-        return self._switch(version, "rollback", reason="rolled back by an operator")
+        if version is not None:
+            return self._switch(version, "rollback", reason="rolled back by an operator", undo=False)
+        earlier = self._earlier_states()
+        if not earlier:
+            raise StoreError(
+                "the base model is live already: nothing to roll back to"
+                if self.live is None
+                else "no earlier state of live is recorded: name the version to serve"
+            )
+        target = earlier[-1]
+        if target is not None and target not in self.versions():
+            raise StoreError(f"{target}, live before the last change, is no longer stored: name the version to serve")
+        return self._switch(target, "rollback", reason="rolled back by an operator", undo=True)
+
+    def _earlier_states(self) -> list[str | None]:
+        """The states live was in before each change still in effect, oldest first: every change pushes the
+        state it left, every plain rollback takes one back."""
+        stack: list[str | None] = []
+        for record in self.history():
+            if record.get("action") not in LIVE_ACTIONS:
+                continue
+            if record.get("action") == "rollback" and record.get("undo", True):
+                if stack:
+                    stack.pop()
+            else:
+                stack.append(record.get("live_before"))
+        return stack
 
     # ---------------------------------------------------------------------------------- history
 
@@ -476,7 +485,7 @@ class AdapterStore:
             "versions": self.versions(),
             "last_decision": last,
             "decisions": len(decisions),
-            "comparison": (last or {}).get("comparison"),
+            "comparison": next((r["comparison"] for r in reversed(decisions) if r.get("comparison")), None),
             "quarantined": quarantined(history),
             "lock": holder,
         }
