@@ -16,8 +16,8 @@ no candidate is better than live on the traffic after it was trained (E[x | past
 hypothesis), the wealth is a nonnegative supermartingale, so by Ville's inequality the probability that it
 *ever* reaches ``1/α`` is at most ``α``: checked every night, every query, forever. Candidates may change
 from night to night (each is fixed before the traffic that scores it); the test is about the loop's
-candidates as a sequence. The wealth is an *e-value*: two of them on the same nights (the offline
-evidence and the interleaving's) may be averaged and stay one (:func:`combine`).
+candidates as a sequence. The offline evidence and the interleaving's are observations of different
+queries under the same null hypothesis, so their wealths multiply into one test (:func:`combine`).
 
 Pure numpy; the refresh keeps the observations in the store's state (``evidence.jsonl``,
 ``interleaving.jsonl``) and recomputes the wealth each night from the start of the comparison (the night
@@ -91,19 +91,19 @@ def betting_test(x: Sequence[float] | np.ndarray, confidence: float = 0.95, boun
 
 
 def combine(*tests: Sequential, confidence: float = 0.95) -> Sequential:
-    """The average of e-values on the same nights is an e-value (a mean of supermartingales is one): one test
-    that may be won by either kind of evidence, at the same error level. Tests without observations are left out
-    (whether a kind of evidence exists, e.g. interleaving turned on, is not decided by its outcomes)."""
+    """Two kinds of evidence on different queries as one test: the product of their wealths.
+
+    Merged into one sequence, every observation (an offline score, an interleaved outcome) is a bet placed
+    with only earlier observations known, and under the null hypothesis each has a conditional mean <= 0
+    whatever came before, so the product of all the factors is still a nonnegative supermartingale: one
+    bettor's wealth, valid at any time. Evidence against the candidate in either kind costs wealth.
+    """
     used = [t for t in tests if t.n]
+    threshold = 1.0 / (1.0 - confidence)
     if not used:
-        return Sequential(0, 0.0, 1.0, 1.0 / (1.0 - confidence))
+        return Sequential(0, 0.0, 1.0, threshold)
     n = sum(t.n for t in used)
-    return Sequential(
-        n=n,
-        mean=sum(t.mean * t.n for t in used) / n,
-        wealth=float(np.mean([t.wealth for t in used])),
-        threshold=1.0 / (1.0 - confidence),
-    )
+    return Sequential(n, sum(t.mean * t.n for t in used) / n, float(np.prod([t.wealth for t in used])), threshold)
 
 
 def weighted_mean(values: np.ndarray, weights: np.ndarray | None) -> float:

@@ -21,7 +21,7 @@
    newest candidate is promoted when the loop's candidates beat live *significantly by an anytime-valid
    test* (testing by betting: its error rate holds however many nights it is run), on the offline
    evidence, on the interleaved comparison of the serving wrappers (``state/interleaving.jsonl``, clicks
-   credited to the ranker that showed the document), or on both (their e-values averaged), and when the
+   credited to the ranker that showed the document), or on both (their e-values multiplied), and when the
    candidates are not below the base model on queries about new documents. Otherwise live stays while it
    keeps earning its place: the ``demote`` rule on its recent pooled gain over the base model (default:
    not above it: the traffic moved away from what it learned) serves the base model until a candidate

@@ -119,8 +119,10 @@ def test_interleaved_wins_count_and_combine_with_the_offline_evidence():
     evidence = pooled_evidence(config, [], online, "base", "", None, "v0001")
     assert evidence.online.n == 120 and evidence.online.significant and evidence.offline.n == 0
     assert evidence.combined.wealth == evidence.online.wealth  # no offline evidence: the online test alone
-    both = combine(betting_test([0.0] * 10), evidence.online)
-    assert both.wealth == pytest.approx((1.0 + evidence.online.wealth) / 2)
+    against = betting_test([0.1, -0.2] * 20)  # offline evidence that leans against the candidate costs wealth
+    both = combine(against, evidence.online)
+    assert both.wealth == pytest.approx(against.wealth * evidence.online.wealth)
+    assert both.wealth < evidence.online.wealth
 
 
 def test_wealth_only_bets_on_the_candidate_and_refuses_values_out_of_bounds():
