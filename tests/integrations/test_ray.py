@@ -91,6 +91,8 @@ def test_every_format_same_as_one_process(tmp_path, corpus):
         one = harvest(files, corpus, fmt)
         assert one.report.pairs > 0 and one.report.skipped.n_skipped + one.report.merged.n_skipped > 0, fmt
         assert_same(one, results[fmt])
+    credited = [f.credit for f in results["ours"].feedback if f.candidate_version == "v0002"]
+    assert sorted(c["candidate"] - c["live"] for c in credited) == [0, 1], credited  # clicks credited on Ray too
 
 
 def test_bundled_log_sharded_on_a_filesystem_url(tmp_path):
