@@ -510,3 +510,41 @@ class ResidualMLPAdapter(QueryAdapter):
     def _apply(self, x: np.ndarray) -> np.ndarray:
         h = gelu_tanh(x @ self.params["w1"].T + self.params["b1"])
         return x + h @ self.params["w2"].T + self.params["b2"]
+
+
+def blend(adapter: QueryAdapter, alpha: float) -> QueryAdapter:
+    """``alpha * adapter + (1 - alpha) * identity``, again an adapter of the same kind (linear kinds only).
+
+    For ``linear``: ``W' = alpha W + (1 - alpha) I``, ``b' = alpha b``; for ``low_rank`` and
+    ``residual_mlp`` the residual branch is scaled by ``alpha``.
+    """
+    if alpha == 1.0 or adapter.is_identity:
+        return adapter
+    p = dict(adapter.params)
+    if adapter.kind == "linear":
+        eye = np.eye(adapter.dimension, dtype=np.float32)
+        p["weight"], p["bias"] = alpha * p["weight"] + (1 - alpha) * eye, alpha * p["bias"]
+    elif adapter.kind == "low_rank":
+        p["up"], p["bias"] = alpha * p["up"], alpha * p["bias"]
+    elif adapter.kind == "residual_mlp":
+        p["w2"], p["b2"] = alpha * p["w2"], alpha * p["b2"]
+    else:
+        raise ValueError(f"cannot blend a {adapter.kind!r} adapter with the identity")
+    return type(adapter)(
+        adapter.dimension, adapter.base_model, p, adapter.normalize, dict(adapter.metadata), adapter.guard
+    )
+
+
+def average(adapters: list[QueryAdapter]) -> QueryAdapter:
+    """The mean of several linear adapters of one model: again one linear adapter, at no serving cost.
+
+    For linear adapters the mean of the matrices scores every document by the mean of the adapters' scores
+    (before the query's normalisation, which does not change its ranking): an ensemble in one matrix.
+    """
+    first = adapters[0]
+    if any(a.kind != "linear" or a.dimension != first.dimension for a in adapters):
+        raise ValueError("only linear adapters of one dimension average into one adapter")
+    if len(adapters) == 1:
+        return first
+    params = {name: np.mean([a.params[name] for a in adapters], axis=0) for name in first.params}
+    return type(first)(first.dimension, first.base_model, params, first.normalize, dict(first.metadata), first.guard)

@@ -659,7 +659,10 @@ def curve(
     _input_folder(beir, "--beir")
     numbers = output.with_suffix(".json")
     _outputs(
-        Output(output, "--output"), Output(numbers, "--output's numbers (.json)"), _cache(cache_dir), overwrite=overwrite
+        Output(output, "--output"),
+        Output(numbers, "--output's numbers (.json)"),
+        _cache(cache_dir),
+        overwrite=overwrite,
     )
     _check_model(model)
     documents = Corpus.from_beir(beir)

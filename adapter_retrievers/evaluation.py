@@ -151,6 +151,69 @@ def score_vectors(
     return RetrievalScores(list(queries.query_ids), per_query)
 
 
+def _relevant_pairs(queries: TrainingSet, corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One row per (query, relevant document): its query's row, the document's corpus position, its grade,
+    and where each query's rows start and end (``bounds``)."""
+    owner, position, grade = [], [], []
+    for row, query_id in enumerate(queries.query_ids):
+        for doc_id, g in queries.relevant[query_id].items():
+            if g > 0:
+                owner.append(row)
+                position.append(corpus.position(doc_id))
+                grade.append(g)
+    owner_arr, position_arr = np.array(owner, dtype=np.int64), np.array(position, dtype=np.int64)
+    bounds = np.searchsorted(owner_arr, np.arange(len(queries.query_ids) + 1))
+    return owner_arr, position_arr, np.array(grade, dtype=np.float64), bounds
+
+
+def blend_metrics(
+    queries: TrainingSet,
+    corpus: Corpus,
+    adapted: Callable[[int, int], np.ndarray],
+    base: Callable[[int, int], np.ndarray],
+    alphas: Sequence[float],
+    metrics: Sequence[str],
+    batch_size: int = 256,
+) -> dict[float, dict[str, np.ndarray]]:
+    """Per-query metrics of every blend ``alpha * adapted + (1 - alpha) * base`` of two systems' scores.
+
+    A document outranks a relevant one under a blend when ``alpha * da + (1 - alpha) * db > 0`` (``da``,
+    ``db``: its score minus the relevant document's in each system). A document below the relevant one in
+    both systems is below it under every blend, so only the few others are weighed per alpha: the blends
+    cost little more than one system. Exact ties break by corpus order, as a stable sort would.
+    """
+    owner, position, grades, bounds = _relevant_pairs(queries, corpus)
+    n_queries = len(queries.query_ids)
+    ranks = {alpha: np.empty(len(owner), dtype=np.float64) for alpha in alphas}
+    for start in range(0, n_queries, batch_size):
+        stop = min(start + batch_size, n_queries)
+        lo, hi = bounds[start], bounds[stop]
+        if lo == hi:
+            continue
+        rows = owner[lo:hi] - start
+        where = position[lo:hi]
+        pick = np.arange(hi - lo)
+        a, b = adapted(start, stop)[rows], base(start, stop)[rows]
+        da = a - a[pick, where][:, None]
+        db = b - b[pick, where][:, None]
+        # a document below the relevant one in both systems stays below under every blend: weigh only the rest
+        hit_rows, hit_cols = np.nonzero(np.maximum(da, db) >= 0)
+        hda, hdb = da[hit_rows, hit_cols], db[hit_rows, hit_cols]
+        earlier = hit_cols < where[hit_rows]
+        for alpha in alphas:
+            value = hda if alpha == 1.0 else alpha * hda + (1 - alpha) * hdb
+            counted = (value > 0) | ((value == 0) & earlier)
+            rank = np.bincount(hit_rows[counted], minlength=hi - lo)
+            ranks[alpha][lo:hi] = rank
+    per_query_grades = [grades[bounds[i] : bounds[i + 1]] for i in range(n_queries)]
+    return {
+        alpha: metrics_from_ranks(
+            [rank[bounds[i] : bounds[i + 1]] for i in range(n_queries)], per_query_grades, metrics
+        )
+        for alpha, rank in ranks.items()
+    }
+
+
 def rank_metrics(
     queries: TrainingSet,
     corpus: Corpus,
@@ -165,17 +228,8 @@ def rank_metrics(
     Several systems share one call when their scores share work (the trainer's blend factors are
     mixtures of two matrices). Ties are broken by corpus order, as a stable sort would.
     """
-    # one row per (query, relevant document): its rank is the number of documents scoring above it
-    owner, position, grade = [], [], []
-    for row, query_id in enumerate(queries.query_ids):
-        for doc_id, g in queries.relevant[query_id].items():
-            if g > 0:
-                owner.append(row)
-                position.append(corpus.position(doc_id))
-                grade.append(g)
+    owner_arr, position_arr, grades, bounds = _relevant_pairs(queries, corpus)
     n_queries = len(queries.query_ids)
-    owner_arr, position_arr = np.array(owner, dtype=np.int64), np.array(position, dtype=np.int64)
-    bounds = np.searchsorted(owner_arr, np.arange(n_queries + 1))  # each query's slice of the pairs
     ranks: list[np.ndarray] = []
     columns = np.arange(len(corpus))
     for start in range(0, n_queries, batch_size):
@@ -183,7 +237,7 @@ def rank_metrics(
         first, last = bounds[start], bounds[stop]
         for system, matrix in enumerate(scores(start, stop)):  # once per query, however many relevant documents
             if system == len(ranks):
-                ranks.append(np.empty(len(owner), dtype=np.float64))
+                ranks.append(np.empty(len(owner_arr), dtype=np.float64))
             for lo in range(first, last, batch_size):
                 hi = min(lo + batch_size, last)
                 mine, where = matrix[owner_arr[lo:hi] - start], position_arr[lo:hi]
@@ -194,7 +248,6 @@ def rank_metrics(
                 if len(tied):
                     rank[tied] += (equal[tied] & (columns[None, :] < where[tied, None])).sum(axis=1)
                 ranks[system][lo:hi] = rank
-    grades = np.array(grade, dtype=np.float64)
     per_query_grades = [grades[bounds[i] : bounds[i + 1]] for i in range(n_queries)]
     if not ranks:  # no queries: one empty result per system is unknowable, so ask for one batch's count
         ranks = [np.empty(0)] * len(scores(0, 0))

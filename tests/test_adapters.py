@@ -174,3 +174,23 @@ def test_repr_is_one_short_line():
         "LinearAdapter(kind='linear', dimension=384, base_model='sentence-transformers/all-MiniLM-L6-v2', "
         "parameters=147,840, normalize=True)"
     )
+
+
+def test_the_average_of_linear_adapters_ranks_by_their_mean_score():
+    """One matrix, no serving cost: ranking by the averaged adapter is ranking by the mean of the adapters' scores."""
+    from adapter_retrievers.adapters import average
+
+    rng = np.random.default_rng(3)
+    adapters = []
+    for _ in range(3):
+        a = QueryAdapter.create("linear", 8, MODEL)
+        a.params = {k: v + 0.3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in a.params.items()}
+        adapters.append(a)
+    mean = average(adapters)
+    x, docs = rng.standard_normal((5, 8)).astype(np.float32), unit(rng.standard_normal((40, 8)))
+    scores = np.mean([a._apply(x) @ docs.T for a in adapters], axis=0)
+    np.testing.assert_array_equal(np.argsort(-(mean.transform(x) @ docs.T), axis=1), np.argsort(-scores, axis=1))
+    assert not np.array_equal(np.argsort(-(adapters[0].transform(x) @ docs.T), axis=1), np.argsort(-scores, axis=1))
+    assert average([adapters[0]]) is adapters[0]
+    with pytest.raises(ValueError, match="linear"):
+        average([adapters[0], QueryAdapter.create("low_rank", 8, MODEL, rank=2)])

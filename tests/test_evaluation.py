@@ -223,3 +223,30 @@ def test_score_vectors_matches_metrics_of_the_sorted_ranking():
         np.testing.assert_allclose(scores.per_query[name], expected[name], atol=1e-12)
         np.testing.assert_array_equal(batched.per_query[name], scores.per_query[name])
     assert rankings[0][:2] == ["d3", "d7"] and scores.per_query["mrr@10"][0] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_blend_metrics_equal_scoring_each_blend_ties_included(seed):
+    """The blends' shortcut (only documents the two systems disagree on are weighed per alpha) ranks exactly
+    as scoring every blended matrix does, with ties (rounded scores) broken by corpus order."""
+    from adapter_retrievers.evaluation import blend_metrics, rank_metrics
+
+    rng = np.random.default_rng(seed)
+    n_docs, n_queries = 60, 25
+    corpus = Corpus([f"d{i}" for i in range(n_docs)], [f"text {i}" for i in range(n_docs)])
+    relevant = {
+        f"q{i}": {f"d{j}": float(rng.integers(1, 3)) for j in rng.choice(n_docs, 3, replace=False)}
+        for i in range(n_queries)
+    }
+    queries = TrainingSet({q: q for q in relevant}, relevant)
+    # quarter-steps: many exact ties within a system and between blends
+    adapted = np.round(rng.normal(size=(n_queries, n_docs)) * 4) / 4
+    base = np.round(rng.normal(size=(n_queries, n_docs)) * 4) / 4
+    alphas = [1.0, 0.75, 0.5, 0.25]
+    metrics = ("ndcg@10", "mrr@10", "recall@10")
+    fast = blend_metrics(queries, corpus, lambda a, b: adapted[a:b], lambda a, b: base[a:b], alphas, metrics, 7)
+    slow = rank_metrics(queries, corpus, lambda a, b: [x * adapted[a:b] + (1 - x) * base[a:b] for x in alphas], metrics)
+    for alpha, expected in zip(alphas, slow):
+        for metric in metrics:
+            np.testing.assert_array_equal(fast[alpha][metric], expected[metric])
+    assert not np.array_equal(fast[1.0]["ndcg@10"], fast[0.25]["ndcg@10"])

@@ -51,6 +51,53 @@ def corpus_from_collection(collection: Any, page_size: int = 1000) -> Corpus:
     return Corpus(ids, texts, embeddings, metadatas, name=collection.name)
 
 
+class CollectionVectors:
+    """A collection's stored vectors as a :class:`~adapter_retrievers.working_set.VectorSource`: read page by
+    page (``page_size``), never all at once, so the trainer can hold a working set of a collection larger
+    than memory (``AdapterTrainer(...).fit_vectors(train, vectors, None, None, collection_vectors(c))``).
+    Only the ids are kept (rows are the collection's order)."""
+
+    def __init__(self, collection: Any, page_size: int = 1000) -> None:
+        self.collection, self.page_size = collection, page_size
+        self.ids: list[str] = []
+        for offset in range(0, collection.count(), page_size):
+            self.ids += collection.get(include=[], limit=page_size, offset=offset)["ids"]
+        self._position: dict[str, int] | None = None
+        self.dimension = _stored_dimension(collection) or 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def chunks(self, rows: int = 65_536) -> Any:
+        step = max(1, min(rows, self.page_size))
+        for offset in range(0, len(self.ids), step):
+            page = self.collection.get(include=["embeddings"], limit=step, offset=offset)
+            yield offset, np.asarray(page["embeddings"], dtype=np.float32)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        wanted = [self.ids[int(p)] for p in positions]
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(wanted), self.page_size):
+            page = self.collection.get(ids=wanted[start : start + self.page_size], include=["embeddings"])
+            found.update(zip(page["ids"], np.asarray(page["embeddings"], dtype=np.float32)))
+        if not wanted:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack([found[doc_id] for doc_id in wanted])
+
+    def ids_at(self, positions: np.ndarray) -> list[str]:
+        return [self.ids[int(p)] for p in positions]
+
+    def positions_of(self, ids: Any) -> dict[str, int]:
+        if self._position is None:
+            self._position = {doc_id: i for i, doc_id in enumerate(self.ids)}
+        return {doc_id: self._position[doc_id] for doc_id in ids if doc_id in self._position}
+
+
+def collection_vectors(collection: Any, page_size: int = 1000) -> CollectionVectors:
+    """A collection's vectors read page by page, for training on a working set (see :class:`CollectionVectors`)."""
+    return CollectionVectors(collection, page_size)
+
+
 class AdaptedCollection:
     """Query a Chroma collection with adapted query vectors; everything else is the collection's own.
 

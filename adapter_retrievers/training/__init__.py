@@ -23,6 +23,7 @@ The stages, one module each:
 
 from __future__ import annotations
 
+from adapter_retrievers.adapters import blend
 from adapter_retrievers.training.config import (
     BLENDABLE,
     LOSSES,
@@ -35,7 +36,6 @@ from adapter_retrievers.training.config import (
 from adapter_retrievers.training.curve import learning_curve
 from adapter_retrievers.training.result import TrainingResult
 from adapter_retrievers.training.trainer import AdapterTrainer
-from adapter_retrievers.training.validation import blend
 
 __all__ = [
     "BLENDABLE",

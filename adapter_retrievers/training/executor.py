@@ -8,22 +8,44 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 THREAD_PREFIX = "adapter-training"
 
 
-def run_all(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
-    """Each job's result, in order; ``workers`` at a time in threads (one: in this thread, one after another).
+class Pool:
+    """``workers`` threads that run independent jobs; with one worker, jobs run in the caller's thread.
 
     Threads suit these jobs: torch and numpy release the GIL in the matrix products that dominate a run,
     and threads of one process time-share cores without the spinning of oversubscribed BLAS threads. The
     results do not depend on ``workers``: every job is deterministic on its own inputs.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        return [job() for job in jobs]
-    with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix=THREAD_PREFIX) as pool:
-        futures = [pool.submit(job) for job in jobs]
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Pool:
+        if self.workers > 1:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=THREAD_PREFIX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def map(self, function: Callable[[U], T], items: Sequence[U]) -> list[T]:
+        """``[function(item) for item in items]``, in order, the items shared out over the workers."""
+        if self._pool is None or len(items) <= 1:
+            return [function(item) for item in items]
+        futures = [self._pool.submit(function, item) for item in items]
         return [future.result() for future in futures]
+
+
+def run_all(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
+    """Each job's result, in order, ``workers`` at a time (see :class:`Pool`)."""
+    with Pool(min(workers, len(jobs))) as pool:
+        return pool.map(lambda job: job(), jobs)
 
 
 @contextlib.contextmanager

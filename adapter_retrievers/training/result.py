@@ -31,6 +31,18 @@ class TrainingResult:
         """False when no epoch beat the base model on validation (the adapter is then the identity)."""
         return not self.adapter.is_identity
 
+    @property
+    def stability(self) -> dict[str, Any]:
+        """How much the result depends on which queries trained it, without running it again: the chosen
+        candidate's validation gain on each fold (each fold's queries were held out from that fold's run),
+        their spread, and each ``negatives`` option's best validation score."""
+        gains = self.decision.get("fold_gains") or []
+        return {
+            "fold_gains": list(gains),
+            "fold_gain_spread": (max(gains) - min(gains)) if gains else None,
+            "option_scores": dict(self.decision.get("option_scores") or {}),
+        }
+
     def describe_decision(self) -> str:
         """One line: which validation decided, by how much, and whether the adapter was kept."""
         d = self.decision
@@ -47,8 +59,22 @@ class TrainingResult:
             line += f"; tested: {d['test']}"
         if d.get("reason"):
             line += f" ({d['reason']})"
+        if d.get("fold_gains") and d["kept"]:
+            gains = d["fold_gains"]
+            line += (
+                f"; per fold {', '.join(f'{g:+.3f}' for g in gains)} (spread {max(gains) - min(gains):.3f}: "
+                "how much the gain depends on which queries trained)"
+            )
+        if d.get("working_set"):
+            w = d["working_set"]
+            line += (
+                f"; on a working set of {w['documents']:,} of {w['of_corpus']:,} documents (each query's base "
+                f"top {w['base_top_k']}, the positives and {w['random']:,} random others)"
+            )
         if d.get("refit_on_queries"):
             line += f"; then trained again on all {d['refit_on_queries']} queries"
+        if d.get("averaged_runs"):
+            line += f", averaged with the {d['averaged_runs'].replace(' and the refit', '')}"
         return line
 
     def plot_history(self, path: os.PathLike | str, overwrite: bool = False) -> None:

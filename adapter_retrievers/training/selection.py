@@ -54,7 +54,8 @@ class Curve:
 @dataclass
 class Choice:
     """The selected candidate of a run: epoch (0: none beat the base model), blend factor, validation score;
-    ``per_query``: its per-query validation scores, ``adapter``: its snapshot (None where a refit replaces it)."""
+    ``per_query``: its per-query validation scores (folds one after another), ``adapter``: its snapshot with one
+    validation split, ``fold_adapters``: each fold's snapshot at that epoch with k folds."""
 
     epoch: int = 0
     alpha: float = 1.0
@@ -63,25 +64,38 @@ class Choice:
     per_query: np.ndarray | None = None
     adapter: QueryAdapter | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    fold_adapters: list[QueryAdapter] = field(default_factory=list)
 
 
 def feasible(curve: Curve, scores: EpochScores, alpha: float, cfg: TrainingConfig) -> bool:
     """Not below the base model on the validation queries about new documents (when there are any)."""
     if not cfg.protect_new_documents or curve.base_new is None:
         return True
-    return scores.new_means[alpha] >= curve.base_new - _TIE
+    return scores.new_means[alpha] >= curve.base_new - cfg.new_documents_tolerance - _TIE
 
 
 def choose(curve: Curve, cfg: TrainingConfig) -> tuple[int, float, float]:
     """``(epoch, alpha, score)``: the best mean validation score among feasible candidates; ``(0, 1.0, base)``
-    when none beats the base model. Earlier epochs and larger blend factors win ties."""
+    when none beats the base model. Earlier epochs and larger blend factors win ties.
+
+    With ``cfg.selection_tolerance``, among the feasible candidates within that much of the best score the
+    one that learned most is chosen: the largest blend factor, then the latest epoch. Validation scores single
+    runs, which cannot tell such candidates apart; the adapter returned averages runs, and more learning
+    costs an average less than it costs one run (measured in ``docs/benchmarks.md``).
+    """
     best = (0, 1.0, curve.base)
+    candidates = []
     for scores in curve.epochs:
         for alpha in sorted(cfg.blend, reverse=True):
             score = scores.means[alpha]
-            if score > best[2] + _TIE and feasible(curve, scores, alpha, cfg):
-                best = (scores.epoch, alpha, score)
-    return best
+            if score > curve.base + _TIE and feasible(curve, scores, alpha, cfg):
+                candidates.append((scores.epoch, alpha, score))
+                if score > best[2] + _TIE:
+                    best = (scores.epoch, alpha, score)
+    if not cfg.selection_tolerance or not best[0]:
+        return best
+    close = [c for c in candidates if c[2] >= best[2] - cfg.selection_tolerance]
+    return max(close, key=lambda c: (c[1], c[0]))
 
 
 def last_improvement(curve: Curve, cfg: TrainingConfig) -> int:

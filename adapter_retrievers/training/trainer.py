@@ -11,24 +11,25 @@ for :func:`~adapter_retrievers.training.executor.run_all`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
 
-from adapter_retrievers.adapters import QueryAdapter, QueryGuard
+from adapter_retrievers.adapters import QueryAdapter, QueryGuard, average, blend
 from adapter_retrievers.data import Corpus, TrainingSet, check_vectors, documents_fingerprint
 from adapter_retrievers.evaluation import Comparison, RetrievalScores, compare
 from adapter_retrievers.training import run
 from adapter_retrievers.training.config import TrainingConfig, negative_options, parallel_runs
-from adapter_retrievers.training.executor import limit_threads, run_all
+from adapter_retrievers.training.executor import Pool, limit_threads
 from adapter_retrievers.training.gate import decide
 from adapter_retrievers.training.result import TrainingResult
+from adapter_retrievers.training.run import progress_bar
 from adapter_retrievers.training.selection import (
     Choice,
     Curve,
@@ -40,11 +41,12 @@ from adapter_retrievers.training.selection import (
 )
 from adapter_retrievers.training.validation import (
     ValidationScorer,
-    blend,
     check_disjoint,
     cross_validation_folds,
+    validation_folds,
     validation_split,
 )
+from adapter_retrievers.working_set import ArrayVectors, VectorSource, WorkingSet, working_set
 
 T = TypeVar("T")
 _NO_QUERIES = "need at least one training and one validation query with a relevant document in the corpus"
@@ -61,11 +63,20 @@ class Fold:
 
 @dataclass
 class Plan:
-    """How a fit is validated: one fold (a split) or k folds, what the gate calls it, and what a refit trains on."""
+    """How a fit is validated: one fold (a split) or k folds, what the gate calls it, every pair of the fit
+    (``data``: what a refit trains on) and whether the kept adapter is trained again on them."""
 
     folds: list[Fold]
     label: str
-    every_pair: tuple[TrainingSet, np.ndarray] | None = None
+    data: tuple[TrainingSet, np.ndarray]
+    refit: bool = False
+
+    @property
+    def trained_on(self) -> tuple[TrainingSet, np.ndarray]:
+        """The queries the returned adapter learned from: every pair, unless one split held some out for good."""
+        if len(self.folds) == 1 and not self.refit:
+            return self.folds[0].train, self.folds[0].vectors
+        return self.data
 
     @property
     def base(self) -> np.ndarray:
@@ -80,17 +91,121 @@ class Plan:
         return [q for f in self.folds for q in f.scorer.queries.query_ids]
 
 
-def guard_for(plan: Plan, trained_on: np.ndarray | None, cfg: TrainingConfig) -> QueryGuard:
+def guard_for(plan: Plan, cfg: TrainingConfig) -> QueryGuard:
     """The summary of the queries the adapter trained on, calibrated on validation queries held out from it.
 
     Each fold's validation queries are measured against a summary of that fold's training queries only (a
     query the summary has seen looks closer than a new one from the same population would); the adapter's
-    own summary is of every query it trained on (``trained_on``; None: the single fold's training queries).
+    own summary is of every query it trained on.
     """
     held_out = [QueryGuard.summarise(f.vectors, cfg.guard_components).distance(f.scorer.vectors) for f in plan.folds]
-    vectors = plan.folds[0].vectors if trained_on is None else trained_on
-    summary = QueryGuard.summarise(vectors, cfg.guard_components)
+    summary = QueryGuard.summarise(plan.trained_on[1], cfg.guard_components)
     return summary.calibrated(np.concatenate(held_out), cfg.guard_quantile, cfg.guard_width)
+
+
+_SINGLE_RUN = {"new_documents_tolerance": 0.0, "selection_tolerance": 0.0}
+
+
+def averaged(plan: Plan, cfg: TrainingConfig) -> bool:
+    """Whether the kept adapter averages several runs: only then may validation's single runs be chosen with
+    ``new_documents_tolerance`` and ``selection_tolerance`` (an average costs new documents less than a run)."""
+    return len(plan.folds) > 1 and cfg.average_folds and cfg.kind == "linear"
+
+
+def fold_gains(plan: Plan, chosen: Choice) -> list[float]:
+    """Each fold's mean validation gain of the chosen candidate: how much the result depends on the data it saw."""
+    sizes = np.cumsum([0, *(len(f.scorer.base) for f in plan.folds)])
+    adapted = chosen.per_query if chosen.epoch else plan.base
+    return [float(adapted[a:b].mean() - plan.base[a:b].mean()) for a, b in itertools.pairwise(sizes)]
+
+
+class OptionRun:
+    """One ``negatives`` option's selection: its runs (one per fold), their latest scores, the pooled curve.
+
+    :meth:`advance` steps one fold's run and scores it (independent per fold: safe in parallel threads);
+    :meth:`record` then adds the epoch to the curve and updates the choice (in one thread).
+    """
+
+    def __init__(self, plan: Plan, option: TrainingConfig, runs: list[Iterator[Any]]) -> None:
+        self.plan, self.option, self.runs = plan, option, runs
+        self.alphas = sorted(option.blend, reverse=True)
+        self.new = plan.new
+        self.curve = Curve.start(plan.base, self.new)
+        self.latest = [{alpha: f.scorer.base for alpha in self.alphas} for f in plan.folds]
+        self.snapshots: list[QueryAdapter | None] = [None] * len(runs)
+        self.losses: list[float | None] = [None] * len(runs)
+        self.alive = [True] * len(runs)
+        self.going = True
+        self.chosen = Choice(score=self.curve.base, negatives=option.negatives, per_query=plan.base)
+        self.chosen.history = history(self.curve, option)
+
+    def alive_folds(self) -> list[int]:
+        return [i for i, alive in enumerate(self.alive) if alive]
+
+    def advance(self, fold: int) -> None:
+        step = next(self.runs[fold], None)
+        if step is None:  # the run ended early (a loss that stopped being finite): it keeps its last scores
+            self.alive[fold], self.losses[fold] = False, None
+            return
+        _epoch, self.losses[fold], self.snapshots[fold] = step
+        self.latest[fold] = self.plan.folds[fold].scorer.blends(step[2], self.alphas)
+
+    def record(self, epoch: int) -> None:
+        if not any(self.alive) or epoch > self.option.epochs:
+            self.going = False
+            return
+        losses = [loss for loss, alive in zip(self.losses, self.alive) if alive and loss is not None]
+        per_query = {alpha: np.concatenate([scores[alpha] for scores in self.latest]) for alpha in self.alphas}
+        loss = float(np.mean(losses)) if losses else float("nan")
+        self.curve.epochs.append(EpochScores.of(epoch, loss, per_query, self.new))
+        best_epoch, alpha, score = choose(self.curve, self.option)
+        if best_epoch == epoch:
+            single = self.snapshots[0] if len(self.runs) == 1 else None
+            self.chosen = Choice(epoch, alpha, score, self.option.negatives, per_query[alpha], single)
+            self.chosen.fold_adapters = [a for a in self.snapshots if a is not None]
+        self.chosen.history = history(self.curve, self.option)
+        if should_stop(self.curve, self.option) or epoch == self.option.epochs:
+            self.going = False
+
+    def close(self) -> None:
+        for steps in self.runs:
+            close = getattr(steps, "close", None)
+            if close is not None:
+                close()
+
+
+class RefitRun:
+    """A run on every pair that is stopped at an epoch chosen elsewhere (by its option's selection)."""
+
+    def __init__(self, steps: Iterator[Any]) -> None:
+        self.steps = steps
+        self.epoch = 0
+        self.snapshot: QueryAdapter | None = None
+        self.ended = False
+
+    def behind(self, epoch: int) -> bool:
+        """Whether it may train another epoch without passing ``epoch``."""
+        return not self.ended and self.epoch < epoch
+
+    def advance(self) -> None:
+        step = next(self.steps, None)
+        if step is None:  # a loss that stopped being finite
+            self.ended = True
+            return
+        self.epoch, _loss, self.snapshot = step
+
+    def finish(self, epoch: int, bar: Any = None) -> QueryAdapter | None:
+        """The snapshot at ``epoch`` (training on up to it); None if the run ended sooner."""
+        while self.behind(epoch):
+            self.advance()
+            if bar is not None:
+                bar.update(1)
+        return self.snapshot if self.epoch == epoch else None
+
+    def close(self) -> None:
+        close = getattr(self.steps, "close", None)
+        if close is not None:
+            close()
 
 
 def _thread_limited(method: Callable[..., T]) -> Callable[..., T]:
@@ -176,70 +291,74 @@ class AdapterTrainer:
         train_vectors: np.ndarray,
         validation: TrainingSet | None,
         validation_vectors: np.ndarray | None,
-        corpus: Corpus,
+        corpus: Corpus | VectorSource,
         data_fingerprint: str | None = None,
     ) -> TrainingResult:
         """Train from precomputed query vectors (rows in ``query_ids`` order) and an embedded corpus.
 
         ``validation=None``: hold out validation from ``train`` as :meth:`fit` does (k-fold
         cross-validation for small sets). ``data_fingerprint`` names the data the caller started from.
+        ``corpus``: a :class:`~adapter_retrievers.data.Corpus` with embeddings, or vectors read in chunks
+        (a :class:`~adapter_retrievers.working_set.VectorSource`): then, as for a corpus of more than
+        ``working_set_above`` documents, training holds only a working set of it.
         """
         cfg = self.config
+        started = time.perf_counter()
+        working = self._working_set(train, train_vectors, validation, validation_vectors, corpus)
+        if working is not None:
+            corpus = working.corpus
         if corpus.embeddings is None:
             raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
         dim = corpus.embeddings.shape[1]
         train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
-        started = time.perf_counter()
         plan = self._plan(train, train_vectors, validation, validation_vectors, corpus)
         model_id = self.model_id or "unknown-model"
         base, new = plan.base, plan.new
+        trailing = None
         if cfg.solver == "procrustes":
-            fold = plan.folds[0]
-            rotation = run.procrustes(fold.train, fold.vectors, corpus, model_id)
-            options = [cfg]
-            choices = [self._select(plan, cfg, [iter([(1, float("nan"), rotation)])])]
+            options, choices = [cfg], [self._procrustes(plan, corpus)]
         else:
-            options = negative_options(cfg)
-            jobs = [functools.partial(self._select_option, plan, corpus, option, i) for i, option in enumerate(options)]
-            choices = run_all(jobs, min(len(options), parallel_runs(cfg)))
+            options = negative_options(cfg if averaged(plan, cfg) else replace(cfg, **_SINGLE_RUN))
+            choices, trailing = self._select_options(plan, corpus, options)
         winner = best_option(choices)
         chosen = choices[winner]
         adapted = chosen.per_query if chosen.epoch else base
         decision = decide(base, adapted, new, chosen, cfg, plan.label)
+        if len(plan.folds) > 1:
+            decision["fold_gains"] = fold_gains(plan, chosen)
+        decision["option_scores"] = {str(c.negatives): c.score for c in choices}
         identity = QueryAdapter.identity(dim, model_id)
         selected = blend(chosen.adapter, chosen.alpha) if decision["kept"] and chosen.adapter is not None else identity
-        refitted = None
-        if decision["kept"] and plan.every_pair is not None:
-            refitted = self._refit(*plan.every_pair, corpus, options[winner], chosen.epoch)
-            if refitted is not None:
-                decision["refit_on_queries"] = len(plan.every_pair[0])
-        adapter = blend(refitted, chosen.alpha) if refitted is not None else selected
+        adapter = identity
+        if decision["kept"]:
+            adapter = self._final(plan, chosen, options[winner], corpus, decision, trailing if winner == 0 else None)
+        if trailing is not None:
+            trailing.close()
         if cfg.guard and not adapter.is_identity:
-            adapter = adapter.with_guard(guard_for(plan, plan.every_pair[1] if refitted is not None else None, cfg))
+            adapter = adapter.with_guard(guard_for(plan, cfg))
+        trained_on = plan.trained_on[0]
         if len(plan.folds) == 1:  # one validation split: the selected adapter's figures on it
             fold = plan.folds[0]
             report = compare(
                 selected, fold.scorer.vectors, fold.scorer.queries, corpus, seen_documents=fold.train.documents
             )
-            trained_on = plan.every_pair[0] if refitted is not None else fold.train
-            data_documents = (
-                plan.every_pair[0] if plan.every_pair else fold.train
-            ).documents | fold.scorer.queries.documents
+            data_documents = plan.data[0].documents | fold.scorer.queries.documents
         else:  # k folds: out-of-fold figures
             ids, metric = plan.query_ids, cfg.selection_metric
             report = Comparison(
                 RetrievalScores(ids, {metric: base}),
                 RetrievalScores(ids, {metric: adapted if decision["kept"] else base}),
-                f"{plan.every_pair[0].name}, {plan.label}",
+                f"{plan.data[0].name}, {plan.label}",
                 model_id,
                 len(corpus),
                 adapter.kind,
                 groups={q: "new" if n else "seen" for q, n in zip(ids, new)},
             )
-            trained_on = plan.every_pair[0]
             data_documents = trained_on.documents
         seconds = time.perf_counter() - started
         n_validation = len(base)
+        if working is not None:
+            decision["working_set"] = working.describe()
         return self._result(
             adapter,
             report,
@@ -255,6 +374,38 @@ class AdapterTrainer:
 
     # ------------------------------------------------------------------------------- stages
 
+    def _working_set(
+        self,
+        train: TrainingSet,
+        vectors: np.ndarray,
+        validation: TrainingSet | None,
+        validation_vectors: np.ndarray | None,
+        corpus: Corpus | VectorSource,
+    ) -> WorkingSet | None:
+        """The working set for a corpus too large to hold whole (None: train on the corpus as it is)."""
+        cfg = self.config
+        if isinstance(corpus, Corpus):
+            if len(corpus) <= cfg.working_set_above or corpus.embeddings is None:
+                return None
+            source: VectorSource = ArrayVectors(corpus.embeddings, corpus.ids)
+        elif isinstance(corpus, VectorSource):
+            source = corpus
+        else:
+            raise TypeError(f"corpus must be a Corpus or a VectorSource, not {type(corpus).__name__}")
+        queries = [np.asarray(vectors, dtype=np.float32)]
+        needed = set(train.documents) | {d for docs in train.negatives.values() for d in docs}
+        if validation is not None:
+            queries.append(np.asarray(validation_vectors, dtype=np.float32))
+            needed |= set(validation.documents) | {d for docs in validation.negatives.values() for d in docs}
+        return working_set(
+            source,
+            np.concatenate(queries),
+            needed,
+            cfg.working_set_top_k,
+            cfg.working_set_sample,
+            cfg.seed,
+        )
+
     def _plan(
         self,
         train: TrainingSet,
@@ -263,9 +414,10 @@ class AdapterTrainer:
         validation_vectors: np.ndarray | None,
         corpus: Corpus,
     ) -> Plan:
-        """The validation of this fit: the given set, k folds grouped by document, or a split."""
+        """The validation of this fit: the given set, k folds (grouped by document for small data), or a split."""
         cfg = self.config
         metric = cfg.selection_metric
+        gradient = cfg.solver == "gradient"  # a closed-form rotation has no epochs to train again
         if validation is not None:
             check_disjoint(train, validation)
             validation_vectors = check_vectors(
@@ -274,7 +426,7 @@ class AdapterTrainer:
             if len(train) == 0 or len(validation) == 0:
                 raise ValueError(_NO_QUERIES)
             scorer = ValidationScorer(validation, validation_vectors, corpus, metric, train.documents)
-            return Plan([Fold(train, vectors, scorer)], "given validation set")
+            return Plan([Fold(train, vectors, scorer)], "given validation set", (train, vectors))
         if len(train) < 2:
             raise ValueError("need at least 2 training queries to hold some out for validation")
         rows = {q: i for i, q in enumerate(train.query_ids)}
@@ -284,94 +436,123 @@ class AdapterTrainer:
             scorer = ValidationScorer(held, held_vectors, corpus, metric, rest.documents)
             return Fold(rest, vectors[[rows[q] for q in rest.query_ids]], scorer)
 
+        def folds_of(folds: list[TrainingSet]) -> list[Fold]:
+            held = [set(fold.queries) for fold in folds]
+            return [part(f, train.subset([q for q in train.query_ids if q not in h])) for f, h in zip(folds, held)]
+
         if self._use_cross_validation(train):
             folds = cross_validation_folds(train, cfg)
-            parts = []
-            for fold in folds:
-                held = set(fold.queries)
-                parts.append(part(fold, train.subset([q for q in train.query_ids if q not in held])))
             label = f"{len(folds)}-fold cross-validation grouped by document (out-of-fold)"
-            return Plan(parts, label, every_pair=(train, vectors))  # k-fold always refits on every pair
+            return Plan(folds_of(folds), label, (train, vectors), refit=True)  # small data: always every pair
+        if cfg.validation_folds > 1 and gradient:
+            folds = validation_folds(train, cfg)
+            if all(len(f) for f in folds):
+                split = (
+                    "grouped by document + by query" if cfg.validation_split == "both" else f"by {cfg.validation_split}"
+                )
+                label = f"{len(folds)} validation folds {split} (out-of-fold)"
+                return Plan(folds_of(folds), label, (train, vectors), refit=cfg.refit)
         rest, held = validation_split(train, cfg)
         if len(rest) == 0 or len(held) == 0:
             raise ValueError(_NO_QUERIES)
         label = "validation split " + held.name.rsplit("validation split ", 1)[-1]
-        refit = cfg.refit and cfg.solver == "gradient"  # a closed-form rotation has no epochs to train again
-        return Plan([part(held, rest)], label, every_pair=(train, vectors) if refit else None)
+        return Plan([part(held, rest)], label, (train, vectors), refit=cfg.refit and gradient)
 
-    def _select_option(self, plan: Plan, corpus: Corpus, option: TrainingConfig, position: int) -> Choice:
-        """Train one ``negatives`` option on every fold of the plan and select its epoch and blend."""
-        model_id = self.model_id or "unknown-model"
-        single = len(plan.folds) == 1
-        label = f"training {option.kind} adapter" + (
-            "" if option.negatives == self.config.negatives else f", {option.negatives} negatives"
-        )
-        runs = [
-            run.train_epochs(
-                f.train, f.vectors, corpus, option, model_id, self.device, self.progress and single, label, position
-            )
-            for f in plan.folds
-        ]
-        return self._select(plan, option, runs)
+    def _select_options(
+        self, plan: Plan, corpus: Corpus, options: list[TrainingConfig]
+    ) -> tuple[list[Choice], RefitRun | None]:
+        """Train every ``negatives`` option on every fold of the plan, one epoch at a time, and select each
+        option's epoch and blend on its pooled validation curve.
 
-    def _select(self, plan: Plan, option: TrainingConfig, runs: list[Iterator[Any]]) -> Choice:
-        """Step every fold's run one epoch at a time, score it, and stop when the pooled curve stops improving.
-
-        A fold whose run ended early (a loss that stopped being finite) keeps its last scores.
+        Each epoch, the runs still going (every option's folds) advance in parallel (``parallel_runs``); an
+        option stops when its curve stops improving (:func:`~.selection.should_stop`). With a refit, the first
+        option's refit (the costliest option comes first, and usually wins) advances beside them, never past
+        the epoch its option has chosen so far, so that it is mostly done when the choice is made. Returned
+        with the choices.
         """
-        alphas = sorted(option.blend, reverse=True)
-        folds = plan.folds
-        new = plan.new
-        curve = Curve.start(plan.base, new)
-        latest = [{alpha: f.scorer.base for alpha in alphas} for f in folds]
-        snapshots: list[QueryAdapter | None] = [None] * len(folds)
-        alive = [True] * len(folds)
-        chosen = Choice(score=curve.base, negatives=option.negatives, per_query=plan.base)
-        try:
-            for epoch in range(1, option.epochs + 1):
-                losses = []
-                for i, steps in enumerate(runs):
-                    if not alive[i]:
-                        continue
-                    step = next(steps, None)
-                    if step is None:
-                        alive[i] = False
-                        continue
-                    losses.append(step[1])
-                    latest[i] = folds[i].scorer.blends(step[2], alphas)
-                    snapshots[i] = step[2]
-                if not any(alive):
-                    break
-                per_query = {alpha: np.concatenate([scores[alpha] for scores in latest]) for alpha in alphas}
-                loss = float(np.mean(losses)) if losses else float("nan")
-                curve.epochs.append(EpochScores.of(epoch, loss, per_query, new))
-                best_epoch, alpha, score = choose(curve, option)
-                if best_epoch == epoch:
-                    snapshot = snapshots[0] if len(folds) == 1 else None
-                    chosen = Choice(epoch, alpha, score, option.negatives, per_query[alpha], snapshot)
-                if should_stop(curve, option):
-                    break
-        finally:
-            for steps in runs:
-                close = getattr(steps, "close", None)
-                if close is not None:
-                    close()
-        chosen.history = history(curve, option)
-        return chosen
-
-    def _refit(
-        self, train: TrainingSet, vectors: np.ndarray, corpus: Corpus, option: TrainingConfig, epochs: int
-    ) -> QueryAdapter | None:
-        """``option`` trained again on ``train`` (every pair) for ``epochs`` epochs; None if the run ended sooner."""
         model_id = self.model_id or "unknown-model"
-        steps = run.train_epochs(
-            train, vectors, corpus, option, model_id, self.device, self.progress, f"refit on all {len(train)} queries"
-        )
-        with contextlib.closing(steps):
-            for epoch, _loss, snapshot in steps:
-                if epoch == epochs:
-                    return snapshot
-        return None
+        tracks = [
+            OptionRun(
+                plan,
+                option,
+                [run.train_epochs(f.train, f.vectors, corpus, option, model_id, self.device) for f in plan.folds],
+            )
+            for option in options
+        ]
+        trailing = RefitRun(self._refit_steps(plan, corpus, options[0])) if plan.refit else None
+        runs = len(options) * len(plan.folds)
+        label = f"training {self.config.kind} adapter" + (f" ({runs} runs)" if runs > 1 else "")
+        longest = max(option.epochs for option in options)
+        try:
+            with (
+                Pool(min(runs, parallel_runs(self.config))) as pool,
+                progress_bar(longest, self.progress, label) as bar,
+            ):
+                for epoch in range(1, longest + 1):
+                    going = [track for track in tracks if track.going]
+                    if not going:
+                        break
+                    jobs: list[Callable[[], None]] = [
+                        functools.partial(track.advance, i) for track in going for i in track.alive_folds()
+                    ]
+                    if trailing is not None and trailing.behind(tracks[0].chosen.epoch):
+                        jobs.append(trailing.advance)
+                    pool.map(lambda job: job(), jobs)
+                    for track in going:
+                        track.record(epoch)
+                    bar.update(1)
+                    bar.set_postfix(best=f"{max(t.chosen.score for t in tracks):.4f}")
+        finally:
+            for track in tracks:
+                track.close()
+        return [track.chosen for track in tracks], trailing
+
+    def _refit_steps(self, plan: Plan, corpus: Corpus, option: TrainingConfig) -> Iterator[Any]:
+        train, vectors = plan.data
+        return run.train_epochs(train, vectors, corpus, option, self.model_id or "unknown-model", self.device)
+
+    def _procrustes(self, plan: Plan, corpus: Corpus) -> Choice:
+        """The closed-form rotation, scored as a one-epoch run."""
+        fold = plan.folds[0]
+        rotation = run.procrustes(fold.train, fold.vectors, corpus, self.model_id or "unknown-model")
+        track = OptionRun(plan, self.config, [iter([(1, float("nan"), rotation)])])
+        track.advance(0)
+        track.record(1)
+        return track.chosen
+
+    def _final(
+        self,
+        plan: Plan,
+        chosen: Choice,
+        option: TrainingConfig,
+        corpus: Corpus,
+        decision: dict[str, Any],
+        refit: RefitRun | None,
+    ) -> QueryAdapter:
+        """The kept adapter: the refit on every pair (``refit``: one already under way for this option),
+        averaged with the folds' runs (linear kind, ``average_folds``)."""
+        cfg = self.config
+        refitted = None
+        if plan.refit:
+            refit = refit or RefitRun(self._refit_steps(plan, corpus, option))
+            with progress_bar(chosen.epoch, self.progress, f"refit on all {len(plan.data[0])} queries") as bar:
+                bar.update(min(refit.epoch, chosen.epoch))
+                refitted = refit.finish(chosen.epoch, bar)
+            refit.close()
+        if refitted is not None:
+            decision["refit_on_queries"] = len(plan.data[0])
+        if len(plan.folds) == 1:
+            return blend(refitted if refitted is not None else chosen.adapter, chosen.alpha)
+        parts = [average(chosen.fold_adapters)] if cfg.average_folds and cfg.kind == "linear" else []
+        if refitted is not None:
+            parts.append(refitted)
+        if not parts:  # a non-linear kind without a refit: the fold whose held-out queries scored best
+            parts.append(chosen.fold_adapters[int(np.argmax(fold_gains(plan, chosen)))])
+        if len(parts) > 1:
+            decision["averaged_runs"] = f"{len(chosen.fold_adapters)} folds' runs (their mean) and the refit"
+        elif cfg.average_folds and refitted is None:
+            decision["averaged_runs"] = f"{len(chosen.fold_adapters)} folds' runs"
+        return blend(average(parts) if len(parts) > 1 else parts[0], chosen.alpha)
 
     def _result(
         self,
@@ -399,8 +580,8 @@ class AdapterTrainer:
                 "n_documents_seen": len(train.documents),
                 # all positives of the data given to fit (validation included): what a user can recompute
                 "data_documents_fingerprint": documents_fingerprint(data_documents),
-                "corpus_fingerprint": corpus.fingerprint,
-                "n_documents": len(corpus),
+                "corpus_fingerprint": decision.get("working_set", {}).get("corpus_fingerprint", corpus.fingerprint),
+                "n_documents": decision.get("working_set", {}).get("of_corpus", len(corpus)),
             },
             "validation": {
                 "n_queries": n_validation,

@@ -6,34 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.adapters import QueryAdapter, blend
 from adapter_retrievers.data import Corpus, TrainingSet
-from adapter_retrievers.evaluation import document_groups, rank_metrics, score_vectors
+from adapter_retrievers.evaluation import blend_metrics, document_groups, score_vectors
 from adapter_retrievers.training.config import BLENDABLE, TrainingConfig
-
-
-def blend(adapter: QueryAdapter, alpha: float) -> QueryAdapter:
-    """``alpha * adapter + (1 - alpha) * identity``, again an adapter of the same kind (linear kinds only).
-
-    For ``linear``: ``W' = alpha W + (1 - alpha) I``, ``b' = alpha b``; for ``low_rank`` and
-    ``residual_mlp`` the residual branch is scaled by ``alpha``.
-    """
-    if alpha == 1.0 or adapter.is_identity:
-        return adapter
-    p = dict(adapter.params)
-    if adapter.kind == "linear":
-        eye = np.eye(adapter.dimension, dtype=np.float32)
-        p["weight"], p["bias"] = alpha * p["weight"] + (1 - alpha) * eye, alpha * p["bias"]
-    elif adapter.kind == "low_rank":
-        p["up"], p["bias"] = alpha * p["up"], alpha * p["bias"]
-    elif adapter.kind == "residual_mlp":
-        p["w2"], p["b2"] = alpha * p["w2"], alpha * p["b2"]
-    else:
-        raise ValueError(f"cannot blend a {adapter.kind!r} adapter with the identity")
-    return type(adapter)(
-        adapter.dimension, adapter.base_model, p, adapter.normalize, dict(adapter.metadata), adapter.guard
-    )
-
 
 _CACHED_SCORES = 1 << 24  # validation x corpus scores kept across epochs up to this many (64 MB of float32)
 
@@ -68,13 +44,14 @@ class ValidationScorer:
         x = np.asarray(self.vectors, dtype=np.float32)
         mapped = adapter._apply(x)  # f(x), not yet normalised
 
-        def scores(start: int, stop: int) -> list[np.ndarray]:
-            adapted = mapped[start:stop] @ docs.T
-            base = x[start:stop] @ docs.T if self._base_scores is None else self._base_scores[start:stop]
-            return [alpha * adapted + (1 - alpha) * base for alpha in alphas]
+        def adapted(start: int, stop: int) -> np.ndarray:
+            return mapped[start:stop] @ docs.T
 
-        per_system = rank_metrics(self.queries, self.corpus, scores, (self.metric,))
-        return {alpha: result[self.metric] for alpha, result in zip(alphas, per_system)}
+        def base(start: int, stop: int) -> np.ndarray:
+            return x[start:stop] @ docs.T if self._base_scores is None else self._base_scores[start:stop]
+
+        per_alpha = blend_metrics(self.queries, self.corpus, adapted, base, alphas, (self.metric,))
+        return {alpha: per_alpha[alpha][self.metric] for alpha in alphas}
 
 
 def validation_split(train: TrainingSet, cfg: TrainingConfig) -> tuple[TrainingSet, TrainingSet]:
@@ -103,6 +80,29 @@ def cross_validation_folds(train: TrainingSet, cfg: TrainingConfig) -> list[Trai
         return train.folds(cfg.cv_folds, seed=cfg.seed, by="document")
     except ValueError:  # fewer document groups than folds: fall back to folds by query
         return train.folds(min(cfg.cv_folds, len(train)), seed=cfg.seed, by="query")
+
+
+def validation_folds(train: TrainingSet, cfg: TrainingConfig) -> list[TrainingSet]:
+    """``cfg.validation_folds`` disjoint folds held out as ``cfg.validation_split`` says.
+
+    ``"both"``: half of the queries in whole document groups, spread over the folds by group (queries about
+    documents no other fold trains on: "new"), the other half spread by query (mostly "seen" wherever
+    documents have several queries), so every fold validates both what carries over to new documents and
+    what the adapter learned about documents with traffic.
+    """
+    k = cfg.validation_folds
+    if cfg.validation_split != "both":
+        return train.folds(k, seed=cfg.seed, by=cfg.validation_split)
+    by_document, by_query = train.split(0.5, seed=cfg.seed, by="document")
+    parts = zip(by_document.folds(k, seed=cfg.seed, by="document"), by_query.folds(k, seed=cfg.seed, by="query"))
+    folds = []
+    for i, (new, seen) in enumerate(parts):
+        fold = TrainingSet(
+            {**new.queries, **seen.queries}, {**new.relevant, **seen.relevant}, {**new.negatives, **seen.negatives}
+        )
+        fold.name = f"{train.name} (fold {i + 1}/{k})"
+        folds.append(fold)
+    return folds
 
 
 def check_disjoint(train: TrainingSet, validation: TrainingSet) -> None:

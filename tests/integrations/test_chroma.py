@@ -73,3 +73,31 @@ def test_distance_space_and_mismatch(tmp_path, task):
     with pytest.raises(AdapterMismatchError, match="not 'test/hashing-64'"):
         AdaptedCollection(l2, other, task.encoder)
     assert task.adapter.base_model == MODEL_ID
+
+
+def test_collection_vectors_read_page_by_page_match_the_stored_corpus(tmp_path, task):
+    """A collection as a VectorSource: the same rows, ids and top-k as the corpus read whole."""
+    from adapter_retrievers.integrations.chroma import collection_vectors
+    from adapter_retrievers.working_set import top_k
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "db"))
+    collection = fill(client, task, "paged")
+    whole = corpus_from_collection(collection)
+    source = collection_vectors(collection, page_size=7)
+    assert len(source) == len(whole) and source.dimension == whole.embeddings.shape[1]
+    np.testing.assert_allclose(np.concatenate([b for _, b in source.chunks(5)]), whole.embeddings, atol=1e-6)
+    rows = np.array([0, 3, len(whole) - 1])
+    np.testing.assert_allclose(source.take(rows), whole.embeddings[rows], atol=1e-6)
+    assert source.ids_at(rows) == [whole.ids[r] for r in rows]
+    assert source.positions_of({whole.ids[2], "missing"}) == {whole.ids[2]: 2}
+    queries = task.encoder.embed_queries(task.queries[:3])
+    from adapter_retrievers.working_set import ArrayVectors
+
+    (paged_rows, paged), (rows_whole, scores) = (
+        top_k(source, queries, 4, rows=5),
+        top_k(ArrayVectors(whole.embeddings), queries, 4),
+    )
+    np.testing.assert_allclose(paged, scores, atol=1e-6)  # the same best scores (tied documents may swap)
+    np.testing.assert_array_equal(
+        paged_rows[:, 0][paged[:, 0] > paged[:, 1]], rows_whole[:, 0][scores[:, 0] > scores[:, 1]]
+    )
