@@ -3,10 +3,14 @@
 Schema (one JSON object per line, ``"schema": 1``):
 
 ``{"type": "retrieval", "id", "trace_id", "timestamp", "query", "session", "user", "source",
-"documents": [{"id", "content", "score", "position", "metadata"}], "adapter_version"?}``
+"documents": [{"id", "content", "score", "position", "metadata", "ranker"?, "propensity"?}],
+"adapter_version"?, "interleaving"?}``
     One retrieval, written by the LangChain callback handler, the LlamaIndex event handler, or
     :meth:`RetrievalLog.log_retrieval`. ``adapter_version`` (optional) names the adapter-store
-    version that served it (``"base"``: the base model).
+    version that served it (``"base"``: the base model). An interleaved retrieval (see
+    :mod:`adapter_retrievers.interleaving`) has ``"interleaving": {"method": "team_draft", "candidate":
+    version}`` and each document the ``ranker`` whose pick it was (``"live"`` or ``"candidate"``) and its
+    ``propensity``: the probability, over the draft's coin flips, that it was shown at all.
 
 ``{"type": "signal", "target", "kind", "value", "document_id", "document_position", "timestamp"}``
     An outcome attached later to a retrieval (``target`` = its ``id`` or ``trace_id``): ``kind`` is
@@ -84,23 +88,28 @@ class RetrievalLog:
         source: str = "manual",
         timestamp: str | None = None,
         adapter_version: str | None = None,
+        candidate_version: str | None = None,
     ) -> str:
-        """Record one retrieval; ``documents`` are dicts with ``id``, ``content``, ``score``, ``metadata``.
+        """Record one retrieval; ``documents`` are dicts with ``id``, ``content``, ``score``, ``metadata``
+        (and, interleaved, ``ranker`` and ``propensity``: taken from the metadata the wrappers add when absent).
 
         ``adapter_version``: the adapter-store version that served it (``"base"``: the base model), when
-        known; training data collected under an adapter is biased by it.
+        known; training data collected under an adapter is biased by it. ``candidate_version``: the
+        candidate it was interleaved with, if it was.
         """
+        from adapter_retrievers.interleaving import METHOD, PROPENSITY_KEY, RANKER_KEY
+
         retrieval_id = retrieval_id or str(uuid.uuid4())
-        docs = [
-            {
-                "id": d.get("id"),
-                "content": d.get("content"),
-                "score": d.get("score"),
-                "position": i,
-                "metadata": d.get("metadata") or {},
-            }
-            for i, d in enumerate(documents)
-        ]
+        docs = []
+        for i, d in enumerate(documents):
+            metadata = d.get("metadata") or {}
+            doc = {"id": d.get("id"), "content": d.get("content"), "score": d.get("score"), "position": i}
+            doc["metadata"] = metadata
+            for field, key in (("ranker", RANKER_KEY), ("propensity", PROPENSITY_KEY)):
+                value = d.get(field, metadata.get(key))
+                if value is not None:
+                    doc[field] = value
+            docs.append(doc)
         record = {
             "type": "retrieval",
             "id": retrieval_id,
@@ -114,6 +123,8 @@ class RetrievalLog:
         }
         if adapter_version is not None:  # optional: older logs and readers do without it
             record["adapter_version"] = adapter_version
+        if candidate_version is not None:
+            record["interleaving"] = {"method": METHOD, "candidate": candidate_version}
         self._append(record)
         return retrieval_id
 

@@ -742,7 +742,7 @@ def demo(
 # ------------------------------------------------------------------ the closed loop: store and refresh
 
 # Exit codes of the store commands, for cron and systemd (documented in the README):
-EXIT_OK = 0  # promoted, kept, or nothing new
+EXIT_OK = 0  # promoted, kept, quarantined, or nothing new
 EXIT_FAILED = 1  # the run failed (training, saving); live is untouched
 EXIT_BAD_INPUT = 2  # bad options or input files
 EXIT_LOCKED = 3  # another run holds the store's lock
@@ -825,12 +825,58 @@ def status(
         return
     typer.echo(f"store     {info['store']}")
     typer.echo(f"live      {info['live'] or 'base model (no adapter)'} since {info['live_since'] or '-'}")
+    typer.echo(f"candidate {info['candidate'] or 'none (no comparison running)'}")
     typer.echo(f"versions  {', '.join(info['versions']) or 'none'}")
     if info["last_decision"]:
         typer.echo(f"last      {_decision_line(info['last_decision'])}")
+    for line in _comparison_lines(info.get("comparison")):
+        typer.echo(line)
+    for night in info["quarantined"]:
+        why = (night.get("quarantine_check") or {}).get("reason") or night.get("reason", "")
+        typer.echo(f"quarantined {night.get('night')}: {why}")
+        typer.echo(f"          release: adapter-retrievers release {night.get('night')} --store {store}")
     holder = info["lock"]
     lock = "free" if holder is None else f"held by pid {holder.get('pid')} since {holder.get('started')}"
     typer.echo(f"lock      {lock}")
+
+
+def _comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
+    """The running comparison of candidates with live, offline and interleaved, as ``status`` prints it."""
+    if not comparison:
+        return []
+    off, on, both = comparison["offline"], comparison["online"], comparison["combined"]
+    lo, hi = off["interval"]
+    lines = [
+        f"evidence  since live changed ({comparison.get('since') or 'the start'}): "
+        f"e-value {both['e_value']:.2f} of {both['threshold']:.0f} needed to promote",
+        f"  offline {off['n']} queries scored by a candidate that never trained on them: gain over live "
+        f"{off['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}], e-value {off['e_value']:.2f}",
+    ]
+    if on.get("retrievals"):
+        lines.append(
+            f"  online  {on['retrievals']} interleaved retrievals with a click: candidate won {on['candidate_wins']}, "
+            f"live {on['live_wins']}, tied {on['ties']} (clicks {on['candidate_clicks']} vs {on['live_clicks']}), "
+            f"e-value {on['e_value']:.2f}"
+        )
+    else:
+        lines.append("  online  no interleaved traffic (serve with AdapterRegistry.from_store(..., interleave=0.1))")
+    return lines
+
+
+@app.command()
+@_store_errors
+def release(
+    night: Annotated[str, typer.Argument(help="quarantined night to release (as status names it)")],
+    store: StoreOption,
+) -> None:
+    """Put a quarantined night's pairs back with the others; the next refresh trains and decides on them.
+
+    Example: adapter-retrievers release night-2026-11-03 --store adapters/store
+    """
+    from adapter_retrievers.refresh import release as release_night
+
+    record = release_night(_existing_store(store), night)
+    typer.echo(record["reason"])
 
 
 @app.command()
@@ -922,10 +968,15 @@ def refresh_command(
     window_days: Annotated[float | None, typer.Option(help="train on pairs of the last N days only")] = None,
     held_out_fraction: Annotated[float, typer.Option(help="newest queries held out to decide")] = 0.2,
     min_queries: Annotated[int, typer.Option(help="queries with pairs needed to train and decide")] = 20,
-    confidence: Annotated[float, typer.Option(help="paired-bootstrap confidence the gain over live needs")] = 0.95,
+    confidence: Annotated[
+        float, typer.Option(help="confidence of the promotion test (anytime-valid: holds over every night run)")
+    ] = 0.95,
     demote: Annotated[
         str, typer.Option(help="serve the base model when live is: not_above | significantly_below base")
     ] = "not_above",
+    quarantine: Annotated[
+        bool, typer.Option(help="keep a night apart when its feedback is far outside every earlier night's")
+    ] = True,
     keep: Annotated[int, typer.Option(help="versions kept (the live one is always kept)")] = 10,
     kind: Annotated[str, typer.Option(help="linear | low_rank | orthogonal | residual_mlp")] = "linear",
     epochs: int = 100,
@@ -944,11 +995,12 @@ def refresh_command(
 
     From a live Phoenix server: --phoenix-url http://localhost:6006 --phoenix-project my-rag-app
 
-    Exit codes: 0 promoted, kept or nothing new; 1 the run failed (live untouched); 2 bad input;
+    Exit codes: 0 promoted, kept, quarantined or nothing new; 1 the run failed (live untouched); 2 bad input;
     3 another run holds the lock; 4 a trace source is down (watermarks and live untouched).
     """
     from adapter_retrievers.data import Corpus
     from adapter_retrievers.harvest import SignalPolicy
+    from adapter_retrievers.quarantine import QuarantineConfig
     from adapter_retrievers.refresh import RefreshConfig, refresh
     from adapter_retrievers.sources import ExportSource, LogSource, PhoenixSource, SourceError
     from adapter_retrievers.store import AdapterStore, StoreError
@@ -985,6 +1037,7 @@ def refresh_command(
             window_days=window_days,
             confidence=confidence,
             demote=demote,
+            quarantine=QuarantineConfig(enabled=quarantine),
             training={"kind": kind, "epochs": epochs},
             seed=seed,
         )

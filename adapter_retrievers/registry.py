@@ -11,12 +11,19 @@ A registry can also *follow* an :class:`~adapter_retrievers.store.AdapterStore` 
 rollback without a restart, checking the store's ``LIVE`` pointer (one ``stat``) at most every
 ``check_interval`` seconds. The wrappers pin one adapter per request (:func:`pin_adapter`), so a
 request that straddles a swap uses one version throughout and the capture handlers can record which.
+
+**Interleaving.** With ``interleave=0.1`` a registry sends 10% of requests, chosen at random, to a
+team-draft interleaving of the live adapter's results and a *challenger*'s (the store's ``CANDIDATE``
+when it follows a store, or one set with :meth:`AdapterRegistry.set_challenger`); the LangChain and
+LlamaIndex retrievers then search with both and show one merged list whose documents name the ranker
+that picked them (:mod:`adapter_retrievers.interleaving`). The other requests are served as before.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -61,6 +68,7 @@ class StoreFollower:
         self._signature: tuple | None = None
         self._next_check = 0.0
         self._adapter = self._base()
+        self._candidate: QueryAdapter | None = None  # the store's CANDIDATE, for interleaving
         self.check()
 
     def _base(self) -> QueryAdapter:
@@ -77,42 +85,77 @@ class StoreFollower:
             self.check()
         return self._adapter
 
+    def candidate(self) -> QueryAdapter | None:
+        """The store's candidate under online comparison (None: none, or it is live already)."""
+        if time.monotonic() >= self._next_check:
+            self.check()
+        return self._candidate
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[tuple | None, bool]:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None, True
+        # a pointer rewritten within the timestamp granularity can reuse the inode, time and size of the
+        # one before: trust the stat only for a pointer that is not brand new
+        return (st.st_ino, st.st_mtime_ns, st.st_size), time.time() - st.st_mtime > 2.0
+
     def check(self) -> bool:
-        """Look at the pointer now; returns True when another version was swapped in."""
+        """Look at the pointers now; returns True when another live version was swapped in."""
         if not self._checking.acquire(blocking=False):
             return False  # another thread is checking: serve the current adapter meanwhile
         try:
             self._next_check = time.monotonic() + self.check_interval
-            try:
-                st = os.stat(self.store.live_path)
-                signature: tuple | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-                # a pointer rewritten within the timestamp granularity can reuse the inode, time and
-                # size of the one before: trust the stat only for a pointer that is not brand new
-                settled = time.time() - st.st_mtime > 2.0
-            except FileNotFoundError:
-                signature, settled = None, True
-            if signature == self._signature and settled:
+            (live_sig, live_settled), (cand_sig, cand_settled) = (
+                self._stat(self.store.live_path),
+                self._stat(self.store.candidate_path),
+            )
+            signature = (live_sig, cand_sig)
+            if signature == self._signature and live_settled and cand_settled:
                 return False
-            version = self.store.live
-            if (version or BASE_VERSION) == self.version:
+            swapped, live_loaded = self._check_live()
+            if self._check_candidate() and live_loaded:  # else the next check tries again
                 self._signature = signature
-                return False
-            try:
-                adapter = self._base() if version is None else self.store.load(version, self.base_model, self.dimension)
-            except (OSError, ValueError, RuntimeError) as exc:
-                logger.warning(
-                    "cannot load live version %s of %s (%s); still serving %s",
-                    version,
-                    self.store.root,
-                    exc,
-                    self.version,
-                )
-                return False
-            self._adapter = adapter  # one reference swap publishes it
-            self._signature = signature
-            return True
+            return swapped
         finally:
             self._checking.release()
+
+    def _load(self, version: str, what: str) -> QueryAdapter | None:
+        try:
+            return self.store.load(version, self.base_model, self.dimension)
+        except (OSError, ValueError, RuntimeError) as exc:
+            logger.warning(
+                "cannot load %s version %s of %s (%s); still serving %s",
+                what,
+                version,
+                self.store.root,
+                exc,
+                self.version,
+            )
+            return None
+
+    def _check_live(self) -> tuple[bool, bool]:
+        """Follow the LIVE pointer: (swapped, loaded); a version that cannot be loaded leaves the old one serving."""
+        version = self.store.live
+        if (version or BASE_VERSION) == self.version:
+            return False, True
+        adapter = self._base() if version is None else self._load(version, "live")
+        if adapter is None:
+            return False, False
+        self._adapter = adapter  # one reference swap publishes it
+        return True, True
+
+    def _check_candidate(self) -> bool:
+        """Follow the CANDIDATE pointer; False when it names a version that cannot be loaded (retried)."""
+        version = self.store.candidate
+        if version == self.version:
+            version = None  # promoted: nothing left to compare
+        if version == (adapter_version(self._candidate) if self._candidate is not None else None):
+            return True
+        adapter = None if version is None else self._load(version, "candidate")
+        self._candidate = adapter
+        return version is None or adapter is not None
 
 
 class AdapterRegistry:
@@ -124,6 +167,8 @@ class AdapterRegistry:
         dimension: int,
         adapters: Mapping[str, QueryAdapter] | None = None,
         default: QueryAdapter | None = None,
+        interleave: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.base_model = base_model
         self.dimension = dimension
@@ -132,8 +177,49 @@ class AdapterRegistry:
         self._lock = threading.Lock()
         self._adapters: dict[str, QueryAdapter] = {}
         self._followers: dict[str | None, StoreFollower] = {}
+        self._challengers: dict[str | None, QueryAdapter] = {}
+        self.interleave = interleave
+        self.random = random.Random(seed)  # which requests are interleaved, and the drafts' coins
         for key, adapter in (adapters or {}).items():
             self.register(key, adapter)
+
+    @property
+    def interleave(self) -> float:
+        """Fraction of requests served as an interleaving of live and challenger (when there is a challenger)."""
+        return self._interleave
+
+    @interleave.setter
+    def interleave(self, fraction: float) -> None:
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"interleave is a fraction of traffic in [0, 1], got {fraction!r}")
+        self._interleave = float(fraction)
+
+    def set_challenger(self, key: str | None, adapter: QueryAdapter | None) -> None:
+        """Compare ``adapter`` with ``key``'s adapter (None: the default) on the interleaved fraction of its
+        requests; ``adapter=None`` ends the comparison. Overrides a followed store's candidate for that key."""
+        if adapter is not None:
+            adapter.check_compatible(self.base_model, self.dimension)
+        with self._lock:
+            updated = dict(self._challengers)
+            if adapter is None:
+                updated.pop(key, None)
+            else:
+                updated[key] = adapter
+            self._challengers = updated
+
+    def challenger(self, key: str | None = None) -> QueryAdapter | None:
+        """What ``key``'s requests are compared with when interleaved: a challenger set for the key, else the
+        candidate of the store the key follows (the default's for unknown keys), else None."""
+        challengers, followers = self._challengers, self._followers
+        if key in challengers:
+            return challengers[key]
+        if key in followers:
+            return followers[key].candidate()
+        if key is not None and key in self._adapters:
+            return None
+        if None in challengers:
+            return challengers[None]
+        return followers[None].candidate() if None in followers else None
 
     def follow(self, store: Any, key: str | None = None, check_interval: float = 5.0) -> StoreFollower:
         """Serve ``store``'s live version for ``key`` (None: as the default), following promotions and rollbacks."""
@@ -143,9 +229,21 @@ class AdapterRegistry:
         return follower
 
     @classmethod
-    def from_store(cls, store: Any, base_model: str, dimension: int, check_interval: float = 5.0) -> AdapterRegistry:
-        """A registry whose default adapter is the store's live version, swapped without restart."""
-        registry = cls(base_model, dimension)
+    def from_store(
+        cls,
+        store: Any,
+        base_model: str,
+        dimension: int,
+        check_interval: float = 5.0,
+        interleave: float = 0.0,
+        seed: int | None = None,
+    ) -> AdapterRegistry:
+        """A registry whose default adapter is the store's live version, swapped without restart.
+
+        ``interleave``: the fraction of requests that show a team-draft interleaving of live's and the store
+        candidate's results (while the store has a candidate), so that ``refresh`` can compare them on clicks.
+        """
+        registry = cls(base_model, dimension, interleave=interleave, seed=seed)
         registry.follow(store, None, check_interval)
         return registry
 
@@ -234,43 +332,87 @@ def check_adapter_for(adapter: QueryAdapter | AdapterRegistry, embeddings: Any, 
     adapter.check_compatible(base_model=model_id or exposed_id, dimension=dimension)
 
 
-_PINNED: ContextVar[tuple[Any, str | None, QueryAdapter] | None] = ContextVar("adapter_retrievers_pinned", default=None)
-
-
 class PinnedAdapter:
-    """One request's adapter, resolved once (see :func:`pin_adapter`); a context manager."""
+    """One request's adapter, resolved once (see :func:`pin_adapter`); a context manager.
+
+    ``challenger``: for an interleaved request, the adapter whose results are drafted with live's (None
+    otherwise); ``candidate_version`` its store version; ``rng`` the coins of the draft.
+    """
 
     def __init__(self, adapter: QueryAdapter | AdapterRegistry, key: str | None = None) -> None:
         self.source, self.key = adapter, key
         self.adapter = resolve_adapter(adapter, key)
         self.version = adapter_version(self.adapter)
+        self.challenger: QueryAdapter | None = None
+        self.fraction = 0.0
+        self.rng: random.Random | None = None
+        if isinstance(adapter, AdapterRegistry) and adapter.interleave > 0:
+            challenger = adapter.challenger(key)
+            if challenger is not None and adapter.random.random() < adapter.interleave:
+                self.challenger, self.fraction, self.rng = challenger, adapter.interleave, adapter.random
+        self.candidate_version = adapter_version(self.challenger) if self.challenger is not None else None
         self._tokens: list[Any] = []
 
+    @property
+    def interleaved(self) -> bool:
+        return self.challenger is not None
+
     def __enter__(self) -> QueryAdapter:
-        self._tokens.append(_PINNED.set((self.source, self.key, self.adapter)))
+        self._tokens.append(_PINNED.set(self))
         return self.adapter
 
     def __exit__(self, *exc: object) -> None:
         _PINNED.reset(self._tokens.pop())
 
 
+_PINNED: ContextVar[PinnedAdapter | None] = ContextVar("adapter_retrievers_pinned", default=None)
+
+
 def pin_adapter(adapter: QueryAdapter | AdapterRegistry, key: str | None = None) -> PinnedAdapter:
     """Resolve ``adapter`` for ``key`` now; inside ``with`` every adaptation through it uses that one.
 
     A request that straddles a promotion then uses one version throughout, and the version it used is
-    known before the retrieval starts (``.version``, for the capture handlers and traces).
+    known before the retrieval starts (``.version``, for the capture handlers and traces). A registry that
+    interleaves decides here, once per request, whether this one is interleaved (``.challenger``).
     """
     return PinnedAdapter(adapter, key)
 
 
+def pinned_for(adapter: QueryAdapter | AdapterRegistry, key: str | None) -> PinnedAdapter | None:
+    """The pin of the request in progress for ``adapter`` and ``key``, if one is pinned."""
+    pinned = _PINNED.get()
+    return pinned if pinned is not None and pinned.source is adapter and pinned.key == key else None
+
+
 def adapt_query_vector(adapter: QueryAdapter | AdapterRegistry, key: str | None, vector: Any) -> list[float]:
     """One framework query embedding (a list of floats) adapted for one request, as a list again."""
-    pinned = _PINNED.get()
-    if pinned is not None and pinned[0] is adapter and pinned[1] == key:
-        chosen = pinned[2]
-    else:
-        chosen = resolve_adapter(adapter, key)
+    pinned = pinned_for(adapter, key)
+    chosen = pinned.adapter if pinned is not None else resolve_adapter(adapter, key)
     return chosen.transform(np.asarray(vector, dtype=np.float32)).tolist()
+
+
+def interleaved_results(
+    pinned: PinnedAdapter, live: list[Any], candidate: list[Any], k: int, key: Any
+) -> list[tuple[Any, str, float]]:
+    """The team draft of one interleaved request: ``(item, ranker, propensity)`` for each shown item.
+
+    ``key(item)`` identifies a document across the two result lists. The propensity is the probability that
+    the item is shown under this registry's policy: from live's list in the ``1 - fraction`` plain requests,
+    plus the draft's own probability in the interleaved ones.
+    """
+    from adapter_retrievers.interleaving import team_draft
+
+    by_key = {}
+    for item in (*live, *candidate):
+        by_key.setdefault(key(item), item)
+    live_keys = [key(item) for item in live[:k]]
+    drafted = team_draft(live_keys, [key(item) for item in candidate[:k]], k, pinned.rng)
+    in_live = set(live_keys)
+    fraction = pinned.fraction
+    return [
+        (by_key[item], team, (1.0 - fraction) * (item in in_live) + fraction * shown)
+        for item, team, shown in zip(drafted.keys, drafted.teams, drafted.propensities)
+    ]
 
 
 def adapter_metadata(adapter: QueryAdapter | AdapterRegistry, key: str | None = None) -> dict[str, Any]:

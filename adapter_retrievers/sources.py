@@ -30,7 +30,7 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -130,14 +130,12 @@ def log_record(item: Any) -> dict[str, Any]:
             "timestamp": iso_time(item.timestamp),
             "query": item.query,
             "session": item.session,
-            "documents": [
-                {"id": d.id, "content": d.content, "score": d.score, "position": d.position, "metadata": d.metadata}
-                for d in item.documents
-            ],
+            "documents": [_document_record(d) for d in item.documents],
         }
-        version = getattr(item, "adapter_version", None)
-        if version is not None:
-            record["adapter_version"] = version
+        if item.adapter_version is not None:
+            record["adapter_version"] = item.adapter_version
+        if item.candidate_version is not None:
+            record["interleaving"] = {"candidate": item.candidate_version}
         return record
     return {
         "type": "signal",
@@ -147,6 +145,16 @@ def log_record(item: Any) -> dict[str, Any]:
         "document_id": item.document_id,
         "document_position": item.document_position,
     }
+
+
+def _document_record(doc: Any) -> dict[str, Any]:
+    record = {"id": doc.id, "content": doc.content, "score": doc.score, "position": doc.position}
+    record["metadata"] = doc.metadata
+    if doc.ranker is not None:
+        record["ranker"] = doc.ranker
+    if doc.propensity is not None:
+        record["propensity"] = doc.propensity
+    return record
 
 
 # ------------------------------------------------------------------------------------ our log
@@ -377,7 +385,10 @@ class PairsStore:
     """Deduplicated (query, document) pairs with the time each query was first seen.
 
     One JSONL file: ``{"query_id", "query", "doc_id", "score" | "label": 0, "timestamp",
-    "adapter_version"}``; rewritten atomically when pairs are added.
+    "adapter_version", "propensity", "added"}``; rewritten atomically when pairs are added. ``added`` is when
+    the pair entered the store (real time): an adapter stored before it cannot have trained on it, so the
+    nightly refresh may score that adapter on its query. ``propensity``: the probability that the named
+    document was shown (interleaved traffic), for inverse-propensity weights.
     """
 
     path: Path
@@ -401,30 +412,54 @@ class PairsStore:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, training_set: TrainingSet, query_info: dict[str, dict[str, Any]]) -> int:
-        """Merge harvested pairs in (earliest timestamp and highest grade win); returns how many are new."""
-        added = 0
+    def add(
+        self,
+        training_set: TrainingSet,
+        query_info: dict[str, dict[str, Any]],
+        exclude: Container[tuple[str, str]] = (),
+        added: str | None = None,
+    ) -> int:
+        """Merge harvested pairs in (earliest timestamp and highest grade win); returns how many are new.
+
+        ``exclude``: (query id, document id) keys kept elsewhere (a quarantined night's), not added here.
+        ``added``: the time new pairs are stamped with (default: now).
+        """
+        count = 0
+        added = added or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         for query_id in training_set.query_ids:
             info = query_info.get(query_id, {})
             stamp = iso_time(info.get("timestamp"))
             judged = [(d, {"score": g}) for d, g in training_set.relevant[query_id].items()]
             judged += [(d, {"label": 0}) for d in sorted(training_set.negatives.get(query_id, ()))]
             for doc_id, grade in judged:
+                if (query_id, doc_id) in exclude:
+                    continue
                 row = {"query_id": query_id, "query": training_set.queries[query_id], "doc_id": doc_id, **grade}
                 row["timestamp"] = stamp
-                if info.get("adapter_version") is not None:
-                    row["adapter_version"] = info["adapter_version"]
+                for name in ("adapter_version", "propensity"):
+                    if info.get(name) is not None:
+                        row[name] = info[name]
+                row["added"] = added
                 old = self.rows.get((query_id, doc_id))
                 if old is None:
                     self.rows[(query_id, doc_id)] = row
-                    added += 1
+                    count += 1
                     continue
                 if stamp and (not old.get("timestamp") or stamp < old["timestamp"]):
                     old["timestamp"] = stamp
                 if "score" in row and ("label" in old or row["score"] > old.get("score", 0)):
                     old.pop("label", None)
                     old["score"] = row["score"]
-        return added
+        return count
+
+    def merge(self, other: PairsStore) -> int:
+        """Add the rows of ``other`` (an operator released a quarantined night) that are not here yet."""
+        count = 0
+        for key, row in other.rows.items():
+            if key not in self.rows:
+                self.rows[key] = row
+                count += 1
+        return count
 
     def save(self) -> None:
         lines = sorted(self.rows.values(), key=lambda r: (r.get("timestamp") or "", r["query_id"], r["doc_id"]))
@@ -443,7 +478,8 @@ class PairsStore:
     def training_data(
         self, window_days: float | None = None, now: datetime | None = None, name: str = "pairs store"
     ) -> tuple[TrainingSet, dict[str, dict[str, Any]]]:
-        """The selected pairs as a :class:`TrainingSet` plus per-query first-seen time and serving version."""
+        """The selected pairs as a :class:`TrainingSet` plus per query: first-seen time, serving version, when
+        its first pair entered the store (``added``) and its propensity."""
         queries: dict[str, str] = {}
         relevant: dict[str, dict[str, float]] = {}
         negatives: dict[str, set[str]] = {}
@@ -455,8 +491,14 @@ class PairsStore:
                 negatives.setdefault(qid, set()).add(row["doc_id"])
             else:
                 relevant.setdefault(qid, {})[row["doc_id"]] = float(row.get("score", 1.0))
-            seen = info.setdefault(qid, {"timestamp": row.get("timestamp"), "adapter_version": None})
+            seen = info.setdefault(
+                qid, {"timestamp": row.get("timestamp"), "adapter_version": None, "added": None, "propensity": None}
+            )
             if row.get("timestamp") and (not seen["timestamp"] or row["timestamp"] < seen["timestamp"]):
                 seen["timestamp"] = row["timestamp"]
             seen["adapter_version"] = seen["adapter_version"] or row.get("adapter_version")
+            if "label" not in row and row.get("propensity") is not None:
+                seen["propensity"] = min(seen["propensity"] or 1.0, float(row["propensity"]))
+            stamp = row.get("added") or ""  # pairs stored before the field existed: the oldest
+            seen["added"] = stamp if seen["added"] is None else min(seen["added"], stamp)
         return TrainingSet(queries, relevant, negatives, name), info

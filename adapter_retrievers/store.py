@@ -5,6 +5,8 @@ Layout of a store folder::
     versions/v0001/        adapter files (model.safetensors, adapter_config.json) and version.json:
                            the evaluation that decided its fate and the fingerprints of the data it saw
     LIVE                   {"version": "v0003" | null, "since": ...}: null serves the base model
+    CANDIDATE              {"version": "v0004" | null, "since": ...}: the candidate that serving interleaves
+                           with live for a fraction of traffic (see adapter_retrievers.interleaving)
     history.jsonl          append-only: one JSON line per decision, promotion and rollback
     lock                   held by the one run in progress ({"pid", "host", "started", ...})
     state/                 what incremental sources and the pairs store remember between runs
@@ -36,6 +38,7 @@ from adapter_retrievers.adapters import QueryAdapter
 
 VERSIONS = "versions"
 LIVE_FILE = "LIVE"
+CANDIDATE_FILE = "CANDIDATE"
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = "lock"
 VERSION_FILE = "version.json"
@@ -43,6 +46,8 @@ STATE_DIR = "state"
 _VERSION_RE = re.compile(r"^v(\d+)$")
 #: history actions that change which version is live
 LIVE_ACTIONS = ("promoted", "promote", "rollback", "demoted")
+#: history actions of a nightly run (what ``status`` shows as the last decision)
+STATUS_ACTIONS = ("promoted", "kept", "demoted", "nothing_new", "failed", "quarantined")
 
 
 class StoreError(RuntimeError):
@@ -240,6 +245,10 @@ class AdapterStore:
         return self.root / LIVE_FILE
 
     @property
+    def candidate_path(self) -> Path:
+        return self.root / CANDIDATE_FILE
+
+    @property
     def history_path(self) -> Path:
         return self.root / HISTORY_FILE
 
@@ -320,10 +329,10 @@ class AdapterStore:
         return removed
 
     def prune(self) -> list[str]:
-        """Delete all but the newest ``keep`` versions; the live version is never deleted."""
-        live = self.live
+        """Delete all but the newest ``keep`` versions; the live and candidate versions are never deleted."""
+        kept = {self.live, self.candidate}
         versions = self.versions()
-        doomed = [v for v in versions[: max(0, len(versions) - self.keep)] if v != live]
+        doomed = [v for v in versions[: max(0, len(versions) - self.keep)] if v not in kept]
         for version in doomed:
             trash = self.versions_dir / f".{version}.deleting"
             os.rename(self.versions_dir / version, trash)  # gone from versions() in one step
@@ -332,13 +341,37 @@ class AdapterStore:
 
     # ------------------------------------------------------------------------------------- live
 
-    def pointer(self) -> dict[str, Any]:
-        """The live pointer's content: ``{"version": id or None, "since": ...}``."""
+    @staticmethod
+    def _read_pointer(path: Path) -> dict[str, Any]:
         try:
-            data = json.loads(self.live_path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {"version": None, "since": None}
         return data if isinstance(data, dict) else {"version": None, "since": None}
+
+    def pointer(self) -> dict[str, Any]:
+        """The live pointer's content: ``{"version": id or None, "since": ...}``."""
+        return self._read_pointer(self.live_path)
+
+    @property
+    def candidate(self) -> str | None:
+        """The version serving interleaves with live for a fraction of traffic (None: no comparison runs)."""
+        return self._read_pointer(self.candidate_path).get("version")
+
+    def candidate_adapter(self, base_model: str, dimension: int) -> QueryAdapter | None:
+        version = self.candidate
+        return None if version is None else self.load(version, base_model, dimension)
+
+    def set_candidate(self, version: str | None) -> None:
+        """Point the online comparison at ``version`` (None: stop it); the refresh records why in its decision.
+
+        Retention never deletes the candidate, so a serving process can always load it.
+        """
+        if version is not None:
+            self.info(version)
+        if version == self.candidate:
+            return
+        atomic_write_text(self.candidate_path, json.dumps({"version": version, "since": now_iso()}) + "\n")
 
     @property
     def live(self) -> str | None:
@@ -370,19 +403,39 @@ class AdapterStore:
         return self._switch(version, "promote", reason=reason)
 
     def rollback(self, version: str | None = None) -> dict[str, Any]:
-        """Serve ``version``, or by default the newest earlier version that was live before the current one.
+        """Serve ``version``, or by default what was live before the last change of live.
 
-        Repeated rollbacks walk further back, ending at the base model.
+        The last change may be a promotion, a demotion (the base model served because live stopped earning
+        its place: rollback brings that adapter back) or an operator's switch. Repeated rollbacks walk further
+        back through the states live was in, ending where the store began (the base model).
         """
-        current = self.live
-        if version is None:
-            if current is None:
-                raise StoreError("the base model is live already: nothing to roll back to")
-            was_live = {r.get("live_after") for r in self.history() if r.get("action") in LIVE_ACTIONS}
-            current_n = _version_number(current) or 0
-            earlier = [v for v in self.versions() if v in was_live and (_version_number(v) or 0) < current_n]
-            version = earlier[-1] if earlier else None
-        return self._switch(version, "rollback", reason="rolled back by an operator")
+        if version is not None:
+            return self._switch(version, "rollback", reason="rolled back by an operator", undo=False)
+        earlier = self._earlier_states()
+        if not earlier:
+            raise StoreError(
+                "the base model is live already: nothing to roll back to"
+                if self.live is None
+                else "no earlier state of live is recorded: name the version to serve"
+            )
+        target = earlier[-1]
+        if target is not None and target not in self.versions():
+            raise StoreError(f"{target}, live before the last change, is no longer stored: name the version to serve")
+        return self._switch(target, "rollback", reason="rolled back by an operator", undo=True)
+
+    def _earlier_states(self) -> list[str | None]:
+        """The states live was in before each change still in effect, oldest first: every change pushes the
+        state it left, every plain rollback takes one back."""
+        stack: list[str | None] = []
+        for record in self.history():
+            if record.get("action") not in LIVE_ACTIONS:
+                continue
+            if record.get("action") == "rollback" and record.get("undo", True):
+                if stack:
+                    stack.pop()
+            else:
+                stack.append(record.get("live_before"))
+        return stack
 
     # ---------------------------------------------------------------------------------- history
 
@@ -419,16 +472,26 @@ class AdapterStore:
         pointer = self.pointer()
         live = pointer.get("version")
         history = self.history()
-        decisions = [r for r in history if r.get("action") in ("promoted", "kept", "demoted", "nothing_new", "failed")]
+        decisions = [r for r in history if r.get("action") in STATUS_ACTIONS]
         holder = self.lock().holder()
         live_record = self.info(live).record if live is not None and live in self.versions() else {}
+        last = decisions[-1] if decisions else None
         return {
             "store": str(self.root),
             "live": live,
             "live_since": pointer.get("since"),
             "live_evaluation": live_record.get("evaluation"),
+            "candidate": self.candidate,
             "versions": self.versions(),
-            "last_decision": decisions[-1] if decisions else None,
+            "last_decision": last,
             "decisions": len(decisions),
+            "comparison": next((r["comparison"] for r in reversed(decisions) if r.get("comparison")), None),
+            "quarantined": quarantined(history),
             "lock": holder,
         }
+
+
+def quarantined(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The nights kept apart (history action ``quarantined``) that no operator has released yet."""
+    released = {r.get("night") for r in history if r.get("action") == "released"}
+    return [r for r in history if r.get("action") == "quarantined" and r.get("night") not in released]

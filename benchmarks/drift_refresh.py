@@ -1,5 +1,5 @@
 """Benchmark: the nightly refresh loop under drifting traffic, replayed day by day through a real chain
-into a real Arize Phoenix server, with decision rules side by side.
+into a real Arize Phoenix server, with loop variants side by side.
 
 XQuAD questions are replayed as days of traffic through a real LangChain chain (``AdapterRetriever``
 following the adapter store, over an embedded Chroma collection of the 240 English paragraphs; users
@@ -9,22 +9,29 @@ working dir; stopped at the end), each click is a Phoenix document annotation (`
 clicked position) and every night ``refresh`` reads the server with ``PhoenixSource``; with ``--source
 log`` the ``RetrievalLogger`` capture handler writes our JSONL log instead and ``LogSource`` reads it.
 A user clicks the paragraph that answers the question if it is among the 10 shown (nothing otherwise).
-The population drifts: Spanish speakers first, then German, then Chinese, and questions about new
-paragraphs appear over time. One day's clicks are poisoned (a random shown paragraph). Spans carry the
-simulated day's time (shifted when exported), as the log does.
 
-Each decision rule (``RULES``) runs its own loop (store, served adapter, Phoenix project) on the same
-questions. The table shows the live adapter's nDCG@10 on the *next* day's traffic (exact search) next to
-the base model's, and the decisions. At the end a rollback is checked to restore the previous version's
-numbers exactly (served through the registry that follows the store).
+Scenarios (``--scenario``):
 
-    nice -n 10 python benchmarks/drift_refresh.py --rules b                         # the default rule, 3 seeds
-    nice -n 10 python benchmarks/drift_refresh.py --out drift_refresh_rules         # every rule side by side
+- ``drift``: 7 days of 150 questions; Spanish speakers first, then German, then Chinese; questions about
+  new paragraphs appear over time; day 3's clicks are poisoned (``--poison random``: a random shown
+  paragraph, the right one 1 time in 10; ``--poison wrong``: always a wrong shown paragraph).
+- ``young``: a young application, 14 nights of 50 clicks each (Spanish questions served until 50 clicks).
+
+Each loop variant (``VARIANTS``: the default loop with interleaving on 10% of traffic and the per-query
+guard, and the same without interleaving or without the guard) runs its own loop (store, registry that
+follows it, Phoenix project) on the same questions and the same users' choices. The table shows the live
+adapter's nDCG@10 on the *next* day's traffic (exact search) next to the base model's, and the decisions;
+each night also records the offline estimate of tonight's candidate's gain over live on the clicked
+queries it scored (plain and inverse-propensity weighted) next to its true gain on every question of the
+day (clicked or not), and the feedback profile the quarantine check saw. At the end a rollback is checked
+to restore the previous state's numbers exactly (served through the registry that follows the store).
+
+    nice -n 10 python benchmarks/drift_refresh.py                                   # drift, every variant, 3 seeds
+    nice -n 10 python benchmarks/drift_refresh.py --variants main --poison wrong --out drift_refresh_wrong
+    nice -n 10 python benchmarks/drift_refresh.py --scenario young --out drift_refresh_young
     nice -n 10 python benchmarks/drift_refresh.py --seeds 1 --days 3 --per-day 60   # a quick check
 
-Results: ``benchmarks/results/<out>.json`` and ``<out>.png``. The rollback check undoes the last change of live
-(promotion or demotion) and compares what the chain's registry serves with what it served, query for query,
-when that state was live before.
+Results: ``benchmarks/results/<out>.json`` and ``<out>.png``.
 """
 
 from __future__ import annotations
@@ -44,33 +51,33 @@ import numpy as np
 from adapter_retrievers import Corpus, TrainingSet, capture
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.evaluation import score_vectors
-from adapter_retrievers.refresh import RefreshConfig, refresh
+from adapter_retrievers.refresh import RefreshConfig, read_jsonl, refresh
 from adapter_retrievers.registry import AdapterRegistry
 from adapter_retrievers.sources import LogSource, PhoenixSource
 from adapter_retrievers.store import AdapterStore
 from common import DATA, RESULTS, embedded_corpus, encoder, machine
 
 # (language, poisoned) per day; the last day is only traffic to evaluate the last decision on
-SCHEDULE = [("es", False), ("es", False), ("es", True), ("de", False), ("de", False), ("zh", False), ("zh", False)]
+DRIFT = [("es", False), ("es", False), ("es", True), ("de", False), ("de", False), ("zh", False), ("zh", False)]
+YOUNG = [("es", False)] * 14
+SCHEDULE = DRIFT
 PER_DAY = 150
+CLICKS_PER_DAY: int | None = None  # young application: questions are served until this many clicks
+POISON = "random"
 SHOWN = 10  # results a user sees; a click can only land on one of them
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 METRIC = "ndcg@10"
-WINDOW_DAYS = 3.0  # train on the last 3 days of pairs: follows the drift, forgets a poisoned day
-# decision rules compared (RefreshConfig fields); "a" was the default before this comparison, "b" is now
-RULES = {
-    "a": {"demote": "significantly_below", "promote_over_base": False},
-    "b": {"demote": "not_above", "promote_over_base": False},
-    "c": {"demote": "significantly_below", "promote_over_base": True},
-    "d": {"demote": "not_above", "promote_over_base": True},
-    "e": {"demote": "not_significantly_above", "promote_over_base": False},
+WINDOW_DAYS: float | None = 3.0  # drift: train on the last 3 days of pairs (young: all)
+# loop variants compared: registry interleaving fraction and RefreshConfig.training overrides
+VARIANTS = {
+    "main": {"interleave": 0.1, "training": {}},
+    "no_interleaving": {"interleave": 0.0, "training": {}},
+    "no_guard": {"interleave": 0.1, "training": {"guard": False}},
 }
-RULE_NAMES = {
-    "a": "demote when significantly below base",
-    "b": "demote when not above base",
-    "c": "(a) + promote only when significantly above base",
-    "d": "(b) + promote only when significantly above base",
-    "e": "demote when not significantly above base",
+VARIANT_NAMES = {
+    "main": "pooled evidence + interleaving on 10% + guard (the defaults)",
+    "no_interleaving": "pooled evidence + guard, no interleaving",
+    "no_guard": "pooled evidence + interleaving on 10%, no guard",
 }
 
 
@@ -85,8 +92,10 @@ def days_of_questions(qrels: TrainingSet, seed: int) -> list[list[str]]:
     for day in range(len(SCHEDULE) + 1):
         allowed = {f"p{i:03d}" for i in range(min(240, 60 + 30 * day))}
         pool = sorted(q for p, qs in by_paragraph.items() if p in allowed for q in qs if q not in used)
-        chosen = list(rng.choice(pool, size=min(PER_DAY, len(pool)), replace=False))
-        used.update(chosen)
+        size = min(PER_DAY, len(pool)) if CLICKS_PER_DAY is None else len(pool)  # young: served until enough clicks
+        chosen = list(rng.choice(pool, size=size, replace=False))
+        if CLICKS_PER_DAY is None:
+            used.update(chosen)
         days.append(chosen)
     return days
 
@@ -187,11 +196,15 @@ class Traffic:
 
 
 def serve_day(chain, traffic: Traffic, day: int, qs: TrainingSet, qids: list[str], poisoned: bool, rng) -> dict:
-    """One day's questions through the chain; each user clicks the answering paragraph if shown."""
+    """One day's questions through the chain; each user clicks the answering paragraph if shown (a poisoned
+    day: a random shown paragraph, or with ``--poison wrong`` a shown paragraph that does not answer)."""
     clicks = []
+    served = []
     language = SCHEDULE[day][0]
     with traffic.day(day):
         for n, qid in enumerate(qids):
+            if CLICKS_PER_DAY is not None and len(clicks) >= CLICKS_PER_DAY:
+                break
             run_id = uuid.uuid4()  # the retrieval's trace: the click is attached to it
             question = qs.queries[qid]
             out = chain.invoke(
@@ -202,29 +215,40 @@ def serve_day(chain, traffic: Traffic, day: int, qs: TrainingSet, qids: list[str
                     "metadata": {"session_id": f"{language}-{n}"},
                 },
             )
+            served.append(qid)
             shown = out["sources"]
-            target = shown[rng.integers(len(shown))] if poisoned else next(iter(qs.relevant[qid]))
+            answer = next(iter(qs.relevant[qid]))
+            if not poisoned:
+                target = answer
+            elif POISON == "wrong":
+                wrong = [d for d in shown if d != answer]
+                target = wrong[rng.integers(len(wrong))]
+            else:
+                target = shown[rng.integers(len(shown))]
             if target in shown:
                 clicks.append((str(run_id), question, shown.index(target), target))
-    traffic.record_clicks(clicks, len(qids))
-    return {"questions": len(qids), "clicks": len(clicks)}
+    traffic.record_clicks(clicks, len(served))
+    return {"questions": len(served), "clicks": len(clicks), "served": served}
 
 
-def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, rules, source, url) -> dict:
+def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, variants, source, url) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="drift-"))
     try:
         vectorstore = build_vectorstore(corpus, enc, tmp)
         days = days_of_questions(questions["es"], seed)
         loops = {}
-        for rule in rules:
-            store = AdapterStore(tmp / f"store-{rule}")
-            registry = AdapterRegistry.from_store(store, enc.model_id, corpus.embeddings.shape[1], check_interval=0)
-            loops[rule] = {
+        for name in variants:
+            variant = VARIANTS[name]
+            store = AdapterStore(tmp / f"store-{name}")
+            registry = AdapterRegistry.from_store(
+                store, enc.model_id, corpus.embeddings.shape[1], 0, interleave=variant["interleave"], seed=seed
+            )
+            loops[name] = {
                 "store": store,
                 "registry": registry,
                 "chain": build_chain(vectorstore, enc, registry),
-                "traffic": Traffic(source, tmp, url, f"drift-seed{seed}-rule-{rule}"),
-                "config": RefreshConfig(seed=seed, window_days=WINDOW_DAYS, **RULES[rule]),
+                "traffic": Traffic(source, tmp, url, f"drift-seed{seed}-{name}"),
+                "config": RefreshConfig(seed=seed, window_days=WINDOW_DAYS, training=variant["training"]),
                 "rng": np.random.default_rng(seed),  # the same users' choices in every loop
                 "rows": [],
             }
@@ -234,47 +258,95 @@ def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, 
             loop["served"] = [served_scores(loop["registry"], probe_vectors, probe, corpus)]  # before day 1: base
         for day, (language, poisoned) in enumerate(SCHEDULE):
             next_language = SCHEDULE[day + 1][0] if day + 1 < len(SCHEDULE) else SCHEDULE[-1][0]
-            for rule, loop in loops.items():
+            for name, loop in loops.items():
                 store, traffic = loop["store"], loop["traffic"]
+                live_before = store.live
                 served = serve_day(loop["chain"], traffic, day, questions[language], days[day], poisoned, loop["rng"])
                 started = time.perf_counter()
                 outcome = refresh(
                     store, [traffic.source], corpus, enc, loop["config"], now=START + timedelta(days=day, hours=23)
                 )
                 seconds = time.perf_counter() - started
-                base, live = next_day_scores(store, corpus, questions[next_language], days[day + 1], enc)
+                next_ids = days[day + 1][: len(served["served"])] if CLICKS_PER_DAY else days[day + 1]
+                base, live = next_day_scores(store, corpus, questions[next_language], next_ids, enc)
                 loop["served"].append(served_scores(loop["registry"], probe_vectors, probe, corpus))
+                record = outcome.record
+                evidence = record.get("comparison") or {}
                 loop["rows"].append(
                     {
                         "day": day + 1,
                         "traffic": language + (" (poisoned)" if poisoned else ""),
-                        **served,
+                        **{k: v for k, v in served.items() if k != "served"},
                         "decision": outcome.action,
                         "reason": outcome.reason,
                         "candidate": outcome.candidate,
                         "live": store.live,
-                        "held_out": outcome.record.get("scores"),
-                        "new_pairs": outcome.record.get("new_pairs"),
+                        "held_out": record.get("scores"),
+                        "new_pairs": record.get("new_pairs"),
+                        "evidence": {
+                            "offline": evidence.get("offline"),
+                            "online": evidence.get("online"),
+                            "combined": evidence.get("combined"),
+                        },
+                        "quarantine_check": record.get("quarantine_check"),
+                        "estimate": offline_estimate(
+                            store, record, live_before, corpus, questions[language], served["served"], enc
+                        ),
                         "next_day_language": next_language,
                         "next_day_base": base,
                         "next_day_live": live,
                         "refresh_seconds": round(seconds, 1),
                     }
                 )
+                combined = evidence.get("combined") or {}
                 print(
-                    f"seed {seed} rule {rule} day {day + 1} {loop['rows'][-1]['traffic']:<13} "
-                    f"clicks {served['clicks']:>3} {outcome.action:<9} live={store.live or 'base':<6} "
+                    f"seed {seed} {name:<15} day {day + 1:>2} {loop['rows'][-1]['traffic']:<13} "
+                    f"clicks {served['clicks']:>3} {outcome.action:<11} live={store.live or 'base':<6} "
+                    f"e={combined.get('e_value', 0):8.2f} "
                     f"next day ({next_language}) base {base:.4f} live {live:.4f}  [{seconds:.0f}s] "
-                    f"{outcome.reason[:80]}",
+                    f"{outcome.reason[:70]}",
                     flush=True,
                 )
         runs = {}
-        for rule, loop in loops.items():
+        for name, loop in loops.items():
             rollback = check_rollback(loop, probe_vectors, probe, corpus)
-            runs[rule] = {"seed": seed, "days": loop["rows"], "rollback": rollback, "history": loop["store"].history()}
+            runs[name] = {"seed": seed, "days": loop["rows"], "rollback": rollback, "history": loop["store"].history()}
         return runs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def offline_estimate(store, record, live_before, corpus, qs: TrainingSet, served: list[str], enc) -> dict | None:
+    """Tonight's candidate against the live adapter it was compared with: the refresh's offline estimate on
+    the clicked queries it scored (plain and inverse-propensity weighted, from the evidence ledger) next to
+    the true gain on every question served that day, clicked or not (XQuAD's qrels)."""
+    version = record.get("version") if record.get("action") != "demoted" else record.get("candidate")
+    if not version or version not in store.versions():
+        return None
+    rows = [
+        r
+        for r in read_jsonl(store.state_dir / "evidence.jsonl")
+        if r.get("candidate") == version and r.get("candidate_score") is not None
+    ]
+    if not rows:
+        return None
+    gains = np.array([r["candidate_score"] - r["live_score"] for r in rows])
+    weights = np.array([min(float(r.get("weight") or 1.0), 20.0) for r in rows])
+    day = qs.subset(served)
+    vectors = enc.embed_queries([day.queries[q] for q in day.query_ids])
+    dim = corpus.embeddings.shape[1]
+    live = store.load(live_before, enc.model_id, dim) if live_before else None
+    candidate = store.load(version, enc.model_id, dim)
+    served_vectors = live.transform(vectors) if live is not None else vectors
+    truth = score_vectors(candidate.transform(vectors), day, corpus, (METRIC,)).mean()[METRIC]
+    truth -= score_vectors(served_vectors, day, corpus, (METRIC,)).mean()[METRIC]
+    return {
+        "n_scored": len(rows),
+        "n_weighted": int((weights > 1).sum()),
+        "plain": float(gains.mean()),
+        "weighted": float((weights * gains).sum() / weights.sum()),
+        "truth": float(truth),
+    }
 
 
 def next_day_scores(store: AdapterStore, corpus: Corpus, qs: TrainingSet, qids: list[str], enc) -> tuple[float, float]:
@@ -292,8 +364,8 @@ def served_scores(registry: AdapterRegistry, vectors: np.ndarray, qs: TrainingSe
 
 
 def check_rollback(loop: dict, vectors: np.ndarray, qs: TrainingSet, corpus: Corpus) -> dict:
-    """Undo the last change of live (a promotion or a demotion) with ``rollback`` and compare what the registry
-    serves now with what it served, query for query, on the night that state was live before."""
+    """Undo the last change of live (a promotion or a demotion) with a plain ``rollback`` and compare what the
+    registry serves now with what it served, query for query, on the night that state was live before."""
     store, rows = loop["store"], loop["rows"]
     lives = [None] + [row["live"] for row in rows]  # live before day 1, then after each night
     changes = [i for i in range(1, len(lives)) if lives[i] != lives[i - 1]]
@@ -301,7 +373,7 @@ def check_rollback(loop: dict, vectors: np.ndarray, qs: TrainingSet, corpus: Cor
         return {"checked": False, "why": "live never changed: nothing to roll back"}
     before = lives[changes[-1] - 1]
     current = store.live
-    record = store.rollback(before) if before is not None else store.rollback()
+    record = store.rollback()  # the default: what was live before the last change (a demotion included)
     served = served_scores(loop["registry"], vectors, qs, corpus)
     recorded = loop["served"][changes[-1] - 1]
     return {
@@ -316,20 +388,27 @@ def check_rollback(loop: dict, vectors: np.ndarray, qs: TrainingSet, corpus: Cor
 
 
 def main() -> None:
-    global SCHEDULE, PER_DAY  # a quick check shortens the whole run
+    global SCHEDULE, PER_DAY, CLICKS_PER_DAY, POISON, WINDOW_DAYS  # the scenario sets the whole run
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rules", default=",".join(RULES), help=f"decision rules to compare: {', '.join(RULES)}")
+    parser.add_argument("--scenario", choices=("drift", "young"), default="drift")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"loop variants: {', '.join(VARIANTS)}")
+    parser.add_argument("--poison", choices=("random", "wrong"), default="random")
     parser.add_argument("--source", choices=("phoenix", "log"), default="phoenix")
-    parser.add_argument("--days", type=int, default=len(SCHEDULE), help="first N days only (quick checks)")
-    parser.add_argument("--per-day", type=int, default=PER_DAY, help="questions a day")
-    parser.add_argument("--out", default="drift_refresh", help="name of the JSON and PNG in benchmarks/results")
+    parser.add_argument("--days", type=int, default=None, help="first N days only (quick checks)")
+    parser.add_argument("--per-day", type=int, default=PER_DAY, help="drift: questions a day")
+    parser.add_argument("--clicks-per-day", type=int, default=50, help="young: clicks a night")
+    parser.add_argument("--out", default=None, help="name of the JSON and PNG in benchmarks/results")
     args = parser.parse_args()
-    SCHEDULE, PER_DAY = SCHEDULE[: args.days], args.per_day
-    rules = [r for r in args.rules.split(",") if r]
-    unknown = [r for r in rules if r not in RULES]
+    if args.scenario == "young":
+        SCHEDULE, CLICKS_PER_DAY, WINDOW_DAYS = YOUNG, args.clicks_per_day, None
+    SCHEDULE = SCHEDULE[: args.days] if args.days else SCHEDULE
+    PER_DAY, POISON = args.per_day, args.poison
+    out_name = args.out or ("drift_refresh" if args.scenario == "drift" else "drift_refresh_young")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        parser.error(f"unknown rules {unknown}; choose from {list(RULES)}")
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     enc = encoder()
     corpus = embedded_corpus(Corpus.from_beir(DATA / "xquad" / "en"), enc)
     questions = {lang: TrainingSet.from_beir(DATA / "xquad" / lang, "test") for lang in ("es", "de", "zh")}
@@ -341,32 +420,36 @@ def main() -> None:
 
             url = stack.enter_context(local_phoenix())
             print(f"phoenix serve at {url}", flush=True)
-        per_seed = [run_seed(seed, corpus, questions, enc, rules, args.source, url) for seed in range(args.seeds)]
-    runs = {rule: [seed_runs[rule] for seed_runs in per_seed] for rule in rules}
-    summary = {rule: summarise(runs[rule]) for rule in rules}
+        per_seed = [run_seed(seed, corpus, questions, enc, variants, args.source, url) for seed in range(args.seeds)]
+    runs = {name: [seed_runs[name] for seed_runs in per_seed] for name in variants}
+    summary = {name: summarise(runs[name]) for name in variants}
     out = {
         "benchmark": "drift_refresh",
+        "scenario": args.scenario,
         "machine": machine(),
         "model": enc.model_id,
         "source": args.source,
         "schedule": SCHEDULE,
-        "per_day": PER_DAY,
+        "per_day": PER_DAY if CLICKS_PER_DAY is None else None,
+        "clicks_per_day": CLICKS_PER_DAY,
+        "poison": POISON,
         "shown": SHOWN,
         "window_days": WINDOW_DAYS,
-        "rules": {rule: {"config": RULES[rule], "name": RULE_NAMES[rule]} for rule in rules},
+        "variants": {name: {"config": VARIANTS[name], "name": VARIANT_NAMES[name]} for name in variants},
         "seconds": round(time.perf_counter() - started, 1),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "comparison": {rule: compare_rule(summary[rule], runs[rule]) for rule in rules},
+        "comparison": {name: compare_variant(runs[name]) for name in variants},
         "summary": summary,
         "runs": runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    plot(summary, RESULTS / f"{args.out}.png", args.seeds)
+    (RESULTS / f"{out_name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    plot(summary, RESULTS / f"{out_name}.png", args.seeds)
     print(comparison_table(out["comparison"]))
-    for rule in rules:
-        print(f"\nrule {rule}: {RULE_NAMES[rule]}")
-        print(table(summary[rule], args.seeds))
+    for name in variants:
+        print(f"\nvariant {name}: {VARIANT_NAMES[name]}")
+        print(table(summary[name], args.seeds))
+        print(estimate_table(runs[name]))
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -393,19 +476,28 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def compare_rule(summary: list[dict], runs: list[dict]) -> dict:
-    """One line per rule: how often and how far live was below base the next day, the poisoned day, rollbacks."""
+def compare_variant(runs: list[dict]) -> dict:
+    """One line per variant: next-day gain over base, days below it, the poisoned day, promotions, rollbacks."""
     gaps = np.array([[d["next_day_live"] - d["next_day_base"] for d in run["days"]] for run in runs])
     poisoned = [i for i, (_, bad) in enumerate(SCHEDULE) if bad]
+    first = [next((d["day"] for d in run["days"] if d["decision"] == "promoted"), None) for run in runs]
+    after = [
+        float(gaps[n, f - 1 :].min()) if f is not None else None for n, f in enumerate(first)
+    ]  # from the first promotion on
     return {
         "mean_gain_over_base": float(gaps.mean()),
         "days_below_base": int((gaps < 0).sum()),
         "day_seeds": int(gaps.size),
         "worst": float(gaps.min()),
         "worst_day": int(np.unravel_index(gaps.argmin(), gaps.shape)[1]) + 1,
+        "poisoned_decisions": [run["days"][i]["decision"] for run in runs for i in poisoned],
         "poisoned_promoted": sum(run["days"][i]["decision"] == "promoted" for run in runs for i in poisoned),
+        "poisoned_demoted": sum(run["days"][i]["decision"] == "demoted" for run in runs for i in poisoned),
+        "quarantined": sum(d["decision"] == "quarantined" for run in runs for d in run["days"]),
         "promotions": sum(d["decision"] == "promoted" for run in runs for d in run["days"]),
         "demotions": sum(d["decision"] == "demoted" for run in runs for d in run["days"]),
+        "first_promotion": first,
+        "worst_from_first_promotion": after,
         "rollbacks_checked": sum(bool(run["rollback"].get("checked")) for run in runs),
         "rollbacks_exact": sum(bool(run["rollback"].get("served_equals_before")) for run in runs),
     }
@@ -413,18 +505,38 @@ def compare_rule(summary: list[dict], runs: list[dict]) -> dict:
 
 def comparison_table(comparison: dict) -> str:
     lines = [
-        "| rule | mean live - base, next day | day-seeds below base | worst (day) | promotions | demotions "
-        "| poisoned day promoted | rollbacks exact |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | mean live − base, next day | day-seeds below base | worst (day) | promotions | demotions "
+        "| quarantined | poisoned day (decisions) | first promotion (night, per seed) | rollbacks exact |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for rule, c in comparison.items():
+    for name, c in comparison.items():
+        poisoned = ", ".join(c["poisoned_decisions"]) or "-"
+        first = ", ".join(str(f) if f is not None else "never" for f in c["first_promotion"])
         lines.append(
-            f"| ({rule}) {RULE_NAMES[rule]} | {c['mean_gain_over_base']:+.4f} "
+            f"| {VARIANT_NAMES[name]} | {c['mean_gain_over_base']:+.4f} "
             f"| {c['days_below_base']} of {c['day_seeds']} "
             f"| {c['worst']:+.4f} (day {c['worst_day']}) | {c['promotions']} | {c['demotions']} "
-            f"| {c['poisoned_promoted']} | {c['rollbacks_exact']} of {c['rollbacks_checked']} |"
+            f"| {c['quarantined']} | {poisoned} | {first} | {c['rollbacks_exact']} of {c['rollbacks_checked']} |"
         )
     return "\n".join(lines)
+
+
+def estimate_table(runs: list[dict]) -> str:
+    """Offline estimate of tonight's candidate's gain over live on the clicked queries it scored, plain and
+    inverse-propensity weighted, against its true gain on every question served that day."""
+    rows = [d["estimate"] for run in runs for d in run["days"] if d.get("estimate")]
+    if not rows:
+        return "(no candidate was scored offline)"
+    truth = np.array([r["truth"] for r in rows])
+    plain = np.array([r["plain"] for r in rows])
+    weighted = np.array([r["weighted"] for r in rows])
+    reweighted = sum(r["n_weighted"] for r in rows)
+    return (
+        "| nights with a candidate | queries with a weight > 1 | true gain (all questions) | plain estimate "
+        "(clicked queries) | bias | IPS-weighted | bias |\n|---|---|---|---|---|---|---|\n"
+        f"| {len(rows)} | {reweighted} | {truth.mean():+.4f} | {plain.mean():+.4f} | {(plain - truth).mean():+.4f} "
+        f"| {weighted.mean():+.4f} | {(weighted - truth).mean():+.4f} |"
+    )
 
 
 def table(summary: list[dict], n_seeds: int) -> str:
@@ -445,20 +557,20 @@ def table(summary: list[dict], n_seeds: int) -> str:
 
 
 def plot(summary: dict[str, list[dict]], path: Path, n_seeds: int) -> None:
-    """Live minus base on the next day per rule (mean over seeds, bars: worst seed to best)."""
+    """Live minus base on the next day per variant (bars: mean over seeds; dashes: the worst seed)."""
     from adapter_retrievers.plots import _pyplot, _save
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.6 * len(next(iter(summary.values())))), 4))
     first = next(iter(summary.values()))
     x = np.array([r["day"] for r in first], dtype=float)
     width = 0.8 / len(summary)
-    for n, (rule, rows) in enumerate(summary.items()):
+    for n, (name, rows) in enumerate(summary.items()):
         ax.bar(
             x + (n - (len(summary) - 1) / 2) * width,
             [r["live_minus_base_mean"] for r in rows],
             width,
-            label=f"({rule}) {RULE_NAMES[rule]}",
+            label=VARIANT_NAMES[name],
         )
         ax.scatter(
             x + (n - (len(summary) - 1) / 2) * width, [r["live_minus_base_min"] for r in rows], marker="_", color="k"
@@ -469,7 +581,8 @@ def plot(summary: dict[str, list[dict]], path: Path, n_seeds: int) -> None:
     )
     ax.set_xlabel("day (traffic → next day's language); * poisoned clicks; — worst seed")
     ax.set_ylabel("live − base nDCG@10, next day")
-    ax.set_title(f"nightly refresh under drift, XQuAD, all-MiniLM-L6-v2, {n_seeds} seeds", fontsize=9)
+    scenario = "young application, 50 clicks a night" if CLICKS_PER_DAY else "drift"
+    ax.set_title(f"nightly refresh ({scenario}), XQuAD, all-MiniLM-L6-v2, {n_seeds} seeds", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path)
 

@@ -41,6 +41,23 @@ def own_log(folder: Path) -> tuple[Path, list[str]]:
     return path, [a, b, c]
 
 
+def interleaved_log(folder: Path) -> Path:
+    """Retrievals shown as a team draft of live and a candidate: each document names its ranker and propensity."""
+    path = folder / "interleaved.jsonl"
+    log = RetrievalLog(path)
+    teams = ["live", "candidate", "candidate", "live"]
+    docs = [
+        {"id": f"d{i}", "content": TEXTS[f"d{i}"], "ranker": team, "propensity": 1.0 if i < 2 else 0.1}
+        for i, team in zip(range(4), teams)
+    ]
+    a = log.log_retrieval("interleaved one", docs, adapter_version="v0001", candidate_version="v0002")
+    b = log.log_retrieval("interleaved two", docs[::-1], adapter_version="v0001", candidate_version="v0002")
+    log.add_click(a, "d2")  # the candidate's pick
+    log.add_click(b, "d0")  # live's
+    log.add_citations(b, ["d1"])  # the candidate's
+    return path
+
+
 def bad_lines_log(folder: Path) -> Path:
     path = folder / "bad.jsonl"
     log = RetrievalLog(path)
@@ -422,7 +439,7 @@ def format_files(fmt: str, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "ours":
         files = [own_log(folder)[0], bad_lines_log(folder), split_log(folder), merged_duplicates_log(folder)]
-        return [*files, answer_feedback_log(folder), langchain_capture_log(folder)[0]]
+        return [*files, answer_feedback_log(folder), langchain_capture_log(folder)[0], interleaved_log(folder)]
     if fmt == "openinference":
         sdk, annotations, otlp, _ = openinference_sdk_files(folder)
         files = [sdk, annotations, otlp, openinference_hash_file(folder), phoenix_shapes_file(folder)]

@@ -62,7 +62,7 @@ def run(tmp_path, task, day, config=CONFIG, echo=lambda _: None):
     return refresh(tmp_path / "store", source, corpus, encoder, config, now=now, echo=echo)
 
 
-def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
+def test_promote_then_nothing_new(tmp_path, task):
     log = RetrievalLog(tmp_path / "rag-log.jsonl")
     store = AdapterStore(tmp_path / "store")
     log_day(log, 0, range(0, 100))
@@ -75,10 +75,13 @@ def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
     assert record["groups"]["new"]["n_queries"] == 20 and record["groups"]["seen"]["n_queries"] == 0
     assert record["n_held_out"] == 20 and record["data"]["n_queries"] == 100
     assert record["sources"] == {"log:rag-log.jsonl": 200} and record["new_pairs"] == 100
+    offline = record["comparison"]["offline"]
+    assert offline["n"] == 20 and offline["significant"] and offline["e_value"] >= 20  # 1 / (1 - 0.95)
     version = store.info("v0001").record
     assert version["evaluation"]["scores"] == record["scores"] and version["decision"]["action"] == "promoted"
     assert version["data"]["fingerprint"] == record["data"]["fingerprint"]
     assert (store.root / "refresh.png").stat().st_size > 1000
+    assert store.candidate is None  # promoted: nothing left to compare live with
 
     said: list[str] = []
     empty = run(tmp_path, task, 1, echo=said.append)  # an empty night
@@ -87,17 +90,47 @@ def test_promote_then_nothing_new_then_refuse_a_poisoned_day(tmp_path, task):
     assert store.history()[-1]["live_after"] == "v0001"  # the record says what was live, for status and history
     status = CliRunner().invoke(app, ["status", "--store", str(store.root)]).output
     assert "live=v0001" in status.split("last")[1].splitlines()[0], status
+    assert "offline 20 queries scored by a candidate that never trained on them" in status, status
+    assert "online  no interleaved traffic" in status and "candidate none" in status
     # yesterday's 100 retrievals are read again for late signals, but every one has its click already
     assert "0 retrievals without a signal wait for a late one" in said[0], said
 
-    log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
-    poisoned = run(tmp_path, task, 2)
-    assert poisoned.record["scores"]["candidate"] < poisoned.record["scores"]["base"] + 0.05  # nothing to gain
-    assert poisoned.action != "promoted" and store.live in ("v0001", None)  # the poisoned night is refused
+
+def ledger(store):
+    return [json.loads(line) for line in (store.state_dir / "evidence.jsonl").read_text().splitlines()]
+
+
+def test_evidence_pools_across_nights_each_query_scored_once_by_a_candidate_that_never_trained_on_it(tmp_path, task):
+    """One night's 20 held-out queries cannot reach a strict level; the next night's new queries, scored by the
+    candidate trained before them, add to the same evidence and the newest candidate is promoted."""
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    store = AdapterStore(tmp_path / "store")
+    strict = RefreshConfig(min_queries=20, training=TRAINING, confidence=0.9999)  # e-value 10,000 needed
+    log_day(log, 0, range(0, 100))
+    night1 = run(tmp_path, task, 0, strict)
+    assert night1.action == "kept" and "not significant yet" in night1.reason
+    assert store.candidate == "v0001" and store.live is None  # the candidate serving interleaves with live
+    evidence = night1.record["comparison"]["offline"]
+    assert evidence["n"] == 20 and 1 < evidence["e_value"] < 10_000
+    log_day(log, 1, range(100, 200))
+    night2 = run(tmp_path, task, 1, strict)
+    assert night2.action == "promoted" and store.live == night2.candidate == "v0002"
+    assert night2.record["comparison"]["offline"]["n"] == 120  # 20 + tonight's 100 new queries
+    rows = ledger(store)
+    assert len(rows) == len({r["query_id"] for r in rows}) == 200  # every query once
+    by = {}
+    for r in rows:
+        by[r["candidate"]] = by.get(r["candidate"], 0) + 1
+    # night 1: 20 held out for v0001, 80 trained on (scored by live and base only); night 2 holds out the newest
+    # 40 of 200 for v0002, and v0001 (trained on night 1) scores the 60 other new queries v0002 trains on
+    assert by == {"v0001": 20 + 60, None: 80, "v0002": 40}
+    assert all(r["live"] == "base" for r in rows)
 
 
 @pytest.mark.parametrize("demote", ["not_above", "significantly_below"])
-def test_a_poisoned_night_is_refused_and_live_is_judged_by_the_demote_rule(tmp_path, task, demote):
+def test_a_poisoned_night_is_never_promoted_and_live_is_judged_by_the_demote_rule(tmp_path, task, demote):
+    """Without enough history to quarantine it (one night), a night of random clicks is decided on: it cannot
+    promote; the demote rule judges live on its pooled recent evidence."""
     log = RetrievalLog(tmp_path / "rag-log.jsonl")
     store = AdapterStore(tmp_path / "store")
     config = RefreshConfig(min_queries=20, training=TRAINING, demote=demote)
@@ -106,24 +139,15 @@ def test_a_poisoned_night_is_refused_and_live_is_judged_by_the_demote_rule(tmp_p
     log_day(log, 2, range(100, 200), poisoned=True)  # clicks on random documents
     poisoned = run(tmp_path, task, 2, config)
     assert poisoned.action != "promoted"
-    # on noise, live is not above the base model, but not significantly below it either
-    assert poisoned.record["scores"]["live"] <= poisoned.record["scores"]["base"]
-    assert poisoned.record["live_gain_over_base"]["interval"][1] >= 0
+    assert "nights of feedback history" in poisoned.record["quarantine_check"]["reason"]
+    recent = poisoned.record["comparison"]["live_vs_base"]
+    assert recent["n"] == 100 and recent["mean"] <= 0  # on noise live is not above the base model ...
+    assert recent["interval"][1] >= 0  # ... but not significantly below it either
     if demote == "not_above":  # live must earn its place every night: the base model is served
         assert poisoned.action == "demoted" and store.live is None
+        assert store.rollback()["live_after"] == "v0001"  # an operator undoes the demotion
     else:  # only a significant loss demotes: live stays through the noisy night
         assert poisoned.action == "kept" and store.live == "v0001"
-    assert [r["action"] for r in store.history()] == ["promoted", poisoned.action]
-
-    log_day(log, 3, range(200, 300))
-    window = RefreshConfig(min_queries=20, window_days=1.5, training=TRAINING, demote=demote)
-    later = run(tmp_path, task, 3, window)
-    assert later.record["data"]["n_queries"] == 100  # the window leaves the poisoned day out
-    if demote == "not_above":  # a clean day: a new candidate wins over the base model again
-        assert later.action == "promoted" and store.live == later.candidate
-        assert later.record["scores"]["candidate"] > later.record["scores"]["base"] + 0.2
-    else:
-        assert later.record["scores"]["live"] > later.record["scores"]["base"] + 0.2  # v0001 still helps
 
 
 def test_late_signals_find_their_retrieval_from_an_earlier_run(tmp_path, task):
@@ -173,7 +197,7 @@ def test_a_source_error_moves_nothing(tmp_path, task):
 
 
 @pytest.mark.parametrize("demote", ["significantly_below", "not_above", "not_significantly_above"])
-def test_live_that_fell_below_the_base_model_is_demoted(tmp_path, task, demote):
+def test_live_that_fell_below_the_base_model_is_demoted_and_rollback_restores_it(tmp_path, task, demote):
     config = RefreshConfig(min_queries=20, training=TRAINING, demote=demote)
     corpus, encoder = task
     rng = np.random.default_rng(5)
@@ -188,11 +212,14 @@ def test_live_that_fell_below_the_base_model_is_demoted(tmp_path, task, demote):
         rid = log.log_retrieval(f"plain {i}", [{"id": f"d{i}"}], timestamp=stamp)
         log.add_click(rid, f"d{i}")
     outcome = run(tmp_path, task, 1, config)
-    scores = outcome.record["scores"]
-    assert scores["live"] < scores["base"] - 0.2  # the rotation v0001 learned now hurts
+    recent = outcome.record["comparison"]["live_vs_base"]
+    assert recent["n"] == 150 and recent["mean"] < -0.2  # the rotation v0001 learned now hurts
     assert outcome.action == "demoted" and AdapterStore(tmp_path / "store").live is None
-    assert outcome.record["live_before"] == "v0001" and outcome.record["live_gain_over_base"]["interval"][1] < 0
+    assert outcome.record["live_before"] == "v0001" and recent["interval"][1] < 0
     assert "serving the base model" in outcome.reason
+    assert outcome.record["quarantine_check"]["quarantine"] is False  # real users who changed: not quarantined
+    result = CliRunner().invoke(app, ["rollback", "--store", str(tmp_path / "store")])
+    assert result.exit_code == 0 and "live: v0001 (was base model)" in result.output, result.output
 
 
 def test_history_lines_are_json(tmp_path, task):
@@ -203,23 +230,28 @@ def test_history_lines_are_json(tmp_path, task):
     assert all(isinstance(json.loads(line), dict) for line in lines)
 
 
-NO_NEW = {"n_queries": 0, "base": None, "candidate": None}
+def _evidence(e_value, recent_mean, recent_interval, own=(0, 0.0), new=None, candidate=True):
+    from adapter_retrievers.evidence import Sequential
+    from adapter_retrievers.refresh import Evidence
+
+    test = Sequential(100, 0.05, e_value, 20.0)
+    return Evidence(
+        offline=test,
+        online=Sequential(0, 0.0, 1.0, 20.0),
+        combined=test,
+        gain=0.05,
+        gain_interval=(-0.01, 0.1),
+        new_documents=new or {"n": 0, "base": None, "candidate": None},
+        live_vs_base={"n": 40, "mean": recent_mean, "interval": recent_interval},
+        has_candidate=candidate,
+        own={"n": own[0], "gain": own[1]},
+    )
 
 
-def _decide(config, live_score, live_interval, candidate=0.0, gain_interval=(-0.1, 0.1), over_base=(-0.1, 0.1)):
+def _decide(config, *args, **kwargs):
     from adapter_retrievers.refresh import decide
 
-    scores = {"base": 0.50, "live": live_score, "candidate": candidate}
-    return decide(
-        config,
-        scores,
-        NO_NEW,
-        gain_over_live=gain_interval,
-        candidate_over_base=over_base,
-        live_over_base=live_interval,
-        has_candidate=True,
-        live="v0001",
-    )[0]
+    return decide(config, _evidence(*args, **kwargs), "v0001")[0]
 
 
 @pytest.mark.parametrize(
@@ -228,8 +260,8 @@ def _decide(config, live_score, live_interval, candidate=0.0, gain_interval=(-0.
 )
 def test_live_slightly_below_base_is_demoted_only_by_the_rules_that_ask_it_to_earn_its_place(demote, expected):
     config = RefreshConfig(demote=demote)
-    assert _decide(config, 0.49, (-0.06, 0.04)) == expected  # below base, not significantly
-    assert _decide(config, 0.45, (-0.09, -0.01)) == "demoted"  # significantly below: every rule demotes
+    assert _decide(config, 2.0, -0.01, (-0.06, 0.04)) == expected  # below base, not significantly
+    assert _decide(config, 2.0, -0.05, (-0.09, -0.01)) == "demoted"  # significantly below: every rule demotes
 
 
 @pytest.mark.parametrize(
@@ -237,53 +269,24 @@ def test_live_slightly_below_base_is_demoted_only_by_the_rules_that_ask_it_to_ea
     [("significantly_below", "kept"), ("not_above", "kept"), ("not_significantly_above", "demoted")],
 )
 def test_live_above_base_but_not_significantly(demote, expected):
-    assert _decide(RefreshConfig(demote=demote), 0.52, (-0.02, 0.06)) == expected
-    assert _decide(RefreshConfig(demote=demote), 0.60, (0.04, 0.16)) == "kept"  # significantly above: kept
+    assert _decide(RefreshConfig(demote=demote), 2.0, 0.02, (-0.02, 0.06)) == expected
+    assert _decide(RefreshConfig(demote=demote), 2.0, 0.10, (0.04, 0.16)) == "kept"  # significantly above: kept
 
 
-def test_a_winning_candidate_is_promoted_whatever_live_did_unless_it_must_beat_base_too():
-    winner = {"candidate": 0.52, "gain_interval": (0.01, 0.08), "over_base": (-0.03, 0.07)}
-    assert _decide(RefreshConfig(demote="not_above"), 0.47, (-0.08, 0.02), **winner) == "promoted"
-    # above live, but not significantly above the base model: refused; live is then judged on its own
-    old = RefreshConfig(demote="significantly_below", promote_over_base=True)
-    assert _decide(old, 0.47, (-0.08, 0.02), **winner) == "kept"
-    both = RefreshConfig(demote="not_above", promote_over_base=True)
-    assert _decide(both, 0.47, (-0.08, 0.02), **winner) == "demoted"
-    clear = {**winner, "over_base": (0.01, 0.05)}
-    assert _decide(both, 0.47, (-0.08, 0.02), **clear) == "promoted"
+def test_promotion_needs_the_test_won_and_the_newest_candidate_and_new_documents_not_against_it():
+    config = RefreshConfig()
+    assert _decide(config, 25.0, 0.0, (-0.05, 0.05)) == "promoted"
+    assert _decide(config, 19.9, 0.05, (0.01, 0.09)) == "kept"  # e-value short of 1 / (1 - 0.95)
+    assert _decide(config, 25.0, 0.05, (0.01, 0.09), own=(12, -0.01)) == "kept"  # the newest one contradicts it
+    below = {"n": 30, "base": 0.50, "candidate": 0.49}
+    assert _decide(config, 25.0, 0.05, (0.01, 0.09), new=below) == "kept"
+    assert _decide(RefreshConfig(new_documents_tolerance=0.02), 25.0, 0.05, (0.01, 0.09), new=below) == "promoted"
+    assert _decide(config, 25.0, 0.05, (0.01, 0.09), candidate=False) == "kept"
 
 
 def test_an_unknown_demote_rule_is_refused():
     with pytest.raises(ValueError, match="demote must be one of"):
         RefreshConfig(demote="sometimes")
-
-
-def test_a_gain_wholly_below_zero_is_called_so():
-    from adapter_retrievers.refresh import decide
-
-    scores = {"base": 0.5, "live": 0.6, "candidate": 0.53}
-    _, below = decide(
-        RefreshConfig(demote="significantly_below"),
-        scores,
-        NO_NEW,
-        gain_over_live=(-0.13, -0.02),
-        candidate_over_base=(-0.1, 0.1),
-        live_over_base=(0.05, 0.15),
-        has_candidate=True,
-        live="v0001",
-    )
-    assert "gain over live -0.0700 is significantly below zero (95% interval [-0.1300, -0.0200])" in below
-    _, around = decide(
-        RefreshConfig(demote="significantly_below"),
-        scores,
-        NO_NEW,
-        gain_over_live=(-0.13, 0.02),
-        candidate_over_base=(-0.1, 0.1),
-        live_over_base=(0.05, 0.15),
-        has_candidate=True,
-        live="v0001",
-    )
-    assert "is not significantly above zero" in around
 
 
 def test_waiting_count_leaves_out_retrievals_that_have_a_signal(tmp_path):
@@ -301,3 +304,64 @@ def test_waiting_count_leaves_out_retrievals_that_have_a_signal(tmp_path):
     waiting = _keep_pending(run_file, tmp_path / "pending.jsonl", 2.0, DAY0)
     assert waiting == 1  # only b; every record is still kept, so a late signal for a, b or c finds its retrieval
     assert len((tmp_path / "pending.jsonl").read_text().splitlines()) == 5
+
+
+def log_shown_day(log, day, indices, wrong=False, seed=0):
+    """A day where each retrieval shows five documents (the one the query is about mostly on top) and 80% of
+    users click it; ``wrong``: every user clicks a shown document the query is not about."""
+    rng = np.random.default_rng(seed + day)
+    for n, i in enumerate(indices):
+        others = [f"d{j}" for j in rng.choice([j for j in range(300) if j != i], 4, replace=False)]
+        shown = list(others)
+        shown.insert(int(rng.choice([0, 0, 0, 1, 2])), f"d{i}")
+        stamp = (DAY0 + timedelta(days=day, minutes=n)).isoformat()
+        rid = log.log_retrieval(f"query {i}", [{"id": d} for d in shown], timestamp=stamp)
+        if wrong:
+            log.add_click(rid, others[int(rng.integers(4))])
+        elif rng.random() < 0.8:
+            log.add_click(rid, f"d{i}")
+
+
+def test_a_night_of_wrong_clicks_is_quarantined_until_an_operator_releases_it(tmp_path):
+    corpus, _, queries = make_rotation_task(n_docs=300, mix=0.4)  # a base model that finds a fair share
+    task = corpus, LookupEncoder(queries, corpus.embeddings)
+    log = RetrievalLog(tmp_path / "rag-log.jsonl")
+    store = AdapterStore(tmp_path / "store")
+    for day in range(3):
+        log_shown_day(log, day, range(70 * day, 70 * day + 70))
+        run(tmp_path, task, day)
+    live, candidate, versions = store.live, store.candidate, store.versions()
+    assert live is not None  # the rotation was learned and promoted
+    pairs_before = (store.state_dir / "pairs.jsonl").read_text()
+
+    log_shown_day(log, 3, range(210, 280), wrong=True)
+    poisoned = run(tmp_path, task, 3)
+    check = poisoned.record["quarantine_check"]
+    assert poisoned.action == "quarantined" and check["quarantine"], check
+    assert all(check["features"][name]["far"] for name in ("position", "base_agreement"))
+    # live was promoted the night before: its agreement has one night to compare with, too few to count
+    assert "live_agreement" not in check["features"] and check["nights_of_history"]["live_agreement"] == 1
+    assert (store.live, store.candidate, store.versions()) == (live, candidate, versions)  # nothing decided
+    assert (store.state_dir / "pairs.jsonl").read_text() == pairs_before  # its pairs are kept apart
+    night = poisoned.record["night"]
+    assert night == "night-2026-11-04" and f"adapter-retrievers release {night}" in poisoned.reason
+    status = CliRunner().invoke(app, ["status", "--store", str(store.root)]).output
+    assert f"quarantined {night}: clicks far outside their history" in status, status
+
+    # the next night reads the quarantined retrievals again (they wait for late signals): they stay apart
+    log_shown_day(log, 4, range(280, 300))
+    later = run(tmp_path, task, 4)
+    assert later.action != "quarantined"
+    stored = {json.loads(line)["query_id"] for line in (store.state_dir / "pairs.jsonl").read_text().splitlines()}
+    from adapter_retrievers.harvest import query_id
+
+    poisoned_queries = {query_id(f"query {i}") for i in range(210, 280)}
+    assert not stored & poisoned_queries
+
+    result = CliRunner().invoke(app, ["release", night, "--store", str(store.root)])
+    assert result.exit_code == 0 and "released by an operator: 70 pairs" in result.output, result.output
+    stored = {json.loads(line)["query_id"] for line in (store.state_dir / "pairs.jsonl").read_text().splitlines()}
+    assert poisoned_queries <= stored and store.history()[-1]["action"] == "released"
+    assert "quarantined" not in CliRunner().invoke(app, ["status", "--store", str(store.root)]).output
+    result = CliRunner().invoke(app, ["release", night, "--store", str(store.root)])
+    assert result.exit_code == 2 and result.output.startswith("error: no quarantined night")

@@ -60,6 +60,36 @@ def test_rollback_walks_back_through_versions_that_were_live(tmp_path):
     assert store.live == v3
 
 
+def test_rollback_after_a_demotion_restores_the_adapter_that_was_live_before_it(tmp_path):
+    store = AdapterStore(tmp_path)
+    v1, v2, v3 = (store.add_version(shifted(float(i)), {}) for i in range(1, 4))
+    store.set_live(v1, "promoted")
+    store.set_live(v2, "promoted")
+    store.set_live(None, "demoted")  # the nightly refresh served the base model
+    assert store.rollback()["live_after"] == v2  # undoes the demotion
+    assert store.rollback()["live_after"] == v1  # then walks back as before
+    store.set_live(None, "demoted")
+    store.set_live(v3, "promoted")  # promoted from the base model
+    assert store.rollback()["live_after"] is None  # back to what was live before: the base model
+    assert store.rollback()["live_after"] == v1  # ... and before that, the adapter the demotion took down
+    store.rollback()
+    with pytest.raises(StoreError, match="nothing to roll back to"):
+        store.rollback()
+
+
+def test_the_candidate_pointer_is_kept_by_retention_and_shown_by_status(tmp_path):
+    store = AdapterStore(tmp_path, keep=1)
+    versions = [store.add_version(shifted(float(i)), {}) for i in range(4)]
+    store.set_candidate(versions[0])
+    store.set_live(versions[1], "promoted")
+    assert store.prune() == [versions[2]] and store.candidate == versions[0]
+    assert store.status()["candidate"] == versions[0]
+    with pytest.raises(StoreError, match="no version v0042"):
+        store.set_candidate("v0042")
+    store.set_candidate(None)
+    assert store.candidate is None
+
+
 def test_retention_keeps_newest_and_live(tmp_path):
     store = AdapterStore(tmp_path, keep=2)
     versions = [store.add_version(shifted(float(i)), {}) for i in range(5)]

@@ -41,7 +41,7 @@ from adapter_retrievers.harvest.records import (
     Signal,
     iter_records,
 )
-from adapter_retrievers.harvest.report import HarvestReport, HarvestResult
+from adapter_retrievers.harvest.report import HarvestReport, HarvestResult, RetrievalFeedback
 
 Format = str
 
@@ -55,6 +55,7 @@ __all__ = [
     "HarvestResult",
     "LoggedDocument",
     "LoggedRetrieval",
+    "RetrievalFeedback",
     "Signal",
     "SignalPolicy",
     "content_hash",

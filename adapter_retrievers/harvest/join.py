@@ -11,7 +11,9 @@ functions, so both give the same pairs and the same report:
    retrieval of the trace it names);
 4. :func:`apply_signals`: one retrieval (:func:`latest_copy` of its logged copies) and its signals, in read
    order with answer feedback last, turned into positive and negative corpus ids;
-5. :func:`assemble`: the reports and the per-retrieval outcomes, in read order, into a :class:`HarvestResult`.
+5. :func:`assemble`: the reports and the per-retrieval outcomes, in read order, into a :class:`HarvestResult`
+   (with each retrieval's :class:`RetrievalFeedback`: where the named documents were shown, which ranker of an
+   interleaved list picked them, how likely they were to be shown).
 
 The files are read twice (signals first, then only the retrievals that have one), so signals may come
 before or after their retrieval and from other files, and memory grows with the number of signals,
@@ -42,7 +44,7 @@ from adapter_retrievers.harvest.records import (
     iter_records,
     trace_files,
 )
-from adapter_retrievers.harvest.report import HarvestReport, HarvestResult
+from adapter_retrievers.harvest.report import HarvestReport, HarvestResult, RetrievalFeedback
 
 Reader = Callable[[Records, ReadReport, SignalPolicy], Parsed]
 
@@ -137,6 +139,7 @@ class KeptRetrieval:
     timestamp: str | None
     session: str | None
     adapter_version: str | None
+    candidate_version: str | None = None
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Outcome:
     merged: ReadReport = field(default_factory=ReadReport)
     feedback_to_top_k: int = 0
     feedback_with_named_documents: int = 0
+    feedback: RetrievalFeedback | None = None
 
 
 def records_of(parsed: Parsed, unit: int, report: HarvestReport) -> Iterator[OrderedSignal | KeptRetrieval]:
@@ -202,6 +206,7 @@ def _kept(item: LoggedRetrieval, ordinal: Ordinal) -> KeptRetrieval:
         item.timestamp,
         item.session,
         item.adapter_version,
+        item.candidate_version,
     )
 
 
@@ -254,16 +259,42 @@ def apply_signals(
     """One retrieval's signals, in :func:`signal_order`, as positive and negative corpus ids (the policy's)."""
     rid = retrieval.retrieval_id
     outcome = Outcome(retrieval, merged=merged if merged is not None else ReadReport())
-    docs = tuple((match(d), d.position, d.id) for d in retrieval.documents)
+    corpus_ids = [match(d) for d in retrieval.documents]
+    docs = tuple((corpus_id, d.position, d.id) for corpus_id, d in zip(corpus_ids, retrieval.documents))
     positives: dict[str, dict[str, float]] = {rid: outcome.positives}
     negatives: dict[str, set[str]] = {rid: outcome.negatives}
+    from_feedback: set[str] = set()  # positives only answer feedback gave (it names no document)
     for _, signal in sorted(signals, key=signal_order):
+        before = set(outcome.positives)
         used = apply_signal(signal, rid, docs, policy, positives, negatives, outcome.skipped, match, outcome.merged)
         if used == "top_k":
             outcome.feedback_to_top_k += 1
+            from_feedback |= set(outcome.positives) - before
         elif used == "named":
             outcome.feedback_with_named_documents += 1
+    outcome.feedback = _feedback(retrieval, corpus_ids, [d for d in outcome.positives if d not in from_feedback])
     return outcome
+
+
+def _feedback(retrieval: KeptRetrieval, corpus_ids: list[str | None], named: list[str]) -> RetrievalFeedback:
+    """Where the documents a click, citation or label named were shown, whose pick they were, how likely shown."""
+    shown = {}
+    for corpus_id, doc in zip(corpus_ids, retrieval.documents):
+        if corpus_id is not None and corpus_id not in shown:
+            shown[corpus_id] = doc
+    where = [shown.get(d) for d in named]
+    return RetrievalFeedback(
+        retrieval.retrieval_id,
+        query_id(retrieval.query),
+        retrieval.timestamp,
+        retrieval.adapter_version,
+        retrieval.candidate_version,
+        len(retrieval.documents),
+        named,
+        [d.position if d is not None else None for d in where],
+        [d.ranker if d is not None else None for d in where],
+        [d.propensity if d is not None else None for d in where],
+    )
 
 
 def assemble(
@@ -284,6 +315,7 @@ def assemble(
     relevant: dict[str, dict[str, float]] = {}
     hard: dict[str, set[str]] = {}
     info: dict[str, dict[str, Any]] = {}
+    feedback: list[RetrievalFeedback] = []
     for outcome in sorted(outcomes, key=lambda o: o.retrieval.ordinal):
         read.merge(outcome.skipped)
         report.merged.merge(outcome.merged)
@@ -291,6 +323,8 @@ def assemble(
         report.feedback_with_named_documents += outcome.feedback_with_named_documents
         if not outcome.positives and not outcome.negatives:
             continue
+        if outcome.feedback is not None:
+            feedback.append(outcome.feedback)
         r = outcome.retrieval
         qid = query_id(r.query)
         for doc_id in outcome.positives:
@@ -300,14 +334,15 @@ def assemble(
         relevant.setdefault(qid, {}).update(outcome.positives)
         hard.setdefault(qid, set()).update(outcome.negatives)
         first = {"timestamp": r.timestamp, "session": r.session, "adapter_version": r.adapter_version}
+        first["propensity"] = outcome.feedback.propensity if outcome.feedback is not None else None
         seen = info.setdefault(qid, first)
         if r.timestamp and (seen["timestamp"] is None or r.timestamp < seen["timestamp"]):
-            seen["timestamp"], seen["session"], seen["adapter_version"] = r.timestamp, r.session, r.adapter_version
+            seen.update(first)
     report.records_read = read.rows_read
     ts = TrainingSet(queries, relevant, hard, name, read)
     report.queries, report.pairs = len(ts), ts.n_pairs
     report.negatives = sum(len(v) for v in ts.negatives.values())
-    return HarvestResult(ts, report, info)
+    return HarvestResult(ts, report, info, feedback)
 
 
 def harvest(

@@ -16,6 +16,7 @@ from adapter_retrievers.data import ReadReport
 from adapter_retrievers.harvest.ours import signal_record
 from adapter_retrievers.harvest.policy import SignalPolicy
 from adapter_retrievers.harvest.records import LoggedDocument, LoggedRetrieval, Parsed, Records, as_float, as_str
+from adapter_retrievers.interleaving import CANDIDATE_VERSION
 
 FORMAT = "llamaindex"
 
@@ -47,7 +48,16 @@ def read_llamaindex(records: Records, report: ReadReport, policy: SignalPolicy |
                 docs.append(LoggedDocument(as_str(node.get("id_")), text, as_float(item.get("score")), i, meta))
             timestamp = starts.pop(span_id, (None, None))[1] or as_str(obj.get("timestamp"))
             tags = obj.get("tags") if isinstance(obj.get("tags"), dict) else {}
-            yield LoggedRetrieval(span_id, query, docs, None, timestamp, as_str(tags.get("session_id")))
+            yield LoggedRetrieval(
+                span_id,
+                query,
+                docs,
+                None,
+                timestamp,
+                as_str(tags.get("session_id")),
+                as_str(tags.get("adapter_version")),
+                as_str(tags.get(CANDIDATE_VERSION)),
+            )
         elif name in ("feedback", "signal") or obj.get("type") == "signal":
             yield from signal_record(obj, where, report)
         else:

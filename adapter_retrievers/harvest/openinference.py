@@ -51,6 +51,7 @@ from adapter_retrievers.harvest.records import (
     as_str,
     json_maybe,
 )
+from adapter_retrievers.interleaving import CANDIDATE_VERSION
 
 FORMAT = "openinference"
 # the SDK keeps document metadata as one JSON string; Phoenix flattens it to one attribute per key
@@ -91,8 +92,7 @@ def read_openinference(records: Records, report: ReadReport, policy: SignalPolic
                 report.skip("RETRIEVER span without input.value or span id", where)
                 continue
             session = as_str(attrs.get("session.id")) or as_str(attrs.get("user.id"))
-            run_metadata = json_maybe(attrs.get("metadata"))  # LangChain run metadata: the serving version
-            version = as_str(run_metadata.get("adapter_version")) if isinstance(run_metadata, dict) else None
+            run_metadata = _run_metadata(attrs)  # LangChain run metadata: the serving version, the candidate
             yield LoggedRetrieval(
                 span_id,
                 query,
@@ -100,8 +100,20 @@ def read_openinference(records: Records, report: ReadReport, policy: SignalPolic
                 as_str(span.get("trace_id")),
                 _timestamp(span["start"]),
                 session,
-                version,
+                as_str(run_metadata.get("adapter_version")),
+                as_str(run_metadata.get(CANDIDATE_VERSION)),  # interleaved: documents name their ranker
             )
+
+
+def _run_metadata(attrs: dict) -> dict:
+    """The span's ``metadata`` attribute: one JSON string from the SDK, one ``metadata.<key>`` attribute per key
+    from Phoenix (which flattens it)."""
+    meta = json_maybe(attrs.get("metadata"))
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    for key, value in attrs.items():
+        if isinstance(key, str) and key.startswith("metadata."):
+            meta.setdefault(key[len("metadata.") :], value)
+    return meta
 
 
 def _span_documents(attrs: dict) -> list[LoggedDocument]:

@@ -33,6 +33,7 @@ def read_ours(records: Records, report: ReadReport, policy: SignalPolicy | None 
             if not isinstance(query, str) or not query.strip() or rid is None or not isinstance(documents, list):
                 report.skip("retrieval without id, query or documents", where)
                 continue
+            interleaving = obj.get("interleaving") if isinstance(obj.get("interleaving"), dict) else {}
             yield LoggedRetrieval(
                 rid,
                 query,
@@ -41,6 +42,7 @@ def read_ours(records: Records, report: ReadReport, policy: SignalPolicy | None 
                 as_str(obj.get("timestamp")),
                 as_str(obj.get("session")) or as_str(obj.get("user")),
                 as_str(obj.get("adapter_version")),
+                as_str(interleaving.get("candidate")),
             )
         elif kind == "signal":
             yield from signal_record(obj, where, report)

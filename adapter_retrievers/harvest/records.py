@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_retrievers.data import ReadReport, _finite, _json, _open_binary, _RowErrors, iter_lines
+from adapter_retrievers.interleaving import PROPENSITY_KEY, RANKER_KEY
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 POSITIVE_WORDS = frozenset({"relevant", "yes", "true", "thumbs_up", "up", "correct", "good"})
@@ -30,11 +31,26 @@ NEGATIVE_WORDS = frozenset(
 
 @dataclass
 class LoggedDocument:
+    """One shown document. ``ranker``/``propensity``: on an interleaved retrieval, the ranker whose pick it
+    was (``"live"`` or ``"candidate"``) and the probability it was shown at all; read from the fields of our
+    log or, where a trace keeps only metadata (OpenInference spans, LlamaIndex nodes), from the
+    ``adapter_ranker``/``adapter_propensity`` metadata the wrappers add."""
+
     id: str | None
     content: str | None
     score: float | None
     position: int
     metadata: dict = field(default_factory=dict)
+    ranker: str | None = None
+    propensity: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ranker is None:
+            self.ranker = as_str(self.metadata.get(RANKER_KEY))
+        if self.propensity is None:
+            self.propensity = as_float(self.metadata.get(PROPENSITY_KEY))
+        if self.propensity is not None and not 0.0 < self.propensity <= 1.0:
+            self.propensity = None  # not a probability: unknown, never a weight
 
 
 @dataclass
@@ -46,6 +62,7 @@ class LoggedRetrieval:
     timestamp: str | None = None
     session: str | None = None
     adapter_version: str | None = None  # the adapter-store version that served it ("base": none), if logged
+    candidate_version: str | None = None  # interleaved: the candidate version live was compared with
 
 
 @dataclass
@@ -114,7 +131,9 @@ def logged_document(d: Any, position: int) -> LoggedDocument | None:
     if score is None:
         score = as_float(meta.get("score"))
     pos = d.get("position") if isinstance(d.get("position"), int) else position
-    return LoggedDocument(as_str(d.get("id")), content, score, pos, meta)
+    return LoggedDocument(
+        as_str(d.get("id")), content, score, pos, meta, as_str(d.get("ranker")), as_float(d.get("propensity"))
+    )
 
 
 def logged_documents(items: list) -> list[LoggedDocument]:

@@ -59,10 +59,45 @@ class HarvestReport:
 
 
 @dataclass
+class RetrievalFeedback:
+    """What the signals said about one retrieval, beyond its pairs: which documents a click, citation or
+    positive label named (corpus ids), where each was shown, which ranker of an interleaved list picked it
+    (``"live"``/``"candidate"``; None when the list was not interleaved) and how likely it was to be shown.
+
+    The nightly refresh credits interleaved comparisons from it and profiles each night's feedback.
+    """
+
+    retrieval_id: str
+    query_id: str
+    timestamp: str | None
+    adapter_version: str | None
+    candidate_version: str | None
+    n_shown: int
+    documents: list[str]
+    positions: list[int | None]
+    rankers: list[str | None]
+    propensities: list[float | None]
+
+    @property
+    def credit(self) -> dict[str, int]:
+        """Named documents per ranker (see :func:`adapter_retrievers.interleaving.credit`)."""
+        from adapter_retrievers.interleaving import credit
+
+        return credit(self.rankers)
+
+    @property
+    def propensity(self) -> float | None:
+        """The smallest known probability that a named document was shown (None: not recorded)."""
+        known = [p for p in self.propensities if p is not None]
+        return min(known) if known else None
+
+
+@dataclass
 class HarvestResult:
     training_set: TrainingSet
     report: HarvestReport
     query_info: dict[str, dict[str, Any]]  # query id -> {"timestamp": first seen, "session": ...}
+    feedback: list[RetrievalFeedback] = field(default_factory=list)  # per retrieval with a signal, in read order
 
     def split(self, by: Literal["time", "session"] = "time", fraction: float = 0.2) -> tuple[TrainingSet, TrainingSet]:
         """Hold out the newest queries (``time``) or whole sessions (``session``): held-out queries are new."""

@@ -13,6 +13,12 @@ or keep the vector store as it is and wrap it:
 With an :class:`~adapter_retrievers.registry.AdapterRegistry` as ``adapter``, the key is taken per
 call from ``retriever.invoke(q, adapter_key="tenant-a")`` or from the run config
 ``{"metadata": {"adapter_key": "tenant-a"}}``, and unknown keys fall back to no adapter.
+
+A registry with ``interleave=0.1`` (``AdapterRegistry.from_store(store, ..., interleave=0.1)``) makes the
+retriever show, for 10% of calls, a team-draft interleaving of live's and the store candidate's results:
+each returned ``Document`` then carries ``adapter_ranker`` (``"live"``/``"candidate"``) and
+``adapter_propensity`` in its metadata and the run metadata names ``adapter_candidate_version``, so the
+capture handler and OpenInference spans record who contributed each document.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
 
+import numpy as np
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
     BaseCallbackHandler,
@@ -37,6 +44,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.encoders import as_encoder
+from adapter_retrievers.interleaving import CANDIDATE_VERSION, PROPENSITY_KEY, RANKER_KEY
 from adapter_retrievers.registry import (
     ADAPTER_KEY,
     ADAPTER_VERSION,
@@ -45,7 +53,9 @@ from adapter_retrievers.registry import (
     adapt_query_vector,
     adapter_metadata,
     check_adapter_for,
+    interleaved_results,
     pin_adapter,
+    pinned_for,
 )
 
 AdapterLike = QueryAdapter | AdapterRegistry
@@ -161,7 +171,11 @@ class AdapterRetriever(BaseRetriever):
         metadata = dict(config.get("metadata") or {})
         pin = pin_adapter(self.adapter, kwargs.get(ADAPTER_KEY) or metadata.get(ADAPTER_KEY) or self.adapter_key)
         if pin.version is not None:
-            config = {**config, "metadata": {**metadata, ADAPTER_VERSION: pin.version}}
+            metadata[ADAPTER_VERSION] = pin.version
+        if pin.candidate_version is not None:
+            metadata[CANDIDATE_VERSION] = pin.candidate_version
+        if pin.version is not None or pin.candidate_version is not None:
+            config = {**config, "metadata": metadata}
         return pin, config
 
     def invoke(self, input: str, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
@@ -177,25 +191,59 @@ class AdapterRetriever(BaseRetriever):
     def _search_params(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {**self.search_kwargs, **kwargs, "k": kwargs.get("k", self.k)}
 
+    def _search(self, vector: list[float], params: dict[str, Any]) -> list[Document]:
+        if self.search_type == "mmr":
+            return self.vectorstore.max_marginal_relevance_search_by_vector(vector, **params)
+        return self.vectorstore.similarity_search_by_vector(vector, **params)
+
+    async def _asearch(self, vector: list[float], params: dict[str, Any]) -> list[Document]:
+        if self.search_type == "mmr":
+            return await self.vectorstore.amax_marginal_relevance_search_by_vector(vector, **params)
+        return await self.vectorstore.asimilarity_search_by_vector(vector, **params)
+
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         key = self._key(kwargs, run_manager)
-        vector = adapt_query_vector(self.adapter, key, self.embeddings.embed_query(query))
+        base = self.embeddings.embed_query(query)
         params = self._search_params(kwargs)
-        if self.search_type == "mmr":
-            return self.vectorstore.max_marginal_relevance_search_by_vector(vector, **params)
-        return self.vectorstore.similarity_search_by_vector(vector, **params)
+        documents = self._search(adapt_query_vector(self.adapter, key, base), params)
+        pin = pinned_for(self.adapter, key)
+        if pin is None or not pin.interleaved:
+            return documents
+        return _interleaved(pin, documents, self._search(_challenged(pin, base), params), params["k"])
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         key = self._key(kwargs, run_manager)
-        vector = adapt_query_vector(self.adapter, key, await self.embeddings.aembed_query(query))
+        base = await self.embeddings.aembed_query(query)
         params = self._search_params(kwargs)
-        if self.search_type == "mmr":
-            return await self.vectorstore.amax_marginal_relevance_search_by_vector(vector, **params)
-        return await self.vectorstore.asimilarity_search_by_vector(vector, **params)
+        documents = await self._asearch(adapt_query_vector(self.adapter, key, base), params)
+        pin = pinned_for(self.adapter, key)
+        if pin is None or not pin.interleaved:
+            return documents
+        return _interleaved(pin, documents, await self._asearch(_challenged(pin, base), params), params["k"])
+
+
+def _challenged(pin: PinnedAdapter, base: list[float]) -> list[float]:
+    return pin.challenger.transform(np.asarray(base, dtype=np.float32)).tolist()  # type: ignore[union-attr]
+
+
+def _document_key(document: Document) -> Any:
+    return document.id if document.id is not None else (document.page_content, document.metadata.get("id"))
+
+
+def _interleaved(pin: PinnedAdapter, live: list[Document], candidate: list[Document], k: int) -> list[Document]:
+    """Team draft of live's and the challenger's documents; copies marked with their ranker and propensity."""
+    return [
+        Document(
+            page_content=doc.page_content,
+            metadata={**doc.metadata, RANKER_KEY: ranker, PROPENSITY_KEY: round(propensity, 6)},
+            id=doc.id,
+        )
+        for doc, ranker, propensity in interleaved_results(pin, live, candidate, k, _document_key)
+    ]
 
 
 class RetrievalLogger(BaseCallbackHandler):
@@ -288,6 +336,7 @@ class RetrievalLogger(BaseCallbackHandler):
             user=metadata.get("user_id"),
             source="langchain",
             adapter_version=metadata.get(ADAPTER_VERSION),
+            candidate_version=metadata.get(CANDIDATE_VERSION),
         )
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:

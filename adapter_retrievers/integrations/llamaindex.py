@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.instrumentation.dispatcher import active_instrument_tags, instrument_tags
@@ -33,6 +34,7 @@ from pydantic import Field, PrivateAttr
 from adapter_retrievers.adapters import QueryAdapter
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.encoders import as_encoder
+from adapter_retrievers.interleaving import CANDIDATE_VERSION, PROPENSITY_KEY, RANKER_KEY
 from adapter_retrievers.registry import (
     ADAPTER_VERSION,
     AdapterRegistry,
@@ -40,7 +42,9 @@ from adapter_retrievers.registry import (
     adapt_query_vector,
     adapter_metadata,
     check_adapter_for,
+    interleaved_results,
     pin_adapter,
+    pinned_for,
 )
 
 
@@ -164,6 +168,11 @@ class AdapterVectorRetriever(BaseRetriever):
     Returns ``NodeWithScore`` as usual; ``similarity_top_k``, ``filters`` and other keyword
     arguments go to ``index.as_retriever``. ``embed_model`` is the base model (default: the index's),
     anything :class:`AdapterEmbedding` takes; the adapter is checked against it here.
+
+    With a registry that interleaves (``AdapterRegistry(..., interleave=0.1)`` or ``from_store(...,
+    interleave=0.1)``), that fraction of retrievals returns a team-draft interleaving of live's and the
+    challenger's nodes: copies whose metadata carries ``adapter_ranker`` and ``adapter_propensity``, with
+    ``adapter_candidate_version`` in the instrumentation tags (the retrieval events and our log name both).
     """
 
     def __init__(
@@ -188,7 +197,9 @@ class AdapterVectorRetriever(BaseRetriever):
         """One adapter for the whole retrieval (a registry following a store may swap meanwhile); its
         version goes into the instrumentation tags, so the retrieval events name it."""
         pin = pin_adapter(self._adapter, self._adapter_key)
-        tags = {**active_instrument_tags.get(), ADAPTER_VERSION: pin.version} if pin.version else None
+        named = {ADAPTER_VERSION: pin.version, CANDIDATE_VERSION: pin.candidate_version}
+        named = {k: v for k, v in named.items() if v is not None}
+        tags = {**active_instrument_tags.get(), **named} if named else None
         with pin, instrument_tags(tags) if tags else contextlib.nullcontext():
             yield pin
 
@@ -207,17 +218,44 @@ class AdapterVectorRetriever(BaseRetriever):
             embedding=adapt_query_vector(self._adapter, self._adapter_key, vector),
         )
 
+    def _challenger_bundle(self, pin: PinnedAdapter, query_bundle: QueryBundle, vector: Embedding) -> QueryBundle:
+        adapted = pin.challenger.transform(np.asarray(vector, dtype=np.float32)).tolist()  # type: ignore[union-attr]
+        return QueryBundle(
+            query_bundle.query_str, custom_embedding_strs=query_bundle.custom_embedding_strs, embedding=adapted
+        )
+
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         vector = query_bundle.embedding or self._embed_model.get_query_embedding(query_bundle.query_str)
         bundle = self._adapted_bundle(query_bundle, vector)
+        pin = pinned_for(self._adapter, self._adapter_key)
         with _delegating():
-            return self._inner.retrieve(bundle)
+            nodes = self._inner.retrieve(bundle)
+            if pin is None or not pin.interleaved:
+                return nodes
+            other = self._inner.retrieve(self._challenger_bundle(pin, query_bundle, vector))
+        return _interleaved(pin, nodes, other, self._inner.similarity_top_k)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         vector = query_bundle.embedding or await self._embed_model.aget_query_embedding(query_bundle.query_str)
         bundle = self._adapted_bundle(query_bundle, vector)
+        pin = pinned_for(self._adapter, self._adapter_key)
         with _delegating():
-            return await self._inner.aretrieve(bundle)
+            nodes = await self._inner.aretrieve(bundle)
+            if pin is None or not pin.interleaved:
+                return nodes
+            other = await self._inner.aretrieve(self._challenger_bundle(pin, query_bundle, vector))
+        return _interleaved(pin, nodes, other, self._inner.similarity_top_k)
+
+
+def _interleaved(pin: PinnedAdapter, live: list[NodeWithScore], candidate: list[NodeWithScore], k: int) -> list:
+    """Team draft of live's and the challenger's nodes: copies (the index's nodes are left as they are) whose
+    metadata names the ranker and the propensity."""
+    drafted = []
+    for item, ranker, propensity in interleaved_results(pin, live, candidate, k, lambda n: n.node.node_id):
+        node = item.node.model_copy()
+        node.metadata = {**item.node.metadata, RANKER_KEY: ranker, PROPENSITY_KEY: round(propensity, 6)}
+        drafted.append(NodeWithScore(node=node, score=item.score))
+    return drafted
 
 
 class RetrievalEventLogger(BaseEventHandler):
@@ -268,4 +306,5 @@ class RetrievalEventLogger(BaseEventHandler):
                 source="llamaindex",
                 timestamp=started,
                 adapter_version=tags.get(ADAPTER_VERSION),
+                candidate_version=tags.get(CANDIDATE_VERSION),
             )

@@ -62,6 +62,7 @@ def assert_same(one, on_ray, same_locations: bool = True) -> None:
     assert list(rts.queries.items()) == list(ts.queries.items())  # the same queries in the same order
     assert rts.relevant == ts.relevant and rts.negatives == ts.negatives
     assert on_ray.query_info == one.query_info
+    assert on_ray.feedback == one.feedback  # what each signal named, where shown, which ranker picked it
     if same_locations:
         assert dataclasses.asdict(on_ray.report) == dataclasses.asdict(one.report)
         assert str(on_ray.report) == str(one.report)
@@ -90,6 +91,8 @@ def test_every_format_same_as_one_process(tmp_path, corpus):
         one = harvest(files, corpus, fmt)
         assert one.report.pairs > 0 and one.report.skipped.n_skipped + one.report.merged.n_skipped > 0, fmt
         assert_same(one, results[fmt])
+    credited = [f.credit for f in results["ours"].feedback if f.candidate_version == "v0002"]
+    assert sorted(c["candidate"] - c["live"] for c in credited) == [0, 1], credited  # clicks credited on Ray too
 
 
 def test_bundled_log_sharded_on_a_filesystem_url(tmp_path):

@@ -92,3 +92,60 @@ def test_more_annotated_spans_than_one_graphql_request_takes(phoenix_server, tmp
     store = AdapterStore(tmp_path / "store")
     outcome = refresh(store, [PhoenixSource(phoenix_server, "many-spans")], Corpus(ids, texts), encoder)
     assert outcome.record["data"]["n_queries"] == len(queries)  # every click found, in one page of spans
+
+
+def test_interleaved_traffic_through_phoenix_credits_each_click_to_its_ranker(phoenix_server, tmp_path):
+    """A real chain interleaving live with the store's candidate, traced by OpenInference into a real Phoenix:
+    the spans carry each document's ranker, the refresh reads them back and credits every click."""
+    import json
+
+    import chromadb
+    import numpy as np
+    from langchain_chroma import Chroma
+    from phoenix.client import Client
+
+    from adapter_retrievers import QueryAdapter
+    from adapter_retrievers.integrations.langchain import AdapterRetriever, EncoderEmbeddings
+    from adapter_retrievers.integrations.phoenix import trace_langchain
+    from adapter_retrievers.registry import AdapterRegistry
+
+    encoder = HashingEncoder(64, "test/hashing-64")
+    ids = [f"doc-{t}" for t in TOPICS]
+    texts = [f"notes on {t} and more {t}" for t in TOPICS]
+    store = AdapterStore(tmp_path / "store")
+    for seed in (1, 2):  # two adapters that rank differently
+        adapter = QueryAdapter.create("linear", 64, encoder.model_id)
+        adapter.params["weight"] = np.random.default_rng(seed).standard_normal((64, 64)).astype(np.float32)
+        store.add_version(adapter, {})
+    store.set_live("v0001", "promoted")
+    store.set_candidate("v0002")
+    vectorstore = Chroma(
+        collection_name="interleaved",
+        embedding_function=EncoderEmbeddings(encoder),
+        client=chromadb.PersistentClient(path=str(tmp_path / "db")),
+    )
+    vectorstore.add_texts(texts, ids=ids, metadatas=[{"doc_id": i} for i in ids])
+    registry = AdapterRegistry.from_store(store, encoder.model_id, 64, check_interval=0, interleave=1.0, seed=0)
+    retriever = AdapterRetriever(vectorstore=vectorstore, embeddings=EncoderEmbeddings(encoder), adapter=registry, k=4)
+    queries = [f"tell me about {t}" for t in TOPICS[:10]]
+    with trace_langchain(phoenix_server, "interleaved"):
+        shown = {q: retriever.invoke(q) for q in queries}
+    client = Client(base_url=phoenix_server)
+    spans = _stored_retriever_spans(client, set(queries), "interleaved")
+    _click_first_results(client, spans, queries)  # each user clicks the top document
+
+    corpus = Corpus(ids, texts)
+    config = RefreshConfig(min_queries=1000)  # read and credit only: no training tonight
+    refresh(store, [PhoenixSource(phoenix_server, "interleaved")], corpus, encoder, config)
+    rows = [json.loads(line) for line in (store.state_dir / "interleaving.jsonl").read_text().splitlines()]
+    assert len(rows) == len(queries) and {(r["live"], r["candidate"]) for r in rows} == {("v0001", "v0002")}
+    by_span = {r["retrieval_id"]: r for r in rows}
+    for q in queries:
+        top = shown[q][0].metadata["adapter_ranker"]
+        row = by_span[spans[q]["context"]["span_id"]]
+        assert (row["live_clicks"], row["candidate_clicks"]) == ((1, 0) if top == "live" else (0, 1)), q
+    assert {shown[q][0].metadata["adapter_ranker"] for q in queries} == {"live", "candidate"}
+    pending = [json.loads(line) for line in (store.state_dir / "pending.jsonl").read_text().splitlines()]
+    retrievals = [r for r in pending if r["type"] == "retrieval"]
+    assert {r["adapter_version"] for r in retrievals} == {"v0001"}  # Phoenix flattens run metadata: still read
+    assert all(d["ranker"] in ("live", "candidate") and d["propensity"] for r in retrievals for d in r["documents"])
