@@ -68,9 +68,7 @@ def _when(value: datetime | str | None, name: str = "since") -> datetime | None:
     try:
         parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(
-            f"{name} {value!r}: not an ISO 8601 time (like 2026-11-27 or 2026-11-27T03:00:00Z)"
-        ) from None
+        raise ValueError(f"{name} {value!r}: not an ISO 8601 time (like 2026-11-27 or 2026-11-27T03:00:00Z)") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
