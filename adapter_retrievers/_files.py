@@ -106,9 +106,10 @@ def atomic_folder(path: os.PathLike | str) -> Iterator[Path]:
     tmp = make_temp_folder(path.parent, prefix=f".{path.name}.")
     try:
         yield tmp
-        for child in tmp.iterdir():
-            with open(child, "rb") as handle:
-                os.fsync(handle.fileno())
+        for child in sorted(tmp.rglob("*")):  # the files of subfolders too (a Chroma index's segment folders)
+            if child.is_file() and not child.is_symlink():
+                with open(child, "rb") as handle:
+                    os.fsync(handle.fileno())
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"{path} exists and is not a folder")
         if path.exists():

@@ -2,21 +2,89 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from adapter_retrievers._files import atomic_write_text
 from adapter_retrievers.adapters import AdapterFileError
 from adapter_retrievers.data import DataFormatError
 from adapter_retrievers.outputs import Output, check_outputs
 
+try:  # typer 0.2x parses with its own copy of click: its exceptions are that copy's
+    from typer import _click as click
+except ImportError:  # older typer: click itself
+    import click  # type: ignore[no-redef]
+errors = click.exceptions
+_BARE_HELP = getattr(errors, "NoArgsIsHelpError", ())  # click >= 8.2: the help for a bare command, exit code 2
+
+
+class UsageLine(errors.ClickException):
+    """A usage error shown as one ``error:`` line (exit code 2), like every other bad input."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        typer.secho(f"error: {self.message}", err=True, fg=typer.colors.RED)
+
+
+def _flag(param: Any) -> str:
+    if param is None:
+        return "?"
+    if param.param_type_name == "option":
+        return max(param.opts, key=len)  # --output over -o
+    return str(param.name).upper()  # an argument, as the other messages name it (TRACES, ADAPTER)
+
+
+def usage_line(error: errors.UsageError) -> str:
+    """Click's own usage error (a missing option, a badly typed value, an unknown flag or command) as one line
+    that starts with the flag, instead of click's four (usage, ``Try --help``, a blank line, ``Error:``)."""
+    command = f"; see {error.ctx.command_path} --help" if error.ctx is not None else ""
+    if isinstance(error, errors.MissingParameter):
+        return f"{_flag(error.param)} is required{command}"
+    if isinstance(error, errors.NoSuchOption):
+        maybe = f" (did you mean {', '.join(sorted(error.possibilities))}?)" if error.possibilities else ""
+        return f"{error.option_name}: no such option{maybe}{command}"
+    message = error.message.rstrip(".")
+    message = message[:1].lower() + message[1:]
+    if isinstance(error, errors.BadParameter):
+        return f"{_flag(error.param)}: {message}"
+    return f"{message}{command}"  # option '-o' requires an argument, no such command 'x', extra arguments
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _BARE_HELP:
+        raise  # the help itself, for a bare `adapter-retrievers`
+    except errors.UsageError as error:
+        raise UsageLine(usage_line(error)) from None
+
+
+class _Commands(TyperGroup):
+    """The CLI's commands, where click's own usage errors are one line too (the console script, ``python -m
+    adapter_retrievers`` and ``CliRunner`` all parse through this group)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.core.Context:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.core.Context) -> Any:
+        with _one_line_usage_errors():  # a subcommand parses its options here
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,  # plain help: wraps at the terminal width and keeps the examples' lines as written
@@ -90,13 +158,29 @@ def _input_file(path: Path | None, flag: str) -> None:
         raise ValueError(f"{flag} {path}: {'not a file' if path.exists() else 'no such file'}")
 
 
+def _beir_folder(path: Path | None, flag: str, splits: dict[str, str] | None = None) -> None:
+    """A BEIR folder with a corpus, and with queries and the qrels split each flag names (``{"--split": "test"}``)."""
+    from adapter_retrievers.data import find_beir_file
+
+    _input_folder(path, flag)
+    if path is None:
+        return
+    for stem in ("corpus", "queries") if splits else ("corpus",):
+        if find_beir_file(path, stem) is None:
+            raise ValueError(f"{flag} {path}: no {stem}.jsonl or {stem}.jsonl.gz in it (not a BEIR folder)")
+    for split_flag, split in (splits or {}).items():
+        if not (path / "qrels" / f"{split}.tsv").is_file():
+            there = ", ".join(sorted(p.stem for p in (path / "qrels").glob("*.tsv"))) or "none"
+            raise ValueError(f"{split_flag} {split}: no qrels/{split}.tsv in {flag} {path} (splits there: {there})")
+
+
 def _outputs(*outputs: Output | None, overwrite: bool = False) -> None:
     """The write rule (:mod:`adapter_retrievers.outputs`) for every output of a command, before any work."""
     check_outputs(outputs, overwrite, hint="--overwrite", protect_sources=True)
 
 
-def _file(path: Path | None, flag: str) -> Output | None:
-    return None if path is None else Output(path, flag)
+def _file(path: Path | None, flag: str, suffix: str) -> Output | None:
+    return None if path is None else Output(path, flag, suffix=suffix)
 
 
 def _is_embedding_cache(folder: Path) -> bool:
@@ -161,7 +245,14 @@ def _check_model(model: str) -> None:
         raise ValueError(f"--model {model} needs sentence-transformers: pip install sentence-transformers")
     if Path(model).expanduser().is_dir():
         return
-    if not _in_hub_cache(model):  # never a download at run time (and no minute of network retries first)
+    try:
+        cached = _in_hub_cache(model)
+    except ValueError:  # not even a Hub id (huggingface_hub's HFValidationError): 'not/a/model'
+        raise ValueError(
+            f"--model {model}: not a local folder and not a Hugging Face model id (like "
+            "sentence-transformers/all-MiniLM-L6-v2): give a folder with the model, or --model bundled"
+        ) from None
+    if not cached:  # never a download at run time (and no minute of network retries first)
         raise ValueError(
             f"--model {model}: not a local folder and not in the Hugging Face cache; this command never "
             "downloads a model: give a folder with the model (or download it once beforehand), or --model bundled"
@@ -184,9 +275,12 @@ def _encoder(model: str, cache_dir: Path, progress: bool = True) -> Any:
     from adapter_retrievers.encoders import CachedEncoder, SentenceTransformerEncoder, minilm_encoder
     from adapter_retrievers.progress import status
 
+    started = time.perf_counter()
     status(f"model: loading {'all-MiniLM-L6-v2 (bundled)' if model == 'bundled' else model} ...", progress)
     if model == "bundled":
-        return CachedEncoder(minilm_encoder(), cache_dir, progress=progress)
+        loaded_encoder = minilm_encoder()
+        status(f"model: loaded in {time.perf_counter() - started:.1f}s", progress)
+        return CachedEncoder(loaded_encoder, cache_dir, progress=progress)
     from sentence_transformers import SentenceTransformer
 
     local = Path(model).expanduser().is_dir()
@@ -197,17 +291,20 @@ def _encoder(model: str, cache_dir: Path, progress: bool = True) -> Any:
         raise ValueError(f"--model {model}: cannot load it ({first})") from None
     encoder = SentenceTransformerEncoder(loaded, model_id=model)
     encoder.progress = progress
+    status(f"model: loaded in {time.perf_counter() - started:.1f}s ({encoder.dimension} dimensions)", progress)
     return CachedEncoder(encoder, cache_dir, progress=progress)
 
 
-def _check_sources(beir: Path | None, pairs: Path | None, qa_json: Path | None, corpus: Path | None) -> None:
+def _check_sources(
+    beir: Path | None, pairs: Path | None, qa_json: Path | None, corpus: Path | None, split: str
+) -> None:
     given = [x for x in (beir, pairs, qa_json) if x is not None]
     if len(given) != 1:
         raise ValueError("give exactly one of --beir, --pairs or --qa-json")
     if pairs is not None and corpus is None:
         raise ValueError("--pairs needs --corpus FOLDER (a BEIR folder with corpus.jsonl)")
-    _input_folder(beir, "--beir")
-    _input_folder(corpus, "--corpus")
+    _beir_folder(beir, "--beir", {"--split": split})
+    _beir_folder(corpus, "--corpus")
     _input_file(pairs, "--pairs")
     _input_file(qa_json, "--qa-json")
 
@@ -216,7 +313,7 @@ def _load(beir: Path | None, split: str, pairs: Path | None, qa_json: Path | Non
     from adapter_retrievers.data import Corpus, TrainingSet
 
     errors = "skip" if lenient else "raise"
-    _check_sources(beir, pairs, qa_json, corpus)
+    _check_sources(beir, pairs, qa_json, corpus, split)
     if qa_json is not None:
         return TrainingSet.from_llamaindex_json(qa_json), Corpus.from_llamaindex_json(qa_json)
     corpus_folder = corpus or beir
@@ -281,9 +378,10 @@ def train(
             "--negatives must be a whole number of random negatives per query, or 'all', or several of them "
             f"separated by commas; got {negatives!r}"
         )
-    if epochs < 1 or learning_rate <= 0:
-        raise ValueError("--epochs must be at least 1 and --learning-rate above 0")
-    _check_sources(beir, pairs, qa_json, corpus)
+    _at_least(epochs, 1, "--epochs")
+    if learning_rate <= 0:
+        raise ValueError(f"--learning-rate must be above 0; got {learning_rate:g}")
+    _check_sources(beir, pairs, qa_json, corpus, split)
     _outputs(_adapter_folder(output), _cache(cache_dir), overwrite=overwrite)
     _check_model(model)
     queries, documents = _load(beir, split, pairs, qa_json, corpus, lenient)
@@ -326,7 +424,7 @@ def capture(
 
     for log in logs:
         _input_file(log, "LOGS")
-    _outputs(_file(json_out, "--json"), overwrite=overwrite)
+    _outputs(_file(json_out, "--json", ".json"), overwrite=overwrite)
 
     from adapter_retrievers.data import ReadReport
     from adapter_retrievers.harvest import LoggedRetrieval, read_traces
@@ -350,6 +448,12 @@ def capture(
         else:
             kinds[item.kind] += 1
             targets.add(item.target)
+    if not n_retrievals and not kinds:  # not one record parsed: not a capture log (a README, another format)
+        skipped = ", ".join(f"{n} x {reason}" for reason, n in report.skipped.items()) or "no lines"
+        names = " ".join(str(log) for log in logs)
+        raise ValueError(
+            f"LOGS {names}: not a capture log (no retrieval or signal in {report.rows_read} lines: {skipped})"
+        )
     summary = {
         "records": report.rows_read,
         "retrievals": n_retrievals,
@@ -415,8 +519,8 @@ def harvest(
     for trace in traces:
         if engine == "local" or "://" not in trace:
             (_input_folder if engine == "ray" and Path(trace).is_dir() else _input_file)(Path(trace), "TRACES")
-    _input_folder(corpus, "--corpus")
-    _outputs(Output(output, "--output"), _file(held_out, "--held-out"), overwrite=overwrite)
+    _beir_folder(corpus, "--corpus")
+    _outputs(Output(output, "--output", suffix=".jsonl"), _file(held_out, "--held-out", ".jsonl"), overwrite=overwrite)
     documents = Corpus.from_beir(corpus)
     policy = SignalPolicy(feedback_threshold=feedback_threshold, feedback_top_k=feedback_top_k)
     paths = [trace if "://" in trace else Path(trace) for trace in traces]
@@ -452,7 +556,10 @@ def _harvester(engine: str, ray_address: str | None) -> Callable[..., Any] | Non
 @_friendly_errors
 def export_phoenix(
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write (harvest --format openinference)")],
-    url: Annotated[str | None, typer.Option(help="Phoenix base URL (default: $PHOENIX_COLLECTOR_ENDPOINT)")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Phoenix base URL [default: $PHOENIX_COLLECTOR_ENDPOINT, else http://localhost:6006]"),
+    ] = None,
     project: Annotated[str, typer.Option(help="Phoenix project name or id")] = "default",
     since: Annotated[str | None, typer.Option(help="only spans started at or after this ISO time")] = None,
     until: Annotated[str | None, typer.Option(help="only spans started before this ISO time")] = None,
@@ -464,12 +571,21 @@ def export_phoenix(
 
     Example: adapter-retrievers export-phoenix --url http://localhost:6006 --project default -o runs/traces.jsonl
     """
-    from adapter_retrievers.harvest.phoenix import check_options
+    import os
+
+    from adapter_retrievers.harvest.phoenix import check_options, check_reachable
     from adapter_retrievers.harvest.phoenix import export_phoenix as run_export
 
     flags = {"url": "--url", "since": "--since", "until": "--until", "page_size": "--page-size"}
-    check_options(url, since, until, page_size, names=flags)  # before the Phoenix client is even imported
-    _outputs(Output(output, "--output"), overwrite=overwrite)
+    server = check_options(url, since, until, page_size, names=flags)[0]  # before Phoenix's client is imported
+    _outputs(Output(output, "--output", suffix=".jsonl"), overwrite=overwrite)
+    if url:
+        given = "--url"
+    elif os.environ.get("PHOENIX_COLLECTOR_ENDPOINT"):
+        given = "--url not given, so $PHOENIX_COLLECTOR_ENDPOINT"
+    else:
+        given = "--url not given, so the default"
+    check_reachable(server, given)  # a server that is not running: one line at once, no "0 records, done"
     stats = run_export(output, url, project, since, until, page_size, progress=progress, overwrite=overwrite)
     typer.echo(f"wrote {stats} to {output}")
     if stats.watermark is not None:
@@ -544,10 +660,11 @@ def synth(
     _at_least(concurrency, 1, "--concurrency")
     if requests_per_second is not None and requests_per_second <= 0:
         raise ValueError(f"--requests-per-second must be above 0; got {requests_per_second:g}")
-    _input_folder(corpus, "--corpus")
+    _beir_folder(corpus, "--corpus")
     _input_file(examples, "--examples")
     own = "a previous synth output (only those are resumed)"
-    _outputs(Output(output, "--output", continues=is_synth_output, continues_what=own), overwrite=overwrite)
+    synth_output = Output(output, "--output", continues=is_synth_output, continues_what=own, suffix=".jsonl")
+    _outputs(synth_output, overwrite=overwrite)
     model = _chat_model(llm)
     if requests_per_second is None:
         requests_per_second = None if llm == "extractive" else 2.0
@@ -609,11 +726,14 @@ def evaluate(
     from adapter_retrievers.evaluation import evaluate_adapter
 
     loaded = QueryAdapter.load(adapter)  # a bad adapter folder is refused before anything is loaded
-    _check_sources(beir, pairs, qa_json, corpus)
+    _check_sources(beir, pairs, qa_json, corpus, split)
     if seen_split is not None and beir is None:
         raise ValueError("--seen-split needs --beir (use --seen-pairs with --pairs)")
+    if seen_split is not None:
+        _beir_folder(beir, "--beir", {"--seen-split": seen_split})
     _input_file(seen_pairs, "--seen-pairs")
-    _outputs(_file(json_out, "--json"), _file(plot, "--plot"), _cache(cache_dir), overwrite=overwrite)
+    outputs = _file(json_out, "--json", ".json"), _file(plot, "--plot", ".png"), _cache(cache_dir)
+    _outputs(*outputs, overwrite=overwrite)
     _check_model(model)
     queries, documents = _load(beir, split, pairs, qa_json, corpus, lenient)
     seen = _seen_documents(loaded, beir, seen_split, seen_pairs, lenient)
@@ -688,18 +808,24 @@ def curve(
     if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
         raise ValueError(f"--sizes must be comma-separated whole numbers of pairs, like 50,200,800; got {sizes!r}")
     _at_least(seeds, 1, "--seeds")
-    _input_folder(beir, "--beir")
+    _beir_folder(beir, "--beir", {"--train-split": train_split, "--test-split": test_split})
     numbers = output.with_suffix(".json")
     _outputs(
-        Output(output, "--output"),
+        Output(output, "--output", suffix=".png"),
         Output(numbers, "--output's numbers (.json)"),
         _cache(cache_dir),
         overwrite=overwrite,
     )
     _check_model(model)
-    documents = Corpus.from_beir(beir)
-    train_set, test_set = TrainingSet.from_beir(beir, train_split), TrainingSet.from_beir(beir, test_split)
+    train_set = TrainingSet.from_beir(beir, train_split)  # qrels are cheap to read; embedding the corpus is not
     size_list = [int(part) for part in parts]
+    if max(size_list) > train_set.n_pairs:
+        raise ValueError(
+            f"--sizes {sizes}: {max(size_list)} is more than the {train_set.n_pairs} training pairs in --beir {beir} "
+            f"(--train-split {train_split}); the largest size can be {train_set.n_pairs}"
+        )
+    documents = Corpus.from_beir(beir)
+    test_set = TrainingSet.from_beir(beir, test_split)
     trainer = AdapterTrainer(_encoder(model, cache_dir, progress), progress=False)
     rows = learning_curve(trainer, train_set, documents, test_set, size_list, seeds=range(seeds), progress=progress)
     plot_learning_curve(rows, output, title=f"{beir.name} {test_split}, {trainer.model_id}", overwrite=overwrite)
@@ -719,6 +845,7 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the adapter, report and chart")] = Path(
         "demo-output"
     ),
+    cache_dir: CacheOption = DEFAULT_CACHE,
     progress: ProgressOption = True,
     overwrite: OverwriteOption = False,
 ) -> None:
@@ -733,10 +860,10 @@ def demo(
     """
     from adapter_retrievers.demo import demo_output, run_demo
 
-    _outputs(demo_output(output, "--output"), overwrite=overwrite)
+    _outputs(demo_output(output, "--output"), _cache(cache_dir), overwrite=overwrite)
     _check_model("bundled")
 
-    run_demo(output, progress=progress, echo=typer.echo, overwrite=overwrite)
+    run_demo(output, cache_dir, progress=progress, echo=typer.echo, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------ the closed loop: store and refresh
@@ -817,7 +944,9 @@ def status(
 ) -> None:
     """Show the live version and its numbers, stored versions, the last decision and the lock.
 
-    Example: adapter-retrievers status --store adapters/store
+    \b
+    Example (a store that refresh or the README's Python block filled):
+      adapter-retrievers status --store runs/store
     """
     info = _existing_store(store).status()
     if json_out:
@@ -883,12 +1012,14 @@ def release(
 @_store_errors
 def history(
     store: StoreOption,
-    last: Annotated[int, typer.Option(help="show this many records (0: all)")] = 20,
+    last: Annotated[int, typer.Option(min=0, help="show this many records (0: all)")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="print the records as JSON lines")] = False,
 ) -> None:
     """List decisions, promotions and rollbacks, newest last.
 
-    Example: adapter-retrievers history --store adapters/store --last 10
+    \b
+    Example:
+      adapter-retrievers history --store runs/store --last 10
     """
     records = _existing_store(store).history()
     for record in records[-last:] if last > 0 else records:
@@ -903,7 +1034,9 @@ def rollback(
 ) -> None:
     """Serve an earlier version now; serving processes that follow the store switch without restart.
 
-    Example: adapter-retrievers rollback --store adapters/store
+    \b
+    Example:
+      adapter-retrievers rollback --store runs/store
     """
     record = _existing_store(store).rollback(version)
     typer.echo(f"live: {record['live_after'] or 'base model'} (was {record['live_before'] or 'base model'})")
@@ -917,7 +1050,9 @@ def promote(
 ) -> None:
     """Make a stored version live by hand (e.g. a candidate that refresh kept back).
 
-    Example: adapter-retrievers promote v0004 --store adapters/store
+    \b
+    Example:
+      adapter-retrievers promote v0001 --store runs/store
     """
     record = _existing_store(store).promote(version)
     typer.echo(f"live: {record['live_after']} (was {record['live_before'] or 'base model'})")
@@ -991,9 +1126,15 @@ def refresh_command(
 
     With --engine ray, tonight's records are harvested on Ray Data (same pairs, same decision).
 
-    Example: adapter-retrievers refresh --store adapters/store --log logs/rag-log.jsonl --corpus docs/
+    \b
+    Example (from a clone, on the bundled RAG log):
+      adapter-retrievers refresh --store runs/store \\
+        --log adapter_retrievers/datasets/xquad_es/rag-log.jsonl.gz \\
+        --corpus adapter_retrievers/datasets/xquad_es
 
-    From a live Phoenix server: --phoenix-url http://localhost:6006 --phoenix-project my-rag-app
+    \b
+    From a live Phoenix server instead of (or with) a log:
+      --phoenix-url http://localhost:6006 --phoenix-project my-rag-app
 
     Exit codes: 0 promoted, kept, quarantined or nothing new; 1 the run failed (live untouched); 2 bad input;
     3 another run holds the lock; 4 a trace source is down (watermarks and live untouched).
@@ -1118,7 +1259,7 @@ def _check_refresh_options(
     for path in traces or []:
         if not path.exists():
             raise ValueError(f"--traces {path}: no such file or folder")
-    _input_folder(corpus, "--corpus")
+    _beir_folder(corpus, "--corpus")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -187,11 +187,19 @@ def _as_id(value: Any) -> str | None:
     return None
 
 
-def _find_file(folder: Path, stem: str) -> Path:
+def find_beir_file(folder: Path, stem: str) -> Path | None:
+    """``<stem>.jsonl`` or ``<stem>.jsonl.gz`` in a BEIR folder, ``None`` when neither is there."""
     for candidate in (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz"):
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no {stem}.jsonl or {stem}.jsonl.gz in {folder}")
+    return None
+
+
+def _find_file(folder: Path, stem: str) -> Path:
+    found = find_beir_file(folder, stem)
+    if found is None:
+        raise FileNotFoundError(f"no {stem}.jsonl or {stem}.jsonl.gz in {folder}")
+    return found
 
 
 # --------------------------------------------------------------------------------------------- corpus

@@ -8,8 +8,13 @@
   writer itself writes (an adapter folder: ``model.safetensors`` and ``adapter_config.json``).
 - Two outputs of one call are never the same path, nor one inside the other (compared after resolving
   ``..``, ``~`` and symlinks).
-- Nothing is written inside the installed package; the command line also refuses the repository's
-  source folders (``tests/``, ``benchmarks/``, ``scripts/``, ``cookbook/``, ``docs/``, ``.git``).
+- Nothing is written inside the installed package or the Python environment running it (``sys.prefix``,
+  site-packages). Run from a clone, the command line also refuses, ``--overwrite`` or not, every file of the
+  project's repository (what ``git ls-files`` lists there: ``README.md``, ``pyproject.toml``, ``Makefile``,
+  ``.ci/run``, ...), any folder that holds such files (``tests/``, ``docs/``, ``.ci/``, ...), the clone's
+  root folder itself, ``.git`` and the clone's ``.venv``.
+- An output whose kind has a conventional suffix (``.png`` for a chart, ``.json``, ``.jsonl``) must have it:
+  a chart named ``curve.txt`` would be a PNG in disguise.
 
 Python functions call :func:`check_output`; CLI commands name all their outputs at once in
 :func:`check_outputs` (``hint="--overwrite"``, ``protect_sources=True``).
@@ -17,13 +22,21 @@ Python functions call :func:`check_output`; CLI commands name all their outputs 
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-#: folders of a clone that hold source, never outputs (besides the package itself)
-SOURCE_FOLDERS = ("tests", "benchmarks", "scripts", "cookbook", "docs", ".git")
+#: folders of a clone that hold source, never outputs (besides the package itself), even where git cannot say
+SOURCE_FOLDERS = ("tests", "benchmarks", "scripts", "cookbook", "docs", ".ci", ".git", ".venv")
+#: the clone's own files at its root, for when git cannot list them (no ``.git``, no git on PATH)
+ROOT_FILES = ("README.md", "pyproject.toml", "Makefile", "constraints.txt", "LICENSE", ".gitignore")
+#: what a file with this suffix holds, for the message refusing another suffix
+SUFFIXES = {".png": "a PNG chart", ".json": "JSON", ".jsonl": "JSON lines"}
 
 
 class OutputRefused(ValueError):
@@ -47,6 +60,7 @@ class Output:
     continues_what: str = ""
     replaceable: Callable[[Path], bool] | None = None
     can_overwrite: bool = True  # False: the writer has no overwrite switch (a store is only ever added to)
+    suffix: str = ""  # the suffix the file must have (``".png"``: what is written is a PNG, whatever its name)
 
 
 def resolved(path: os.PathLike | str) -> Path:
@@ -62,14 +76,53 @@ def package_folder() -> Path:
     return resolved(Path(__file__).parent)
 
 
-def protected_folders(sources: bool) -> list[tuple[Path, str]]:
-    """``(folder, what it is)`` for every folder no output may be written in."""
-    package = package_folder()
-    folders = [(package, "the installed adapter_retrievers package")]
-    root = package.parent
-    if sources and (root / "pyproject.toml").is_file() and (root / "adapter_retrievers").is_dir():
-        folders += [(root / name, "the repository's source folders") for name in SOURCE_FOLDERS]
-    return folders
+def environment_folders() -> list[Path]:
+    """The Python environment running this: its prefix and its site-packages (a venv's ``.venv``, say)."""
+    paths = {sys.prefix, sys.exec_prefix, *(sysconfig.get_paths().get(key) for key in ("purelib", "platlib"))}
+    folders = {resolved(p) for p in paths if p}
+    return sorted(f for f in folders if f != Path(f.anchor) and f != resolved("~"))  # never all of / or ~
+
+
+def clone_root() -> Path | None:
+    """The clone of this project the package runs from (``pip install -e .``, ``make``), or ``None``."""
+    root = package_folder().parent
+    return root if (root / "pyproject.toml").is_file() and (root / "adapter_retrievers").is_dir() else None
+
+
+@functools.lru_cache(maxsize=4)
+def tracked_files(root: Path) -> frozenset[Path]:
+    """The files of the project's repository at ``root`` (``git ls-files``); its known files without git."""
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z"], capture_output=True, timeout=30, check=True
+        ).stdout.decode("utf-8", "surrogateescape")
+        files = frozenset(root / name for name in listed.split("\0") if name)
+    except (OSError, subprocess.SubprocessError):  # no git, or not a git checkout (an unpacked sdist)
+        files = frozenset()
+    return files or frozenset(root / name for name in ROOT_FILES if (root / name).exists())
+
+
+def _protected(where: Path, sources: bool) -> str | None:
+    """What ``where`` belongs to when no output may be written there, else ``None``."""
+    if _inside(where, package_folder()):
+        return f"inside the installed adapter_retrievers package ({package_folder()})"
+    for environment in environment_folders():
+        if _inside(where, environment):
+            return f"inside the Python environment running adapter-retrievers ({environment})"
+    root = clone_root() if sources else None
+    if root is None:
+        return None
+    files = tracked_files(root)
+    if where in files:
+        return "a file of the adapter-retrievers repository (git tracks it); it is never replaced"
+    if where == root:
+        return "the root folder of the adapter-retrievers clone (it holds the project's own files)"
+    if root in where.parents:
+        top = root / where.relative_to(root).parts[0]
+        source = {root / f.relative_to(root).parts[0] for f in files if f.parent != root}
+        if top.name in SOURCE_FOLDERS or top in source:
+            return f"inside the repository's source folder {top.name}/ ({top})"
+    return None
 
 
 def _writable_parent(path: Path, name: str) -> None:
@@ -84,11 +137,12 @@ def _check_one(output: Output, overwrite: bool, hint: str, protect_sources: bool
     path = Path(output.path)
     where = resolved(path)
     name = output.name
-    for folder, what in protected_folders(protect_sources):
-        if _inside(where, folder):
-            raise OutputRefused(
-                f"{name} {path}: inside {what} ({folder}); write outputs elsewhere (the README's examples use runs/)"
-            )
+    what = _protected(where, protect_sources)
+    if what is not None:
+        raise OutputRefused(f"{name} {path}: {what}; write outputs elsewhere (the README's examples use runs/)")
+    if output.suffix and not path.name.lower().endswith(output.suffix):
+        holds = SUFFIXES.get(output.suffix, f"a {output.suffix} file")
+        raise OutputRefused(f"{name} {path}: what is written there is {holds}; give a name ending in {output.suffix}")
     own = f" and is not {output.continues_what}" if output.continues_what else ""
     if output.can_overwrite:
         refused = f"{name} {path}: exists{own}; pass {hint} to replace it"

@@ -1,9 +1,11 @@
 """Progress for every step longer than a couple of seconds, readable wherever the output goes.
 
 On a terminal or in a notebook :func:`progress_bar` is a tqdm bar. Where stderr is a file or a pipe
-(``make demo > log``, cron) it is a few plain lines instead (one every ``PLAIN_EVERY`` seconds and one
-at the end): no escape codes, no screenfuls of redrawn bars. A bar opened while another is open in the
-same thread shows nothing (the embedding inside a training step, say), so bars never nest.
+(``make demo > log``, cron) it is a few plain lines instead (one every ``PLAIN_EVERY`` seconds, the first
+after ``PLAIN_EVERY`` seconds even when the first batch takes longer, and one at the end; none for a step
+that fails, whose error says the rest): no escape codes, no screenfuls of redrawn bars. A bar opened while
+another is open in the same thread shows nothing (the embedding inside a training step, say), so bars never
+nest.
 :func:`status` prints one line for a step without a count (loading a model).
 """
 
@@ -47,7 +49,7 @@ class _Silent:
     def set_postfix(self, **values: Any) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         pass
 
     def __enter__(self) -> Any:
@@ -58,13 +60,24 @@ class _Silent:
 
 
 class _Lines(_Silent):
-    """A bar as plain lines: ``desc: 120/240 texts (50%), 10s`` now and then, and a last line when done."""
+    """A bar as plain lines: ``desc: 120/240 texts (50%), 10s`` every ``PLAIN_EVERY`` seconds (from a timer
+    thread, so a slow first batch still shows the step is alive), and a last line when done."""
 
     def __init__(self, total: int | None, desc: str, unit: str) -> None:
         self.total, self.desc, self.unit = total, desc, unit
         self.n = 0
         self.postfix = ""
-        self.started = self.last = time.monotonic()
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._printing = threading.Lock()  # no periodic line after the last one
+        self._ticker = threading.Thread(target=self._tick, name=f"progress: {desc}", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(PLAIN_EVERY):
+            with self._printing:
+                if not self._stop.is_set():
+                    print(self._line(False), file=sys.stderr, flush=True)
 
     def _line(self, final: bool) -> str:
         seconds = time.monotonic() - self.started
@@ -75,20 +88,17 @@ class _Lines(_Silent):
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        now = time.monotonic()
-        if now - self.last >= PLAIN_EVERY and self.n != self.total:  # the last line comes from close()
-            self.last = now
-            print(self._line(False), file=sys.stderr, flush=True)
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
 
-    def close(self) -> None:
-        if self.started is None:
-            return
-        if time.monotonic() - self.started >= PLAIN_AFTER:
-            print(self._line(True), file=sys.stderr, flush=True)
-        self.started = None  # type: ignore[assignment]
+    def close(self, failed: bool = False) -> None:
+        with self._printing:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            if not failed and time.monotonic() - self.started >= PLAIN_AFTER:
+                print(self._line(True), file=sys.stderr, flush=True)
 
 
 class _Bar:
@@ -107,20 +117,23 @@ class _Bar:
     def set_postfix(self, **values: Any) -> None:
         self.inner.set_postfix(**values)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if not self.closed:
             self.closed = True
             with _open_lock:
                 _open[self.thread] -= 1
                 if not _open[self.thread]:
                     del _open[self.thread]
-            self.inner.close()
+            if isinstance(self.inner, _Silent):
+                self.inner.close(failed)
+            else:  # tqdm: its bar stays as drawn
+                self.inner.close()
 
     def __enter__(self) -> _Bar:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)  # a failed step prints no "done" line before its error
 
     def __del__(self) -> None:  # a bar dropped without close() must not silence the thread's later bars
         with contextlib.suppress(Exception):  # at interpreter exit, module globals may be gone already

@@ -120,6 +120,7 @@ def test_train_and_eval_with_bundled_model(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    assert result.output.index("model: loaded in ") > result.output.index("model: loading")  # ~10 s: say when done
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n_queries"] == 12 and report["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG" and f"chart: {tmp_path / 'r.png'}" in result.output
@@ -180,24 +181,29 @@ def help_example(command: str, width: int = 80) -> list[str]:
 
 def test_help_examples_run_as_printed_at_80_columns(tmp_path, monkeypatch, embedding_cache):
     """Each --help fits 80 columns; the examples that use bundled data run as printed, one after another
-    (harvest writes the pairs that train reads; eval reads train's adapter), from the repository root."""
+    (harvest writes the pairs that train reads; eval reads train's adapter; refresh fills the store that
+    the store commands read), from the repository root."""
     pytest.importorskip("all_minilm_l6_v2")
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     (tmp_path / "adapter_retrievers").symlink_to(root / "adapter_retrievers")  # same relative paths
     monkeypatch.chdir(tmp_path)
-    for command in ("capture", "harvest", "synth", "train", "eval", "curve", "demo"):
+    commands = ("capture", "harvest", "synth", "train", "eval", "curve", "demo", "refresh")
+    outputs = {}
+    for command in (*commands, "status", "history", "rollback", "promote"):
         argv = help_example(command)
         if command in ("curve", "demo"):  # need data from outside the repository, or minutes
             continue
-        if command in ("train", "eval"):
+        if command in ("train", "eval", "refresh"):
             argv += ["--cache-dir", str(embedding_cache)]
-        if command == "train":
+        if command in ("train", "refresh"):
             argv += ["--epochs", "3", "--no-progress"]
         result = runner.invoke(app, argv)
         assert result.exit_code == 0, f"{argv}: {result.output}"
-    assert "chart: runs/eval.png" in result.output and Path("runs/eval.png").read_bytes()[:4] == b"\x89PNG"
+        outputs[command] = result.output
+    assert "chart: runs/eval.png" in outputs["eval"] and Path("runs/eval.png").read_bytes()[:4] == b"\x89PNG"
+    assert "v0001" in outputs["status"] and outputs["promote"].startswith("live: v0001")
 
 
 def one_error_line(result, *expected):

@@ -2,6 +2,7 @@
 without --overwrite; bad input ends with one ``error:`` line naming the flag, before any work (issue 18)."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ from typer.testing import CliRunner
 
 from adapter_retrievers.capture import RetrievalLog
 from adapter_retrievers.cli import app
+from adapter_retrievers.demo import demo_output
+from adapter_retrievers.outputs import Output, OutputRefused, check_outputs, clone_root, tracked_files
 from test_cli import invoke_in_a_fresh_process, one_error_line, write_beir
 
 runner = CliRunner()
@@ -31,32 +34,40 @@ def workspace(tmp_path):
     QueryAdapter.create("linear", 384, DEFAULT_MODEL_ID).save(tmp_path / "adapter")
     store = AdapterStore(tmp_path / "store")
     store.add_version(QueryAdapter.identity(384, DEFAULT_MODEL_ID), {"note": "by hand"})
-    (tmp_path / "README.md").write_text(README_LIKE)
+    for name in USERS_FILES:
+        (tmp_path / name).write_text(README_LIKE)
     (tmp_path / "notes.json").write_text('{"mine": true}\n')
     return tmp_path
 
 
+#: files of the user's that output flags are pointed at, one per suffix the flags take (and a folder's worth)
+USERS_FILES = ("README.md", "mine.jsonl", "mine.json", "mine.png")
+
+
 def every_output_flag(t: Path) -> dict[str, list[str]]:
-    """Every subcommand with each of its output flags pointed at an existing file (README.md, or notes.json
-    for the numbers file ``curve`` writes beside its PNG); ids start with the issue's item where one applies."""
+    """Every subcommand with each of its output flags pointed at an existing file of the user's (with the
+    suffix the flag takes: mine.jsonl, mine.json, mine.png; README.md for a folder; notes.json for the numbers
+    file ``curve`` writes beside its PNG); ids start with the issue's item where one applies."""
     victim, data, log = str(t / "README.md"), str(t / "data"), str(t / "log.jsonl")
+    jsonl, json_file, png = str(t / "mine.jsonl"), str(t / "mine.json"), str(t / "mine.png")
     beir = ["--beir", data, "--split", "train"]
+    curve = ["curve", "--beir", data, "--test-split", "train", "--sizes", "5"]
     refresh = ["refresh", "--log", log, "--corpus", data]
     return {
-        "1-harvest--output": ["harvest", log, "--corpus", data, "-o", victim],
-        "harvest--held-out": ["harvest", log, "--corpus", data, "-o", str(t / "p.jsonl"), "--held-out", victim],
-        "2-eval--plot": ["eval", str(t / "adapter"), *beir, "--plot", victim],
-        "eval--json": ["eval", str(t / "adapter"), *beir, "--json", victim],
+        "1-harvest--output": ["harvest", log, "--corpus", data, "-o", jsonl],
+        "harvest--held-out": ["harvest", log, "--corpus", data, "-o", str(t / "p.jsonl"), "--held-out", jsonl],
+        "2-eval--plot": ["eval", str(t / "adapter"), *beir, "--plot", png],
+        "eval--json": ["eval", str(t / "adapter"), *beir, "--json", json_file],
         "eval--cache-dir": ["eval", str(t / "adapter"), *beir, "--cache-dir", victim],
-        "3-capture--json": ["capture", log, "--json", victim],
-        "4-synth--output": ["synth", "--corpus", data, "-o", victim, "--llm", "extractive", "--max-chunks", "2"],
-        "6-curve--output": ["curve", "--beir", data, "-o", victim],
-        "curve-numbers": ["curve", "--beir", data, "-o", str(t / "notes.png")],
-        "curve--cache-dir": ["curve", "--beir", data, "-o", str(t / "c.png"), "--cache-dir", victim],
+        "3-capture--json": ["capture", log, "--json", json_file],
+        "4-synth--output": ["synth", "--corpus", data, "-o", jsonl, "--llm", "extractive", "--max-chunks", "2"],
+        "6-curve--output": [*curve, "-o", png],
+        "curve-numbers": [*curve, "-o", str(t / "notes.png")],
+        "curve--cache-dir": [*curve, "-o", str(t / "c.png"), "--cache-dir", victim],
         "7-train--output": ["train", *beir[:2], "-o", victim],
         "train--cache-dir": ["train", *beir[:2], "-o", str(t / "a"), "--cache-dir", victim],
         "demo--output": ["demo", "--output", victim],
-        "export-phoenix--output": ["export-phoenix", "--url", "http://127.0.0.1:9", "-o", victim],
+        "export-phoenix--output": ["export-phoenix", "--url", "http://127.0.0.1:9", "-o", jsonl],
         "refresh--store": [*refresh, "--store", victim],
         "refresh--cache-dir": [*refresh, "--store", str(t / "store"), "--cache-dir", victim],
         "rollback--store": ["rollback", "--store", victim],
@@ -68,7 +79,7 @@ def test_every_output_flag_refuses_an_existing_file_before_any_work(workspace):
     """In a fresh process: each command ends with exit 2 and one error line naming the flag, the file is
     byte for byte unchanged, and neither torch, the model nor Phoenix's client was ever imported."""
     cases = every_output_flag(workspace)
-    before = {name: (workspace / name).read_bytes() for name in ("README.md", "notes.json")}
+    before = {name: (workspace / name).read_bytes() for name in (*USERS_FILES, "notes.json")}
     out, heavy = invoke_in_a_fresh_process(cases, ("torch", "sentence_transformers", "phoenix.client"))
     assert {name: (workspace / name).read_bytes() for name in before} == before
     assert not (workspace / "a").exists() and not (workspace / "p.jsonl").exists()
@@ -81,12 +92,14 @@ def test_every_output_flag_refuses_an_existing_file_before_any_work(workspace):
 
 
 def test_overwrite_replaces_when_asked(workspace):
-    victim, data, log = workspace / "README.md", str(workspace / "data"), str(workspace / "log.jsonl")
-    for argv, check in (
-        (["capture", log, "--json", str(victim)], lambda text: json.loads(text)["retrievals"] == 10),
-        (["harvest", log, "--corpus", data, "-o", str(victim)], lambda text: len(text.splitlines()) == 10),
+    data, log = str(workspace / "data"), str(workspace / "log.jsonl")
+    summary, pairs = workspace / "mine.json", workspace / "mine.jsonl"
+    for victim, argv, check in (
+        (summary, ["capture", log, "--json", str(summary)], lambda text: json.loads(text)["retrievals"] == 10),
+        (pairs, ["harvest", log, "--corpus", data, "-o", str(pairs)], lambda text: len(text.splitlines()) == 10),
         (
-            ["synth", "--corpus", data, "-o", str(victim), "--llm", "extractive", "--max-chunks", "2"],
+            pairs,
+            ["synth", "--corpus", data, "-o", str(pairs), "--llm", "extractive", "--max-chunks", "2"],
             lambda text: all(set(json.loads(line)) == {"query", "doc_id"} for line in text.splitlines()),
         ),
     ):
@@ -132,10 +145,64 @@ def test_nothing_is_written_into_the_package_or_the_source_folders(workspace):
     one_error_line(
         runner.invoke(app, ["capture", log, "--json", str(PACKAGE.parent / "docs" / "summary.json")]),
         "--json",
-        "the repository's source folders",
+        "the repository's source folder docs/",
     )
     assert sorted(p.name for p in PACKAGE.iterdir()) == before
     assert not (PACKAGE.parent / "docs" / "summary.json").exists()
+
+
+ROOT = PACKAGE.parent
+in_a_clone = pytest.mark.skipif(clone_root() is None, reason="runs where the package is a clone's")
+
+
+@in_a_clone
+def test_the_clones_own_files_are_never_outputs_even_with_overwrite(workspace, monkeypatch):
+    """Fresh-clone run, item 1: run in the clone, ``-o README.md --overwrite`` replaced README.md. No file git
+    tracks there, no folder of them, not the clone's root, not the environment; the error invites no --overwrite."""
+    monkeypatch.chdir(ROOT)
+    log, data = str(workspace / "log.jsonl"), str(workspace / "data")
+    tracked = ["README.md", "pyproject.toml", "Makefile", "constraints.txt", ".gitignore", ".ci/run", "runs/../LICENSE"]
+    tracked = [name for name in tracked if (ROOT / name).exists()]
+    before = {name: (ROOT / name).read_bytes() for name in tracked}
+    harvest = ["harvest", log, "--corpus", data]
+    cases = [[*harvest, "-o", name, "--overwrite"] for name in tracked] + [
+        ["capture", log, "--json", "pyproject.toml", "--overwrite"],
+        [*harvest, "-o", str(Path(sys.prefix) / "x.jsonl")],  # the environment running us (.venv)
+        [*harvest, "-o", ".venv/x.jsonl"],  # the clone's venv, whichever Python runs
+        [*harvest, "-o", ".ci/pairs.jsonl"],  # a new file in a folder of tracked files
+        [*harvest, "-o", "benchmarks/results/pairs.jsonl"],
+    ]
+    try:
+        for argv in cases:
+            line = one_error_line(runner.invoke(app, argv))
+            assert "--overwrite" not in line and "write outputs elsewhere" in line, (argv, line)
+        assert {name: (ROOT / name).read_bytes() for name in tracked} == before
+        assert not (ROOT / ".venv" / "x.jsonl").exists() and not (ROOT / ".ci" / "pairs.jsonl").exists()
+    finally:  # where the rule does not hold (today's main), leave the clone as it was
+        for name, content in before.items():
+            if (ROOT / name).read_bytes() != content:
+                (ROOT / name).write_bytes(content)
+        for name in (".venv/x.jsonl", ".ci/pairs.jsonl", "benchmarks/results/pairs.jsonl"):
+            (ROOT / name).unlink(missing_ok=True)
+        Path(sys.prefix, "x.jsonl").unlink(missing_ok=True)
+    for folder in (demo_output(ROOT, "--output"), Output(ROOT, "--output", folder=True)):  # demo/train -o .
+        with pytest.raises(OutputRefused, match="the root folder of the adapter-retrievers clone"):
+            check_outputs([folder], overwrite=True, protect_sources=True)
+    check_outputs([Output(ROOT / "runs" / "pairs.jsonl", "--output")], protect_sources=True)  # where outputs go
+
+
+@in_a_clone
+def test_the_clones_files_are_known_without_git(monkeypatch):
+    """Where git cannot list the files (not on PATH, an unpacked source archive), the clone's known files are."""
+    monkeypatch.setenv("PATH", "")
+    tracked_files.cache_clear()
+    try:
+        for name in ("README.md", "pyproject.toml", "Makefile", ".ci/run", "tests/test_x.py"):
+            with pytest.raises(OutputRefused, match=r"adapter-retrievers repository|source folder"):
+                check_outputs([Output(ROOT / name, "--output")], overwrite=True, protect_sources=True)
+        check_outputs([Output(ROOT / "runs" / "pairs.jsonl", "--output")], protect_sources=True)
+    finally:
+        tracked_files.cache_clear()
 
 
 def test_train_does_not_replace_an_adapter_without_overwrite(workspace):
@@ -160,8 +227,7 @@ def test_store_commands_need_an_existing_store(workspace):
         one_error_line(runner.invoke(app, argv), "--store", "no such folder")
     one_error_line(runner.invoke(app, ["status", "--store", str(workspace / "data")]), "not an adapter store")
     for argv in (["rollback"], ["promote", "v0001"]):
-        result = runner.invoke(app, argv)
-        assert result.exit_code == 2 and "Missing option '--store'" in result.output, result.output
+        one_error_line(runner.invoke(app, argv), "--store is required")
     assert not (workspace / "adapters").exists() and not Path("adapter-store").exists()
 
 

@@ -34,11 +34,27 @@ def test_python_blocks_run_as_written(path, tmp_path, monkeypatch, embedding_cac
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "emb-cache").symlink_to(embedding_cache)  # warm across runs; the blocks are unchanged
-    document = SYBIL.parse(path)
-    examples = list(document.examples())
-    assert len([e for e in examples if "```python" in path.read_text().splitlines()[e.line - 1]]) == fences
-    for example in examples:
-        try:
-            example.evaluate()
-        except Exception as exc:
-            raise AssertionError(f"{path.name}, block at line {example.line}: {type(exc).__name__}: {exc}") from exc
+    for run in ("first run", "run again"):  # as a user would: the same folder, a new session, nothing refused
+        document = SYBIL.parse(path)
+        examples = list(document.examples())
+        assert len([e for e in examples if "```python" in path.read_text().splitlines()[e.line - 1]]) == fences
+        for example in examples:
+            try:
+                example.evaluate()
+            except Exception as exc:
+                where = f"{path.name}, block at line {example.line} ({run})"
+                raise AssertionError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        check_llamaindex_embeds_the_trained_texts(document.namespace)
+
+
+def check_llamaindex_embeds_the_trained_texts(namespace: dict) -> None:
+    """LlamaIndex embeds a node's metadata with its text unless told not to ("lang: es\n\n..."): the README's
+    nodes must embed exactly the corpus texts that the adapter was trained on."""
+    if "nodes" not in namespace or "corpus" not in namespace:
+        return
+    from llama_index.core.schema import MetadataMode
+
+    corpus = namespace["corpus"]
+    for node in namespace["nodes"]:
+        assert node.get_content(metadata_mode=MetadataMode.EMBED) == corpus.texts[corpus.position(node.node_id)]
+        assert node.get_content(metadata_mode=MetadataMode.LLM) == node.text

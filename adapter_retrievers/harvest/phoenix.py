@@ -22,7 +22,9 @@ callers pass ``since`` = the previous watermark minus the time users take to giv
 from __future__ import annotations
 
 import os
+import socket
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -94,6 +96,24 @@ def check_options(
     if start is not None and end is not None and end <= start:
         raise ValueError(f"{named['until']} must be after {named['since']}")
     return url, start, end
+
+
+def check_reachable(url: str, name: str = "url", timeout: float = 3.0) -> None:
+    """Refuse at once a URL where no server listens (one TCP connect; no HTTP, no Phoenix client import), so
+    that an export from a server that is not running fails in a moment, not after seconds of client start-up.
+
+    Skipped when a proxy is configured for the URL (the proxy, not this machine, reaches the server).
+    """
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host or (urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConnectionError(f"{name} {url}: no server answers there ({reason}); is Phoenix running?") from None
 
 
 @dataclass
@@ -219,6 +239,7 @@ def iter_phoenix_records(
     bounded by one page. ``url`` defaults to ``PHOENIX_COLLECTOR_ENDPOINT`` or ``http://localhost:6006``.
     """
     url, start, end = check_options(url, since, until, page_size)
+    check_reachable(url)
     stats = stats if stats is not None else PhoenixExport()
     phoenix = _Phoenix(url, project, api_key, dict(headers or {}))
     traces_done: set[str] = set()
@@ -282,7 +303,8 @@ def export_phoenix(
     from adapter_retrievers.progress import progress_bar
 
     check_output(output, overwrite, name="output")
-    check_options(url, since, until, page_size)
+    url = check_options(url, since, until, page_size)[0]
+    check_reachable(url)  # before the output is opened and the progress line started
     stats = PhoenixExport()
     with (
         atomic_writer(Path(output), "w") as handle,

@@ -11,6 +11,16 @@ or wrap the index and keep everything else:
 The wrapped model is called through its public methods (``get_query_embedding``,
 ``get_text_embedding_batch``), so its embeddings cache, rate limiter and instrumentation events keep
 working; texts are passed through in batches, untouched.
+
+Metadata: LlamaIndex embeds a node's metadata with its text (``"lang: es\n\n<text>"``) unless the keys are
+listed in ``excluded_embed_metadata_keys``. An adapter learns from the vectors of the texts it was trained
+on: trained on the plain texts (``Corpus.from_beir``, a Chroma collection's documents, a capture log, which
+records ``node.get_content()`` without metadata), its nodes must embed the plain text too::
+
+    TextNode(text=t, metadata={"lang": "es"}, excluded_embed_metadata_keys=["lang"],
+             excluded_llm_metadata_keys=["lang"])
+
+or train it on what the index embeds: ``node.get_content(metadata_mode=MetadataMode.EMBED)``.
 """
 
 from __future__ import annotations
@@ -110,6 +120,9 @@ def _delegating() -> Iterator[None]:
 
 class AdapterEmbedding(BaseEmbedding):
     """Adapted query embeddings, untouched text embeddings (sync and async).
+
+    The documents' vectors must be those of the texts the adapter was trained on: see the module's note on
+    metadata (``excluded_embed_metadata_keys``).
 
     ``base_embed_model``: a LlamaIndex ``BaseEmbedding``, or anything :class:`EncoderEmbedding` takes.
     The adapter is checked here against the model name and dimension the base exposes; ``model_id``
