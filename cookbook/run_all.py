@@ -25,8 +25,9 @@ def main() -> int:
         book = nbformat.read(path, as_version=4)
         start = time.perf_counter()
         try:
-            client = NotebookClient(book, timeout=args.timeout, kernel_name="python3",
-                                    resources={"metadata": {"path": str(HERE)}})
+            client = NotebookClient(
+                book, timeout=args.timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+            )
             client.execute()
         except Exception as exc:  # report every notebook, then fail
             failed += 1

@@ -92,6 +92,37 @@ def test_training_is_deterministic_given_a_seed(task):
     assert any(not np.array_equal(a.adapter.params[n], c.adapter.params[n]) for n in a.adapter.params)
 
 
+_DEFAULT_FIT_DIGEST = """
+import hashlib, sys
+sys.path.insert(0, {tests!r})
+from adapter_retrievers import AdapterTrainer
+from conftest import make_rotation_task, rows_for
+corpus, queries, vectors = make_rotation_task(n_docs=160, dim=16, mix=0.35)
+train, validation = queries.split(0.25, seed=0)
+trainer = AdapterTrainer(progress=False, model_id="test/model", seed=3, epochs=12, parallel_runs=2)
+result = trainer.fit_vectors(train, rows_for(train, vectors), validation, rows_for(validation, vectors), corpus)
+digest = hashlib.sha256()
+for name in sorted(result.adapter.params):
+    digest.update(name.encode() + result.adapter.params[name].tobytes())
+print(result.adapter.kind, digest.hexdigest())
+"""
+
+
+def test_one_seed_gives_the_same_adapter_bit_for_bit_in_separate_processes():
+    # The default trainer (several runs on the parallel executor, averaging, the gate) in two fresh
+    # interpreters: thread scheduling and process state must not reach the weights.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = _DEFAULT_FIT_DIGEST.format(tests=str(Path(__file__).parent))
+    outputs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+        for _ in range(2)
+    ]
+    assert len(outputs[0]) == 2 and outputs[0] == outputs[1]
+
+
 def test_random_negatives_never_include_known_positives():
     rng = np.random.default_rng(0)
     positives = [np.array([0, 1, 2]), np.array([3])]

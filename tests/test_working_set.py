@@ -1,4 +1,5 @@
 """Corpora larger than memory: vectors read in chunks, exact top-k in one pass, and the trainer's working set."""
+
 import itertools
 
 import numpy as np
