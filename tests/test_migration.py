@@ -225,3 +225,65 @@ def test_a_registry_holds_migration_adapters_for_one_index_and_refuses_others():
         registry.register("plain", QueryAdapter.create("linear", 40, NEW))  # outputs new-model vectors
     with pytest.raises(AdapterMismatchError, match="query side"):
         registry.register("old", QueryAdapter.create("linear", 24, OLD))
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_migrate_refuses_bad_input_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from adapter_retrievers.cli import app
+    from test_cli import write_beir
+
+    write_beir(tmp_path / "data")
+    runner = CliRunner()
+    base = ["migrate", "--corpus", str(tmp_path / "data"), "--new-model", str(tmp_path / "new"), "-o"]
+    cases = {
+        "--sample must be a fraction": [*base, str(tmp_path / "a"), "--sample", "0"],
+        "--kind must be one of": [*base, str(tmp_path / "a"), "--kind", "identity"],
+        "at most one of --pairs or --split": [*base, str(tmp_path / "a"), "--split", "train", "--pairs", "p.jsonl"],
+        "no qrels/test.tsv": [*base, str(tmp_path / "a"), "--split", "test"],
+        "nothing to migrate": [*base, str(tmp_path / "a"), "--old-model", str(tmp_path / "new")],
+        "not a local folder": [*base, str(tmp_path / "a")],  # the new model is nowhere
+    }
+    for expected, args in cases.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and expected in result.output, (expected, result.output)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, [*base, str(tmp_path / "taken")])
+    assert result.exit_code == 2 and (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "a").exists()
+
+
+def test_migrate_command_fits_saves_and_refuses_to_overwrite(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from typer.testing import CliRunner
+
+    from adapter_retrievers.cli import app
+    from adapter_retrievers.encoders import load_minilm
+    from test_cli import write_beir
+
+    minilm = load_minilm()
+    torch.manual_seed(0)
+    projection = models.Dense(384, 96, activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[*minilm, projection, models.Normalize()]).save(str(tmp_path / "new-model"))
+    write_beir(tmp_path / "data")
+    args = ["migrate", "--corpus", str(tmp_path / "data"), "--new-model", str(tmp_path / "new-model")]
+    args += ["--sample", "1.0", "--split", "train", "--epochs", "5", "--cache-dir", str(tmp_path / "cache")]
+    args += ["--no-progress", "-o", str(tmp_path / "adapter")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "least-squares baseline" in result.output and "12 of 12 documents re-embedded" in result.output
+    adapter = QueryAdapter.load(
+        tmp_path / "adapter",
+        dimension=96,
+        output_model="sentence-transformers/all-MiniLM-L6-v2",
+        output_dimension=384,
+    )
+    assert adapter.is_migration and adapter.base_model.endswith("new-model")
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
