@@ -61,8 +61,8 @@ class MigrationResult:
         if self.training is not None:
             t = self.training.decision
             lines.append(
-                f"fine-tuned on {self.training.n_train_queries} queries: {t['metric']} {t['adapted']:.4f} vs least-squares "
-                f"{t['baseline']:.4f} on {t['n_queries']} held-out queries"
+                f"fine-tuned on {self.training.n_train_queries} queries: {t['metric']} {t['adapted']:.4f} vs "
+                f"least-squares {t['baseline']:.4f} on {t['n_queries']} held-out queries"
             )
         lines.append(f"kept: {d['kept']}" + (f" ({d['reason']})" if d.get("reason") else ""))
         return "\n".join(lines)
