@@ -190,6 +190,29 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def table(result: dict) -> str:
+    """The markdown table of docs/benchmarks.md: mean ± std (worst seed) per column, per direction."""
+    lines = []
+    for entry in result["summary"]:
+        lines += [
+            "",
+            f"**{entry['dataset']}, old {entry['old']} → new {entry['new']}** (seeds {entry['seeds']})",
+            "",
+            "| | nDCG@10 | Recall@10 | Recall@10 / old model's |",
+            "|---|---|---|---|",
+        ]
+        old = entry["old_own_index"]["recall@10"]["mean"]
+        for column, figures in entry.items():
+            if not isinstance(figures, dict) or "recall@10" not in figures:
+                continue
+            cells = [f"{figures[m]['mean']:.4f} ± {figures[m]['std']:.4f} ({figures[m]['worst']:.4f})" for m in METRICS]
+            lines.append(f"| {column} | {cells[0]} | {cells[1]} | {figures['recall@10']['mean'] / old:.1%} |")
+    cost = result["apply_cost"]
+    lines += ["", "| apply one query (numpy, 1 thread) | µs | × ordinary 768-d linear |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {cost['ratio_to_ordinary_768'][k]} |" for k, v in cost["us_per_query"].items()]
+    return "\n".join(lines)
+
+
 def apply_cost(repeats: int = 2000) -> dict:
     """µs to adapt one query (numpy, one thread as served), migration adapters beside an ordinary 768-d one."""
     from threadpoolctl import threadpool_limits
@@ -219,7 +242,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--scifact", action="store_true", help="also SciFact (slow: mpnet embeds 5k abstracts)")
     parser.add_argument("--out", default=str(RESULTS / "migration.json"))
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
     encs = encoders()
     started = time.perf_counter()
     rows = run_dataset("xquad-es", encs, args.seeds)
