@@ -26,6 +26,7 @@ _EXPORTS = {
     "TrainingConfig": "adapter_retrievers.training",
     "TrainingResult": "adapter_retrievers.training",
     "learning_curve": "adapter_retrievers.training",
+    "fit_migration": "adapter_retrievers.training",
     "Comparison": "adapter_retrievers.evaluation",
     "compare": "adapter_retrievers.evaluation",
     "evaluate_adapter": "adapter_retrievers.evaluation",
@@ -38,7 +39,13 @@ if TYPE_CHECKING:
     from adapter_retrievers.data import Corpus, DataFormatError, ReadReport, TrainingSet
     from adapter_retrievers.encoders import CachedEncoder, Encoder, as_encoder
     from adapter_retrievers.evaluation import Comparison, compare, evaluate_adapter
-    from adapter_retrievers.training import AdapterTrainer, TrainingConfig, TrainingResult, learning_curve
+    from adapter_retrievers.training import (
+        AdapterTrainer,
+        TrainingConfig,
+        TrainingResult,
+        fit_migration,
+        learning_curve,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -408,6 +408,96 @@ def train(
 
 @app.command()
 @_friendly_errors
+def migrate(
+    corpus: Annotated[Path, typer.Option(help="BEIR folder whose corpus.jsonl the old model's index holds")],
+    new_model: Annotated[str, typer.Option(help="the new query model: 'bundled' or a sentence-transformers folder")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="migration adapter folder to write")],
+    old_model: Annotated[
+        str, typer.Option(help="the model that embedded the index: 'bundled' or a sentence-transformers folder")
+    ] = "bundled",
+    sample: Annotated[float, typer.Option(help="fraction of the corpus to re-embed with the new model")] = 0.1,
+    kind: Annotated[str, typer.Option(help="linear | low_rank | residual_mlp | orthogonal (equal dimensions)")] = (
+        "linear"
+    ),
+    pairs: Annotated[
+        Path | None, typer.Option(help="JSONL of {query, doc_id[, label]} relevance pairs: fine-tune on them too")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="or a qrels split of --corpus (with queries.jsonl) to fine-tune on")
+    ] = None,
+    epochs: int = 100,
+    seed: int = 0,
+    cache_dir: CacheOption = DEFAULT_CACHE,
+    lenient: LenientOption = False,
+    progress: ProgressOption = True,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Fit a migration adapter: the new model's queries into the index the old model embedded, no re-embedding.
+
+    A --sample of the corpus is embedded by both models; the least-squares (ridge) map new -> old on those
+    documents is the baseline, and with --pairs or --split the adapter is fine-tuned from it and kept only if
+    it beats it on held-out queries. Serve it with the new model as the query encoder and the old index as is.
+
+    \b
+    Example:
+      adapter-retrievers migrate --corpus data/xquad/es --old-model bundled \\
+        --new-model models/all-mpnet-base-v2 --sample 0.1 -o runs/adapters/minilm-to-mpnet
+    """
+    from adapter_retrievers.data import Corpus, TrainingSet
+    from adapter_retrievers.training.migration import MIGRATION_KINDS, fit_migration, migration_sample
+
+    _choice(kind, MIGRATION_KINDS, "--kind")
+    if not 0.0 < sample <= 1.0:
+        raise ValueError(f"--sample must be a fraction above 0 and at most 1; got {sample:g}")
+    _at_least(epochs, 1, "--epochs")
+    if pairs is not None and split is not None:
+        raise ValueError("give at most one of --pairs or --split")
+    _beir_folder(corpus, "--corpus", {"--split": split} if split is not None else None)
+    _input_file(pairs, "--pairs")
+    if old_model == new_model:
+        raise ValueError(f"--old-model and --new-model are both {old_model!r}: nothing to migrate")
+    _outputs(_adapter_folder(output), _cache(cache_dir), overwrite=overwrite)
+    _check_model(old_model)
+    _check_model(new_model)
+    errors = "skip" if lenient else "raise"
+    documents = Corpus.from_beir(corpus, errors=errors)
+    queries = None
+    if pairs is not None or split is not None:
+        queries = TrainingSet.from_pairs_jsonl(pairs, errors) if pairs else TrainingSet.from_beir(corpus, split, errors)
+        for report in (documents.read_report, queries.read_report):
+            if report.n_skipped:
+                typer.echo(f"skipped: {report}", err=True)
+        queries = queries.check_against(documents, errors)
+        if len(queries) < 2:
+            raise ValueError("the relevance pairs have fewer than 2 queries with a relevant document in --corpus")
+    elif documents.read_report.n_skipped:
+        typer.echo(f"skipped: {documents.read_report}", err=True)
+    old, new = _encoder(old_model, cache_dir, progress), _encoder(new_model, cache_dir, progress)
+    ids = migration_sample(documents, sample, seed)
+    texts = [documents.texts[documents.position(d)] for d in ids]
+    old_sample, new_sample = old.embed_documents(texts), new.embed_documents(texts)
+    index = documents.with_embeddings(old.embed_documents(documents.texts)) if queries is not None else None
+    pair_vectors = new.embed_queries([queries.queries[q] for q in queries.query_ids]) if queries is not None else None
+    result = fit_migration(
+        new_sample,
+        old_sample,
+        new.model_id,
+        old.model_id,
+        kind=kind,
+        pairs=queries,
+        pair_vectors=pair_vectors,
+        corpus=index,
+        seed=seed,
+        progress=progress,
+        epochs=epochs,
+    )
+    result.adapter.save(output, overwrite=overwrite)
+    typer.echo(result.report)
+    typer.echo(f"{len(ids)} of {len(documents)} documents re-embedded -> {output}")
+
+
+@app.command()
+@_friendly_errors
 def capture(
     logs: Annotated[list[Path], typer.Argument(help="capture logs written by the LangChain/LlamaIndex handlers")],
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON here")] = None,

@@ -453,14 +453,18 @@ def compare(
     corpus: Corpus,
     metrics: Sequence[str] = DEFAULT_METRICS,
     seen_documents: Collection[str] | None = None,
+    baseline: Any = None,
 ) -> Comparison:
     """Score the base query vectors and the adapted ones on the same queries and corpus.
 
     ``seen_documents`` (e.g. ``TrainingResult.training_documents``, the training positives) splits the
-    report into queries about documents seen in training and queries about new documents.
+    report into queries about documents seen in training and queries about new documents. ``baseline``: an
+    adapter the base vectors go through first (a migration's least-squares map: raw vectors of another model
+    cannot search this corpus).
     """
     cosine = bool(getattr(adapter, "normalize", True))
-    baseline = score_vectors(query_vectors, queries, corpus, metrics, cosine=cosine)
+    base_vectors = query_vectors if baseline is None else baseline.transform(query_vectors)
+    baseline = score_vectors(base_vectors, queries, corpus, metrics, cosine=cosine)
     adapted = score_vectors(adapter.transform(query_vectors), queries, corpus, metrics, cosine=cosine)
     return Comparison(
         baseline,

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,20 @@ class StoreFollower:
     (a version pruned meanwhile, a bad file) the old adapter keeps serving and the next check retries.
     """
 
-    def __init__(self, store: Any, base_model: str, dimension: int, check_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Any,
+        base_model: str,
+        dimension: int,
+        check_interval: float = 5.0,
+        fallback: QueryAdapter | None = None,
+    ) -> None:
         from adapter_retrievers.store import AdapterStore
 
         self.store = store if isinstance(store, AdapterStore) else AdapterStore(store)
         self.base_model, self.dimension = base_model, dimension
+        # what "no version live" serves: the identity, or for a migration registry its migration adapter
+        self.fallback = fallback if fallback is not None and fallback.is_migration else None
         self.check_interval = check_interval
         self._checking = threading.Lock()
         self._signature: tuple | None = None
@@ -72,9 +82,16 @@ class StoreFollower:
         self.check()
 
     def _base(self) -> QueryAdapter:
+        if self.fallback is not None:
+            return replace(self.fallback, metadata={**self.fallback.metadata, "store_version": BASE_VERSION})
         adapter = QueryAdapter.identity(self.dimension, self.base_model)
         adapter.metadata = {"store_version": BASE_VERSION}
         return adapter
+
+    def _sides(self) -> tuple[str | None, int | None]:
+        if self.fallback is None:
+            return None, None
+        return self.fallback.output_model, self.fallback.output_dimension
 
     @property
     def version(self) -> str | None:
@@ -123,7 +140,9 @@ class StoreFollower:
 
     def _load(self, version: str, what: str) -> QueryAdapter | None:
         try:
-            return self.store.load(version, self.base_model, self.dimension)
+            adapter = self.store.load(version, self.base_model, self.dimension)
+            adapter.check_compatible(None, None, *self._sides())
+            return adapter
         except (OSError, ValueError, RuntimeError) as exc:
             logger.warning(
                 "cannot load %s version %s of %s (%s); still serving %s",
@@ -159,7 +178,13 @@ class StoreFollower:
 
 
 class AdapterRegistry:
-    """Thread-safe ``key -> QueryAdapter`` map for one base model and dimension."""
+    """Thread-safe ``key -> QueryAdapter`` map for one base model and dimension.
+
+    A registry serves one index. For an index embedded by another model than the queries' (a migration,
+    :func:`~adapter_retrievers.training.migration.fit_migration`), pass the migration adapter as ``default``:
+    its output model and dimension are then the registry's, and every adapter registered (per tenant,
+    challengers, a followed store's versions) is checked on both sides, the query encoder and the index.
+    """
 
     def __init__(
         self,
@@ -174,6 +199,8 @@ class AdapterRegistry:
         self.dimension = dimension
         self.default = default or QueryAdapter.identity(dimension, base_model)
         self.default.check_compatible(base_model, dimension)
+        #: the model and dimension of the index's vectors (the default's output: base_model for an ordinary one)
+        self.output_model, self.output_dimension = self.default.output_model, self.default.output_dimension
         self._lock = threading.Lock()
         self._adapters: dict[str, QueryAdapter] = {}
         self._followers: dict[str | None, StoreFollower] = {}
@@ -198,7 +225,7 @@ class AdapterRegistry:
         """Compare ``adapter`` with ``key``'s adapter (None: the default) on the interleaved fraction of its
         requests; ``adapter=None`` ends the comparison. Overrides a followed store's candidate for that key."""
         if adapter is not None:
-            adapter.check_compatible(self.base_model, self.dimension)
+            self._check(adapter)
         with self._lock:
             updated = dict(self._challengers)
             if adapter is None:
@@ -223,7 +250,7 @@ class AdapterRegistry:
 
     def follow(self, store: Any, key: str | None = None, check_interval: float = 5.0) -> StoreFollower:
         """Serve ``store``'s live version for ``key`` (None: as the default), following promotions and rollbacks."""
-        follower = StoreFollower(store, self.base_model, self.dimension, check_interval)
+        follower = StoreFollower(store, self.base_model, self.dimension, check_interval, self.default)
         with self._lock:
             self._followers = {**self._followers, key: follower}
         return follower
@@ -249,7 +276,7 @@ class AdapterRegistry:
 
     def register(self, key: str, adapter: QueryAdapter) -> None:
         """Add or replace the adapter for ``key`` (readers see the old or the new one, never a mix)."""
-        adapter.check_compatible(self.base_model, self.dimension)
+        self._check(adapter)
         with self._lock:
             updated = dict(self._adapters)
             updated[key] = adapter
@@ -257,7 +284,7 @@ class AdapterRegistry:
 
     def load(self, key: str, path: os.PathLike | str) -> QueryAdapter:
         """Load an adapter folder (checked against this registry's model) and register it."""
-        adapter = QueryAdapter.load(path, base_model=self.base_model, dimension=self.dimension)
+        adapter = QueryAdapter.load(path, self.base_model, self.dimension, self.output_model, self.output_dimension)
         self.register(key, adapter)
         return adapter
 
@@ -293,9 +320,19 @@ class AdapterRegistry:
         """Bytes held by the adapters' parameters."""
         return sum(a.nbytes for a in self._adapters.values())
 
-    def check_compatible(self, base_model: str | None = None, dimension: int | None = None) -> None:
-        """Raise :class:`~adapter_retrievers.AdapterMismatchError` for another base model or dimension."""
-        self.default.check_compatible(base_model, dimension)
+    def _check(self, adapter: QueryAdapter) -> None:
+        adapter.check_compatible(self.base_model, self.dimension, self.output_model, self.output_dimension)
+
+    def check_compatible(
+        self,
+        base_model: str | None = None,
+        dimension: int | None = None,
+        output_model: str | None = None,
+        output_dimension: int | None = None,
+    ) -> None:
+        """Raise :class:`~adapter_retrievers.AdapterMismatchError` for another query model or dimension, or (the
+        ``output_`` arguments) another model or dimension of the index's vectors."""
+        self.default.check_compatible(base_model, dimension, output_model, output_dimension)
 
     @property
     def normalize(self) -> bool:
@@ -330,6 +367,18 @@ def check_adapter_for(adapter: QueryAdapter | AdapterRegistry, embeddings: Any, 
 
     exposed_id, dimension = describe_embeddings(embeddings) if embeddings is not None else (None, None)
     adapter.check_compatible(base_model=model_id or exposed_id, dimension=dimension)
+
+
+def check_documents_for(adapter: QueryAdapter | AdapterRegistry) -> None:
+    """Refuse to embed documents through a migration adapter's wrapper: they would get the new model's vectors
+    in an index of the old model's. Add them with the old model (or re-embed the corpus and retire the adapter)."""
+    served = adapter.default if isinstance(adapter, AdapterRegistry) else adapter
+    if served.is_migration:
+        raise ValueError(
+            f"this adapter maps {served.base_model!r} queries into an index of {served.output_model!r}: documents "
+            f"embedded here would be {served.base_model!r} vectors mixed into that index. Add documents with "
+            f"{served.output_model!r} (or re-embed the corpus with the new model and retire the migration adapter)"
+        )
 
 
 class PinnedAdapter:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,10 @@ class TorchAdapter(nn.Module):
     The orthogonal kind is trained as ``R = exp(A − Aᵀ) R₀`` (a rotation for any A; A starts at 0).
     ``train_bias=False`` keeps the bias terms at their start (zero): a bias moves every query the same
     way, towards where the popular training documents are, which is no use to queries about new ones.
+
+    A migration adapter (input and output models differ) trains like the others: ``linear`` its whole
+    ``d_out × d_in`` matrix (from its start, the least-squares map), ``low_rank`` and ``residual_mlp`` their
+    change on top of the fixed ``projection``, which stays what the closed form made it.
     """
 
     def __init__(self, adapter: QueryAdapter, train_bias: bool = True) -> None:
@@ -30,8 +36,13 @@ class TorchAdapter(nn.Module):
                 {
                     k: nn.Parameter(torch.tensor(v), requires_grad=train_bias or k not in ("bias", "b2"))
                     for k, v in adapter.params.items()
+                    if k != "projection"
                 }
             )
+        if "projection" in adapter.params:  # fixed: the closed-form map the change is learned on top of
+            self.register_buffer("projection", torch.tensor(adapter.params["projection"]))
+        else:
+            self.projection = None
         self.start = {k: torch.tensor(v) for k, v in adapter.params.items()}
 
     def distance_from_start(self) -> torch.Tensor:
@@ -51,14 +62,15 @@ class TorchAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights
+        start = x if self.projection is None else x @ self.projection.T
         if self.kind == "linear":
             y = x @ w["weight"].T + w["bias"]
         elif self.kind == "low_rank":
-            y = x + (x @ w["down"]) @ w["up"].T + w["bias"]
+            y = start + (x @ w["down"]) @ w["up"].T + w["bias"]
         elif self.kind == "orthogonal":
             y = x @ self.rotation().T
         elif self.kind == "residual_mlp":
-            y = x + F.gelu(x @ w["w1"].T + w["b1"], approximate="tanh") @ w["w2"].T + w["b2"]
+            y = start + F.gelu(x @ w["w1"].T + w["b1"], approximate="tanh") @ w["w2"].T + w["b2"]
         else:
             y = x
         return F.normalize(y, dim=-1) if self.template.normalize else y
@@ -69,8 +81,9 @@ class TorchAdapter(nn.Module):
             params = {"rotation": self.rotation().cpu().numpy()}
         else:
             params = {k: v.detach().cpu().numpy().copy() for k, v in self.weights.items()}
-        t = self.template
-        return type(t)(t.dimension, t.base_model, params, t.normalize)
+        if self.projection is not None:
+            params["projection"] = self.projection.cpu().numpy().copy()
+        return replace(self.template, params=params, metadata={}, guard=None)
 
 
 def pair_loss(

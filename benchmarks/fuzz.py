@@ -636,7 +636,7 @@ def check_adapter_load(spec: dict) -> tuple[str, str]:
             assert str(path) in str(exc), f"error does not name the adapter file: {exc}"
             return "AdapterFileError (file)", "-"
         y = adapter.transform(np.ones((2, adapter.dimension), np.float32))  # a loaded adapter must work
-        assert y.shape == (2, adapter.dimension)
+        assert y.shape == (2, adapter.output_dimension)
         return "loaded", "finite output" if np.isfinite(y).all() else "non-finite output"
 
 

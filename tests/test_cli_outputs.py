@@ -67,6 +67,11 @@ def every_output_flag(t: Path) -> dict[str, list[str]]:
         "7-train--output": ["train", *beir[:2], "-o", victim],
         "train--cache-dir": ["train", *beir[:2], "-o", str(t / "a"), "--cache-dir", victim],
         "demo--output": ["demo", "--output", victim],
+        "migrate--output": ["migrate", "--corpus", data, "--new-model", str(t / "new-model"), "-o", victim],
+        "migrate--cache-dir": [
+            *("migrate", "--corpus", data, "--new-model", str(t / "new-model"), "-o", str(t / "m")),
+            *("--cache-dir", victim),
+        ],
         "export-phoenix--output": ["export-phoenix", "--url", "http://127.0.0.1:9", "-o", jsonl],
         "refresh--store": [*refresh, "--store", victim],
         "refresh--cache-dir": [*refresh, "--store", str(t / "store"), "--cache-dir", victim],

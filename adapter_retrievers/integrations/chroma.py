@@ -105,7 +105,8 @@ class AdaptedCollection:
     ``Embeddings``, a LlamaIndex ``BaseEmbedding``, a ``SentenceTransformer``, a Chroma embedding function
     or one of ours. Without it, the collection's own embedding function is used, unless that is
     Chroma's default (it downloads a model): then pass ``encoder`` or ``query_embeddings``. The adapter
-    is checked here against the encoder's model and dimension and the collection's stored vectors.
+    is checked here against the encoder's model and dimension and the collection's stored vectors. With a
+    migration adapter, ``encoder`` is the new model and the collection keeps the old model's vectors.
 
     >>> adapted = AdaptedCollection(collection, QueryAdapter.load("adapters/mine"), encoder)  # doctest: +SKIP
     >>> adapted.query(query_texts=["what causes X?"], n_results=5, where={"lang": "en"})    # doctest: +SKIP
@@ -123,8 +124,8 @@ class AdaptedCollection:
         self.encoder = as_encoder(encoder, model_id) if encoder is not None else None
         check_adapter_for(adapter, self.encoder, model_id)
         stored = _stored_dimension(collection)
-        if stored is not None:
-            adapter.check_compatible(dimension=stored)
+        if stored is not None:  # the index side: a migration adapter outputs the stored (old) model's vectors
+            adapter.check_compatible(output_dimension=stored)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Base-model query vectors for ``texts`` (before the adapter)."""

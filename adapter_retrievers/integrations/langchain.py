@@ -53,6 +53,7 @@ from adapter_retrievers.registry import (
     adapt_query_vector,
     adapter_metadata,
     check_adapter_for,
+    check_documents_for,
     interleaved_results,
     pin_adapter,
     pinned_for,
@@ -119,12 +120,14 @@ class AdapterEmbeddings(Embeddings):
         return AdapterEmbeddings(self.base, self.adapter, adapter_key, self.model_id)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        check_documents_for(self.adapter)
         return self.base.embed_documents(texts)
 
     def embed_query(self, text: str) -> list[float]:
         return adapt_query_vector(self.adapter, self.adapter_key, self.base.embed_query(text))
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        check_documents_for(self.adapter)
         return await self.base.aembed_documents(texts)
 
     async def aembed_query(self, text: str) -> list[float]:

@@ -52,6 +52,7 @@ from adapter_retrievers.registry import (
     adapt_query_vector,
     adapter_metadata,
     check_adapter_for,
+    check_documents_for,
     interleaved_results,
     pin_adapter,
     pinned_for,
@@ -163,15 +164,19 @@ class AdapterEmbedding(BaseEmbedding):
         )
 
     def _get_text_embedding(self, text: str) -> Embedding:
+        check_documents_for(self.adapter)
         return self.base_embed_model.get_text_embedding(text)
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
+        check_documents_for(self.adapter)
         return await self.base_embed_model.aget_text_embedding(text)
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        check_documents_for(self.adapter)
         return self.base_embed_model.get_text_embedding_batch(texts)
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        check_documents_for(self.adapter)
         return await self.base_embed_model.aget_text_embedding_batch(texts)
 
 

@@ -18,7 +18,8 @@ The stages, one module each:
 - :mod:`.gate`: is the selected adapter better than no adapter, by what validation can see;
 - :mod:`.executor`: independent runs in parallel threads;
 - :mod:`.trainer`: :class:`AdapterTrainer`, the stages in order, and the refit;
-- :mod:`.result`: :class:`TrainingResult`; :mod:`.curve`: :func:`learning_curve`.
+- :mod:`.result`: :class:`TrainingResult`; :mod:`.curve`: :func:`learning_curve`;
+- :mod:`.migration`: :func:`fit_migration`, an adapter from a new model's queries into an old model's index.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from adapter_retrievers.training.config import (
     ValidationSplit,
 )
 from adapter_retrievers.training.curve import learning_curve
+from adapter_retrievers.training.migration import MigrationResult, fit_migration
 from adapter_retrievers.training.result import TrainingResult
 from adapter_retrievers.training.trainer import AdapterTrainer
 
@@ -43,10 +45,12 @@ __all__ = [
     "VALIDATION_SPLITS",
     "AdapterTrainer",
     "Loss",
+    "MigrationResult",
     "Negatives",
     "TrainingConfig",
     "TrainingResult",
     "ValidationSplit",
     "blend",
+    "fit_migration",
     "learning_curve",
 ]

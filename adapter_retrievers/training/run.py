@@ -30,12 +30,14 @@ def train_epochs(
     progress: bool = False,
     label: str = "",
     position: int = 0,
+    start: QueryAdapter | None = None,
 ) -> Iterator[tuple[int, float, QueryAdapter]]:
     """Yield ``(epoch, mean train loss, adapter snapshot)`` after every epoch, for ``cfg.epochs`` epochs.
 
     Deterministic for ``cfg.seed``: the initialisation, the order of the pairs and the random negatives all
     come from it, so two runs of one config on one machine give the same snapshots. A loss that stops being
-    finite ends the run. ``label`` and ``position``: the progress bar's text and line.
+    finite ends the run. ``label`` and ``position``: the progress bar's text and line. ``start``: the adapter
+    to train from (a migration's least-squares map) instead of a new one of ``cfg.kind`` at the identity.
     """
     import torch
 
@@ -44,7 +46,10 @@ def train_epochs(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     torch_device = torch.device(device)
-    start = QueryAdapter.create(cfg.kind, vectors.shape[1], model_id, rank=cfg.rank, hidden=cfg.hidden, seed=cfg.seed)
+    if start is None:
+        start = QueryAdapter.create(
+            cfg.kind, vectors.shape[1], model_id, rank=cfg.rank, hidden=cfg.hidden, seed=cfg.seed
+        )
     module = TorchAdapter(start, train_bias=cfg.bias).to(torch_device)
     optimizer = torch.optim.Adam(
         [p for p in module.parameters() if p.requires_grad], lr=cfg.learning_rate, fused=torch_device.type == "cpu"

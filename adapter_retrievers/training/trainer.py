@@ -70,6 +70,7 @@ class Plan:
     label: str
     data: tuple[TrainingSet, np.ndarray]
     refit: bool = False
+    start: QueryAdapter | None = None  # what training starts from and the gate compares with (None: identity)
 
     @property
     def trained_on(self) -> tuple[TrainingSet, np.ndarray]:
@@ -293,8 +294,15 @@ class AdapterTrainer:
         validation_vectors: np.ndarray | None,
         corpus: Corpus | VectorSource,
         data_fingerprint: str | None = None,
+        start: QueryAdapter | None = None,
     ) -> TrainingResult:
         """Train from precomputed query vectors (rows in ``query_ids`` order) and an embedded corpus.
+
+        ``start``: train from this adapter instead of the identity, and keep it (not the identity) when
+        nothing beats it on validation: a migration adapter's least-squares map, whose query vectors come
+        from another model than the corpus's (:func:`~adapter_retrievers.training.migration.fit_migration`).
+        Blending, the guard and the consistency term need the identity (or query and document vectors of one
+        model), so they are off then; the kind is the start's.
 
         ``validation=None``: hold out validation from ``train`` as :meth:`fit` does (k-fold
         cross-validation for small sets). ``data_fingerprint`` names the data the caller started from.
@@ -303,6 +311,20 @@ class AdapterTrainer:
         ``working_set_above`` documents, training holds only a working set of it.
         """
         cfg = self.config
+        if start is not None:
+            if not isinstance(corpus, Corpus) or len(corpus) > cfg.working_set_above:
+                raise ValueError("training from a start adapter needs the whole corpus in memory (no working set)")
+            if cfg.solver != "gradient":
+                raise ValueError("a start adapter needs solver='gradient'")
+            adjusted = replace(cfg, kind=start.kind, blend=(1.0,), guard=False, consistency_weight=0.0)
+            if adjusted != cfg:
+                self.config = adjusted
+                try:
+                    return self.fit_vectors(
+                        train, train_vectors, validation, validation_vectors, corpus, data_fingerprint, start
+                    )
+                finally:
+                    self.config = cfg
         started = time.perf_counter()
         working = self._working_set(train, train_vectors, validation, validation_vectors, corpus)
         if working is not None:
@@ -310,8 +332,13 @@ class AdapterTrainer:
         if corpus.embeddings is None:
             raise ValueError("corpus has no embeddings: pass corpus.with_embeddings(vectors) or use fit()")
         dim = corpus.embeddings.shape[1]
-        train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=dim)
-        plan = self._plan(train, train_vectors, validation, validation_vectors, corpus)
+        if start is not None and start.output_dimension != dim:
+            raise ValueError(
+                f"index side: the start adapter outputs {start.output_dimension}-d vectors, the corpus has {dim}"
+            )
+        query_dim = dim if start is None else start.dimension
+        train_vectors = check_vectors(train_vectors, "training query vectors", rows=len(train), dimension=query_dim)
+        plan = self._plan(train, train_vectors, validation, validation_vectors, corpus, start)
         model_id = self.model_id or "unknown-model"
         base, new = plan.base, plan.new
         trailing = None
@@ -327,7 +354,7 @@ class AdapterTrainer:
         if len(plan.folds) > 1:
             decision["fold_gains"] = fold_gains(plan, chosen)
         decision["option_scores"] = {str(c.negatives): c.score for c in choices}
-        identity = QueryAdapter.identity(dim, model_id)
+        identity = QueryAdapter.identity(dim, model_id) if start is None else start
         selected = blend(chosen.adapter, chosen.alpha) if decision["kept"] and chosen.adapter is not None else identity
         adapter = identity
         if decision["kept"]:
@@ -340,7 +367,12 @@ class AdapterTrainer:
         if len(plan.folds) == 1:  # one validation split: the selected adapter's figures on it
             fold = plan.folds[0]
             report = compare(
-                selected, fold.scorer.vectors, fold.scorer.queries, corpus, seen_documents=fold.train.documents
+                selected,
+                fold.scorer.vectors,
+                fold.scorer.queries,
+                corpus,
+                seen_documents=fold.train.documents,
+                baseline=start,
             )
             data_documents = plan.data[0].documents | fold.scorer.queries.documents
         else:  # k folds: out-of-fold figures
@@ -413,6 +445,7 @@ class AdapterTrainer:
         validation: TrainingSet | None,
         validation_vectors: np.ndarray | None,
         corpus: Corpus,
+        start: QueryAdapter | None = None,
     ) -> Plan:
         """The validation of this fit: the given set, k folds (grouped by document for small data), or a split."""
         cfg = self.config
@@ -425,15 +458,15 @@ class AdapterTrainer:
             )
             if len(train) == 0 or len(validation) == 0:
                 raise ValueError(_NO_QUERIES)
-            scorer = ValidationScorer(validation, validation_vectors, corpus, metric, train.documents)
-            return Plan([Fold(train, vectors, scorer)], "given validation set", (train, vectors))
+            scorer = ValidationScorer(validation, validation_vectors, corpus, metric, train.documents, start)
+            return Plan([Fold(train, vectors, scorer)], "given validation set", (train, vectors), start=start)
         if len(train) < 2:
             raise ValueError("need at least 2 training queries to hold some out for validation")
         rows = {q: i for i, q in enumerate(train.query_ids)}
 
         def part(held: TrainingSet, rest: TrainingSet) -> Fold:
             held_vectors = vectors[[rows[q] for q in held.query_ids]]
-            scorer = ValidationScorer(held, held_vectors, corpus, metric, rest.documents)
+            scorer = ValidationScorer(held, held_vectors, corpus, metric, rest.documents, start)
             return Fold(rest, vectors[[rows[q] for q in rest.query_ids]], scorer)
 
         def folds_of(folds: list[TrainingSet]) -> list[Fold]:
@@ -443,7 +476,7 @@ class AdapterTrainer:
         if self._use_cross_validation(train):
             folds = cross_validation_folds(train, cfg)
             label = f"{len(folds)}-fold cross-validation grouped by document (out-of-fold)"
-            return Plan(folds_of(folds), label, (train, vectors), refit=True)  # small data: always every pair
+            return Plan(folds_of(folds), label, (train, vectors), refit=True, start=start)  # small: every pair
         if cfg.validation_folds > 1 and gradient:
             folds = validation_folds(train, cfg)
             if all(len(f) for f in folds):
@@ -451,12 +484,12 @@ class AdapterTrainer:
                     "grouped by document + by query" if cfg.validation_split == "both" else f"by {cfg.validation_split}"
                 )
                 label = f"{len(folds)} validation folds {split} (out-of-fold)"
-                return Plan(folds_of(folds), label, (train, vectors), refit=cfg.refit)
+                return Plan(folds_of(folds), label, (train, vectors), refit=cfg.refit, start=start)
         rest, held = validation_split(train, cfg)
         if len(rest) == 0 or len(held) == 0:
             raise ValueError(_NO_QUERIES)
         label = "validation split " + held.name.rsplit("validation split ", 1)[-1]
-        return Plan([part(held, rest)], label, (train, vectors), refit=cfg.refit and gradient)
+        return Plan([part(held, rest)], label, (train, vectors), refit=cfg.refit and gradient, start=start)
 
     def _select_options(
         self, plan: Plan, corpus: Corpus, options: list[TrainingConfig]
@@ -475,7 +508,10 @@ class AdapterTrainer:
             OptionRun(
                 plan,
                 option,
-                [run.train_epochs(f.train, f.vectors, corpus, option, model_id, self.device) for f in plan.folds],
+                [
+                    run.train_epochs(f.train, f.vectors, corpus, option, model_id, self.device, start=plan.start)
+                    for f in plan.folds
+                ],
             )
             for option in options
         ]
@@ -509,7 +545,8 @@ class AdapterTrainer:
 
     def _refit_steps(self, plan: Plan, corpus: Corpus, option: TrainingConfig) -> Iterator[Any]:
         train, vectors = plan.data
-        return run.train_epochs(train, vectors, corpus, option, self.model_id or "unknown-model", self.device)
+        model_id = self.model_id or "unknown-model"
+        return run.train_epochs(train, vectors, corpus, option, model_id, self.device, start=plan.start)
 
     def _procrustes(self, plan: Plan, corpus: Corpus) -> Choice:
         """The closed-form rotation, scored as a one-epoch run."""

@@ -15,19 +15,34 @@ _CACHED_SCORES = 1 << 24  # validation x corpus scores kept across epochs up to 
 
 
 class ValidationScorer:
-    """Per-query selection metric of candidates on one validation set; knows which queries are about new docs."""
+    """Per-query selection metric of candidates on one validation set; knows which queries are about new docs.
 
-    def __init__(self, queries: TrainingSet, vectors: np.ndarray, corpus: Corpus, metric: str, seen: set[str]) -> None:
+    ``start``: what "no adapter" means here (None: the base vectors; a migration adapter's least-squares start,
+    when the query vectors come from another model than the corpus's).
+    """
+
+    def __init__(
+        self,
+        queries: TrainingSet,
+        vectors: np.ndarray,
+        corpus: Corpus,
+        metric: str,
+        seen: set[str],
+        start: QueryAdapter | None = None,
+    ) -> None:
         self.queries, self.vectors, self.corpus, self.metric = queries, vectors, corpus, metric
+        self.start = start
         groups = document_groups(queries, seen)
         self.new = np.array([groups[q] == "new" for q in queries.query_ids], dtype=bool)
         self.base = self(None)
         docs = corpus.normalized_embeddings()
         x = np.asarray(vectors, dtype=np.float32)
         # the same for every candidate: kept when small (computed here, as threads may share the scorer)
-        self._base_scores = x @ docs.T if x.shape[0] * docs.shape[0] <= _CACHED_SCORES else None
+        small = x.shape[0] * docs.shape[0] <= _CACHED_SCORES and start is None
+        self._base_scores = x @ docs.T if small else None
 
     def __call__(self, adapter: QueryAdapter | None) -> np.ndarray:
+        adapter = self.start if adapter is None else adapter
         vectors = self.vectors if adapter is None else adapter.transform(self.vectors)
         return score_vectors(vectors, self.queries, self.corpus, (self.metric,)).per_query[self.metric]
 

