@@ -153,5 +153,5 @@ def test_adapted_collection_never_falls_back_to_chromas_downloading_default(tmp_
         adapted.query(query_texts=["x"], n_results=1)
     assert adapted.query(query_embeddings=[[1.0] * 16], n_results=1)["ids"] == [["a"]]  # vectors need no encoder
     # the stored vectors' dimension: the error names the index side (a migration adapter's output meets it)
-    with pytest.raises(AdapterMismatchError, match="index side: adapter outputs 8-dimensional .* dimension 16"):
+    with pytest.raises(AdapterMismatchError, match=r"index side: adapter outputs 8-dimensional .* dimension 16"):
         AdaptedCollection(collection, QueryAdapter.create("linear", 8, MODEL))
