@@ -105,8 +105,10 @@ class QueryGuard:
                 "guard needs positive variances and 0 <= inner < outer, got "
                 f"residual variance {self.residual_variance}, inner {self.inner}, outer {self.outer}"
             )
-        # serving runs one product per query: x @ [components | mean], then a weighted sum of squares
+        # serving runs one product per query: x @ [components | mean], then a weighted sum of squares;
+        # components and mean are views into that one array, so the guard holds them once
         self._projection = np.ascontiguousarray(np.hstack([self.components, self.mean[:, None]]))
+        self.components, self.mean = self._projection[:, :-1], self._projection[:, -1]
         self._mean_along = self.mean @ self.components
         self._mean_squared = float(self.mean @ self.mean)
         self._along_scale = (1.0 / self.variances - 1.0 / self.residual_variance).astype(np.float32)
@@ -117,7 +119,7 @@ class QueryGuard:
 
     @property
     def nbytes(self) -> int:
-        return int(self.mean.nbytes + self.components.nbytes + self.variances.nbytes)
+        return int(self._projection.nbytes + self.variances.nbytes)
 
     @classmethod
     def summarise(cls, vectors: np.ndarray, components: int = 32) -> QueryGuard:
@@ -159,8 +161,8 @@ class QueryGuard:
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {
-            f"{GUARD_PREFIX}mean": self.mean,
-            f"{GUARD_PREFIX}components": self.components,
+            f"{GUARD_PREFIX}mean": np.ascontiguousarray(self.mean),
+            f"{GUARD_PREFIX}components": np.ascontiguousarray(self.components),
             f"{GUARD_PREFIX}variances": self.variances,
         }
 
