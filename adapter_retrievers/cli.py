@@ -334,15 +334,24 @@ def _load(beir: Path | None, split: str, pairs: Path | None, qa_json: Path | Non
     if corpus_folder is None:
         raise ValueError("--pairs needs --corpus FOLDER (a BEIR folder with corpus.jsonl)")
     documents = Corpus.from_beir(corpus_folder, errors=errors)
+    given = f"--pairs {pairs}" if pairs else f"--beir {beir} --split {split}"
+    return _read_queries(documents, beir, split, pairs, errors, given), documents
+
+
+def _read_queries(documents: Any, beir: Path | None, split: str, pairs: Path | None, errors: str, given: str) -> Any:
+    """The relevance pairs of a BEIR split of ``beir`` or a ``pairs`` JSONL, checked against ``documents``; skips
+    of both reads are reported, and no query left is refused (``given`` names the options) before any model
+    is loaded (a table of zeros for 0 queries says nothing)."""
+    from adapter_retrievers.data import TrainingSet
+
     queries = TrainingSet.from_beir(beir, split, errors=errors) if beir else TrainingSet.from_pairs_jsonl(pairs, errors)
     for report in (documents.read_report, queries.read_report):
         if report.n_skipped:
             typer.echo(f"skipped: {report}", err=True)
     queries = queries.check_against(documents, errors)
-    if len(queries) == 0:  # refused before the model is loaded (a table of zeros for 0 queries says nothing)
-        given = f"--pairs {pairs}" if pairs else f"--qa-json {qa_json}" if qa_json else f"--beir {beir} --split {split}"
+    if len(queries) == 0:
         raise ValueError(f"{given}: no queries with a relevant document in the corpus")
-    return queries, documents
+    return queries
 
 
 @app.command()
@@ -468,7 +477,7 @@ def migrate(
       adapter-retrievers migrate --corpus data/xquad/es --old-model bundled \\
         --new-model mpnet --sample 0.1 --queries logs/queries.jsonl -o runs/adapters/minilm-to-mpnet
     """
-    from adapter_retrievers.data import Corpus, TrainingSet, read_query_texts
+    from adapter_retrievers.data import Corpus, read_query_texts
     from adapter_retrievers.training.migration import MIGRATION_KINDS, fit_migration, migration_sample
 
     _choice(kind, MIGRATION_KINDS, "--kind")
@@ -489,11 +498,8 @@ def migrate(
     documents = Corpus.from_beir(corpus, errors=errors)
     queries = None
     if pairs is not None or split is not None:
-        queries = TrainingSet.from_pairs_jsonl(pairs, errors) if pairs else TrainingSet.from_beir(corpus, split, errors)
-        for report in (documents.read_report, queries.read_report):
-            if report.n_skipped:
-                typer.echo(f"skipped: {report}", err=True)
-        queries = queries.check_against(documents, errors)
+        given = f"--pairs {pairs}" if pairs else f"--corpus {corpus} --split {split}"
+        queries = _read_queries(documents, None if pairs else corpus, split or "", pairs, errors, given)
         if len(queries) < 2:
             raise ValueError("the relevance pairs have fewer than 2 queries with a relevant document in --corpus")
     elif documents.read_report.n_skipped:
