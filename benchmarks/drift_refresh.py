@@ -144,9 +144,11 @@ class Traffic:
             self.callbacks = [RetrievalLogger(self.log)]
             self.source = LogSource(self.log.path)
         else:
+            import httpx
             from phoenix.client import Client
 
-            self.client = Client(base_url=url)
+            # a long timeout: under load Phoenix answers a batch of annotations in more than httpx's 5 s
+            self.client = Client(base_url=url, http_client=httpx.Client(base_url=url, timeout=120.0))
             self.callbacks = []
             self.source = PhoenixSource(url, project)
 
