@@ -56,7 +56,7 @@ class MigrationResult:
             + (f"and {d['n_queries_by_both']} queries " if d.get("n_queries_by_both") else "")
             + "embedded by both models",
             f"least-squares baseline: ridge {d['ridge']}, intercept {d['intercept']}, "
-            f"{d['folds']}-fold document MRR@10 {d['baseline_mrr']:.4f}",
+            f"{d['folds']}-fold MRR@10 of each held-out text's own old vector {d['baseline_mrr']:.4f}",
         ]
         if d.get("orthogonal_mrr") is not None:
             lines.append(f"orthogonal (Procrustes): document MRR@10 {d['orthogonal_mrr']:.4f}")
