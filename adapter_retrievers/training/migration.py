@@ -144,10 +144,7 @@ def fit_migration(
     :class:`~adapter_retrievers.training.TrainingConfig` fields, e.g. ``epochs``, ``rank``, ``hidden``), validated
     on ``validation`` (its queries' new-model vectors: ``validation_vectors``) or on pairs it holds out. The
     fine-tuned adapter is kept only if the trainer's gate keeps it *and* its validation score is at least the
-    least-squares start's: never worse than the baseline on validation. With both a query log and pairs it is
-    fine-tuned from two starts, the map with the log and the map on the documents alone, and the better on
-    validation is kept (``decision["start"]``, ``decision["start_scores"]``): which one retrieves better depends
-    on how many documents were re-embedded, and only labels can tell.
+    least-squares start's: never worse than the baseline on validation.
     """
     if kind not in MIGRATION_KINDS:
         raise ValueError(f"kind must be one of {MIGRATION_KINDS}, got {kind!r}")
@@ -233,36 +230,17 @@ def fit_migration(
     if pairs is not None:
         from adapter_retrievers.training.trainer import AdapterTrainer
 
-        # with a query log, two starts: no label-free measure can tell which map retrieves better (at 100% of
-        # XQuAD-es re-embedded the documents-only map does, at 10% the log's), the held-out relevance pairs can
-        starts = {
-            "documents and queries" if decision["n_queries_by_both"] else "documents": (adapter, decision["kept"])
-        }
-        if decision["n_queries_by_both"]:
-            alone = fit_migration(
-                new_documents, old_documents, new_model, old_model, kind=kind, corpus=corpus, ridge=ridge,
-                folds=folds, seed=seed, normalize=normalize, **options,
-            )  # fmt: skip
-            starts["documents only"] = (alone.adapter, alone.decision["kept"])
-        tried: list[tuple[float, str, QueryAdapter, TrainingResult]] = []
-        for name, (start, _) in starts.items():
-            trainer = AdapterTrainer(model_id=new_model, progress=progress, seed=seed, **options, **training)
-            fitted = trainer.fit_vectors(pairs, pair_vectors, validation, validation_vectors, corpus, start=start)
-            t = fitted.decision
-            if t["kept"] and t["adapted"] < t["baseline"]:  # the trainer's non-inferiority margin allows worse
-                t["kept"], t["reason"] = False, "worse than the least-squares start on validation"
-            tried.append((t["adapted"] if t["kept"] else t["baseline"], name, start, fitted))
-        _, chosen, start, result_training = max(tried, key=lambda item: item[0])  # a tie keeps the first
-        if len(tried) > 1:
-            decision["start"] = chosen
-            decision["start_scores"] = {name: value for value, name, _, _ in tried}
-            decision["baseline_validation"] = tried[0][3].decision["baseline"]  # the least-squares baseline's
-        if result_training.decision["kept"]:
+        start = adapter
+        trainer = AdapterTrainer(model_id=new_model, progress=progress, seed=seed, **options, **training)
+        result_training = trainer.fit_vectors(pairs, pair_vectors, validation, validation_vectors, corpus, start=start)
+        t = result_training.decision
+        if t["kept"] and t["adapted"] < t["baseline"]:  # the trainer's non-inferiority margin allows a little worse
+            t["kept"], t["reason"] = False, "worse than the least-squares start on validation"
+        if t["kept"]:
             adapter = result_training.adapter
-            decision["kept"] = f"fine-tuned {adapter.kind}" + (f" from the {chosen} map" if len(tried) > 1 else "")
+            decision["kept"] = f"fine-tuned {adapter.kind}"
         else:
             adapter = start
-            decision["kept"] = starts[chosen][1] + (f" on {chosen}" if len(tried) > 1 else "")
             decision["reason"] = f"fine-tuning did not beat the start: {result_training.decision['reason']}"
     adapter.metadata = {**adapter.metadata, "migration": {k: v for k, v in decision.items() if k != "grid"}}
     return MigrationResult(adapter, baseline, decision, result_training, n_documents)
