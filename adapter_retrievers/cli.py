@@ -469,8 +469,8 @@ def migrate(
     """Fit a migration adapter: the new model's queries into the index the old model embedded, no re-embedding.
 
     A --sample of the corpus (and the --queries of a query log) is embedded by both models; the least-squares
-    (ridge) map new -> old on those pairs of vectors is the baseline, and with --pairs or --split the adapter is fine-tuned from it and kept only if
-    it beats it on held-out queries. Serve it with the new model as the query encoder and the old index as is.
+    (ridge) map new -> old on those pairs of vectors is the baseline, and with --pairs or --split the adapter
+    is fine-tuned from it and kept only if it beats it on held-out queries. Serve it with the new model as the query encoder and the old index as is.
 
     \b
     Example:
