@@ -352,6 +352,12 @@ class QueryAdapter:
         """
         from adapter_retrievers.encoders import canonical_model_id
 
+        if self.is_migration and self._looks_swapped(base_model, dimension, output_model, output_dimension):
+            raise AdapterMismatchError(
+                f"query and index sides look swapped: this adapter maps {self.dimension}-d queries of "
+                f"{self.base_model!r} (the new model, the query encoder) into the {self.output_dimension}-d index "
+                f"of {self.output_model!r} (the old model, the stored vectors); you passed them the other way round"
+            )
         if dimension is not None and int(dimension) != self.dimension:
             raise AdapterMismatchError(
                 f"query side: adapter expects {self.dimension}-dimensional embeddings from {self.base_model!r}, "
@@ -373,6 +379,26 @@ class QueryAdapter:
                 f"index side: adapter maps into the document space of {self.output_model!r}, but the index was "
                 f"embedded with {output_model!r}: use an adapter into the model that embedded this index"
             )
+
+    def _looks_swapped(
+        self, base_model: str | None, dimension: int | None, output_model: str | None, output_dimension: int | None
+    ) -> bool:
+        """Whether the query side given is this adapter's index side and the other way round (the models when
+        both are given, else the dimensions when they differ)."""
+        from adapter_retrievers.encoders import canonical_model_id
+
+        if base_model is not None and output_model is not None:
+            same = canonical_model_id(base_model) == canonical_model_id(self.base_model)
+            crossed = canonical_model_id(base_model) == canonical_model_id(self.output_model) and canonical_model_id(
+                output_model
+            ) == canonical_model_id(self.base_model)
+            return crossed and not same
+        return (
+            dimension is not None
+            and output_dimension is not None
+            and self.dimension != self.output_dimension
+            and (int(dimension), int(output_dimension)) == (self.output_dimension, self.dimension)
+        )
 
     def save(self, path: os.PathLike | str, overwrite: bool = False) -> Path:
         """Write ``model.safetensors`` and ``adapter_config.json`` into folder ``path``, atomically.

@@ -445,8 +445,8 @@ def migrate(
         Path | None,
         typer.Option(
             "--queries",
-            help="JSONL of logged queries ({query: ...}, or a pairs file), no labels needed: embedded by both "
-            "models as more paired vectors",
+            help="JSONL of logged queries ({query: ...}, a pairs file, or a BEIR queries.jsonl), no labels needed: "
+            "embedded by both models as more paired vectors",
         ),
     ] = None,
     sample: Annotated[float, typer.Option(help="fraction of the corpus to re-embed with the new model")] = 0.1,
@@ -511,6 +511,8 @@ def migrate(
             typer.echo(f"skipped: {report}", err=True)
         if not logged:
             raise ValueError(f"--queries {query_log}: no query texts in it")
+        if report.rows_used > len(logged):
+            typer.echo(f"--queries: {len(logged)} distinct of {report.rows_used} (repeats used once)", err=True)
     old, new = _encoder(old_model, cache_dir, progress), _encoder(new_model, cache_dir, progress)
     ids = migration_sample(documents, sample, seed)
     texts = [documents.texts[documents.position(d)] for d in ids]

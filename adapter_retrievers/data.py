@@ -338,15 +338,16 @@ def check_vectors(vectors: Any, what: str, rows: int | None = None, dimension: i
 
 
 def read_query_texts(path: os.PathLike | str, errors: ErrorMode = "raise") -> tuple[list[str], ReadReport]:
-    """The distinct query texts of a JSONL of ``{"query": ...}`` rows (a query log, or a pairs file), in order
-    of first appearance, with the read report (rows without a query are bad rows)."""
+    """The distinct query texts of a JSONL of ``{"query": ...}`` rows (a query log, or a pairs file) or of BEIR
+    ``queries.jsonl`` rows (``{"_id", "text"}``), in order of first appearance, with the read report (rows
+    without a query are bad rows; a repeated text is used once: ``rows_used - len(texts)`` were repeats)."""
     path = Path(path)
     row_errors = _RowErrors(errors)
     texts: dict[str, None] = {}
     for line_no, obj in iter_jsonl(path, row_errors):
-        text = obj.get("query")
+        text = obj.get("query", obj.get("text"))
         if not isinstance(text, str) or not text.strip():
-            row_errors.bad("missing or empty query", path, line_no)
+            row_errors.bad(f"missing or empty query (fields: {', '.join(sorted(obj)) or 'none'})", path, line_no)
             continue
         texts.setdefault(text)
         row_errors.report.rows_used += 1

@@ -78,6 +78,9 @@ def test_loading_checks_the_query_encoder_and_the_index_and_names_the_wrong_side
     with pytest.raises(AdapterMismatchError, match=r"index side.*dimension 40"):
         QueryAdapter.load(tmp_path / "a", base_model=NEW, dimension=40, output_dimension=40)
     QueryAdapter.load(tmp_path / "a", base_model=NEW, dimension=40, output_model=OLD, output_dimension=24)
+    for swapped in ({"base_model": OLD, "output_model": NEW}, {"dimension": 24, "output_dimension": 40}):
+        with pytest.raises(AdapterMismatchError, match=r"sides look swapped.*other way round"):
+            QueryAdapter.load(tmp_path / "a", **swapped)
 
 
 def test_ordinary_adapters_are_still_format_1_and_version_1_files_load(tmp_path):
@@ -323,8 +326,11 @@ def test_migrate_command_fits_saves_and_refuses_to_overwrite(tmp_path):
     SentenceTransformer(modules=[*minilm, projection, models.Normalize()]).save(str(tmp_path / "new-model"))
     write_beir(tmp_path / "data")
     args = ["migrate", "--corpus", str(tmp_path / "data"), "--new-model", str(tmp_path / "new-model")]
-    log = tmp_path / "queries.jsonl"
-    log.write_text('{"query": "what do cells eat"}\n{"nothing": 1}\n{"query": "what do cells eat"}\n')
+    log = tmp_path / "queries.jsonl"  # a log line, a BEIR queries.jsonl line, a bad line, a repeat
+    log.write_text(
+        '{"query": "what do cells eat"}\n{"_id": "q9", "text": "how do cells divide"}\n{"nothing": 1}\n'
+        '{"query": "what do cells eat"}\n'
+    )
     args += ["--sample", "1.0", "--split", "train", "--epochs", "5", "--cache-dir", str(tmp_path / "cache")]
     result = CliRunner().invoke(app, [*args, "--queries", str(log), "-o", str(tmp_path / "strict")])
     assert result.exit_code == 2 and "missing or empty query" in result.output and not (tmp_path / "strict").exists()
@@ -333,7 +339,8 @@ def test_migrate_command_fits_saves_and_refuses_to_overwrite(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "least-squares baseline" in result.output and "12 of 12 documents re-embedded" in result.output
-    assert "1 x missing or empty query" in result.output and "and 1 queries embedded by both" in result.output
+    assert "1 x missing or empty query (fields: nothing)" in result.output
+    assert "and 2 queries embedded by both" in result.output and "2 distinct of 3 (repeats used once)" in result.output
     adapter = QueryAdapter.load(
         tmp_path / "adapter",
         dimension=96,

@@ -197,7 +197,8 @@ def fit_migration(
     options = {key: training.pop(key) for key in ("rank", "hidden") if key in training}
     baseline = _in_kind("linear", weight, bias, new_model, old_model, normalize, seed, options)
     decision: dict[str, Any] = {
-        "baseline": "least-squares (ridge) map new → old on the paired documents",
+        "baseline": "least-squares (ridge) map new → old on the paired documents"
+        + (" and logged queries" if len(new) > n_documents else ""),
         "ridge": best_ridge,
         "intercept": best_intercept,
         "folds": k,
