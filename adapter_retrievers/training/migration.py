@@ -4,8 +4,8 @@ Re-embed a sample of the corpus with the new model; with each sampled document's
 that gives pairs ``(new vector, old vector)`` of one text; logged query texts embedded by both models add more
 (``new_queries``/``old_queries``). :func:`fit_migration` fits on them the closed-form
 least-squares (ridge) map new → old, ``y = x Wᵀ + b``, choosing the ridge strength (and whether to fit an
-intercept) by k-fold cross-validation over the sampled documents. That map is **the baseline** a migration is
-judged by when the two models' dimensions differ (there is no identity to compare with): a held-out document's
+intercept) by k-fold cross-validation over the paired texts. That map is **the baseline** a migration is
+judged by when the two models' dimensions differ (there is no identity to compare with): a held-out text's
 new vector, mapped, should retrieve its own old vector among the old vectors (MRR@10).
 
 The gate never returns anything worse than that baseline on validation:
@@ -155,13 +155,13 @@ def fit_migration(
     d_in, d_out = new.shape[1], old.shape[1]
     if (new_queries is None) != (old_queries is None):
         raise ValueError("pass new_queries and old_queries together (the same query texts embedded by both models)")
-    n_documents = len(new)
+    n_documents, n_logged = len(new), 0
     if new_queries is not None:
         new_q = check_vectors(new_queries, "new-model query vectors (queries by both)", dimension=d_in)
         old_q = check_vectors(
             old_queries, "old-model query vectors (queries by both)", rows=len(new_q), dimension=d_out
         )
-        new, old = np.concatenate([new, new_q]), np.concatenate([old, old_q])
+        new, old, n_logged = np.concatenate([new, new_q]), np.concatenate([old, old_q]), len(new_q)
     if kind == "orthogonal" and d_in != d_out:
         raise ValueError(
             f"kind='orthogonal' needs equal dimensions, the models have {d_in} and {d_out}: use linear, "
@@ -198,14 +198,14 @@ def fit_migration(
     baseline = _in_kind("linear", weight, bias, new_model, old_model, normalize, seed, options)
     decision: dict[str, Any] = {
         "baseline": "least-squares (ridge) map new → old on the paired documents"
-        + (" and logged queries" if len(new) > n_documents else ""),
+        + (" and logged queries" if n_logged else ""),
         "ridge": best_ridge,
         "intercept": best_intercept,
         "folds": k,
         "baseline_mrr": baseline_mrr,
         "grid": {f"{r}{'' if i else ' (no intercept)'}": s for (r, i), s in scores.items()},
         "n_documents": n_documents,
-        "n_queries_by_both": len(new) - n_documents,
+        "n_queries_by_both": n_logged,
         "kept": "least-squares",
         "reason": "",
     }
