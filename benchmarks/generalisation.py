@@ -237,8 +237,8 @@ def markdown(results: dict) -> str:
 
 def timing(enc) -> dict:
     """Seconds to fit on all SciFact train pairs from cached vectors, side by side in one process: the default
-    (runs in parallel threads, one torch thread each), one run at a time, without the refit, with torch's own
-    thread count, and the default before issue 10."""
+    (runs in parallel threads, one torch thread each), without the race between negatives options, one run at
+    a time, without the refit, with torch's own thread count, and the default before issue 10."""
     import torch
 
     corpus, train, _ = scifact(enc)
@@ -246,6 +246,7 @@ def timing(enc) -> dict:
     out = {"torch_default_threads": torch.get_num_threads()}
     runs = (
         ("default", {}),
+        ("default, race_after=0", {"race_after": 0}),
         ("default, parallel_runs=1", {"parallel_runs": 1}),
         ("default, refit=False", {"refit": False}),
         ("default, threads=None", {"threads": None}),

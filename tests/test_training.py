@@ -529,3 +529,57 @@ def test_the_result_says_how_stable_it_is(task):
     pooled = sum(g * n for g, n in zip(stability["fold_gains"], sizes)) / sum(sizes)
     assert pooled == pytest.approx(result.decision["gain"])  # the folds' gains pool to the decision's gain
     assert "per fold" in result.describe_decision() and "spread" in result.describe_decision()
+
+
+def test_an_option_stops_when_it_is_behind_and_its_curve_has_flattened():
+    """``outpaced`` is a pure rule over the options' validation curves: after ``race_after`` epochs, a run more
+    than ``race_margin`` behind the best, and further behind than it climbed in its last ``race_after`` epochs,
+    stops; one still climbing fast enough to catch up goes on."""
+    from adapter_retrievers.training.config import TrainingConfig
+    from adapter_retrievers.training.selection import Curve, EpochScores, outpaced
+
+    cfg = TrainingConfig(race_after=3, race_margin=0.005, blend=(1.0,), selection_tolerance=0.0)
+
+    def curve(*scores: float) -> Curve:
+        return Curve(0.4, None, [EpochScores(e, 0.0, {1.0: v}) for e, v in enumerate(scores, start=1)])
+
+    leader = curve(0.50, 0.55, 0.60, 0.61, 0.61)
+    flat = curve(0.50, 0.52, 0.53, 0.53, 0.53)  # 0.08 behind, climbed 0.01 since epoch 2
+    climbing = curve(0.30, 0.40, 0.50, 0.55, 0.58)  # 0.03 behind, climbed 0.18 since epoch 2
+    close = curve(0.50, 0.55, 0.60, 0.606, 0.606)  # within the margin
+    assert outpaced([leader, flat, climbing, close], cfg) == [False, True, False, False]
+    assert outpaced([curve(0.61, 0.61), curve(0.3, 0.3)], cfg) == [False, False]  # too early to tell
+    assert outpaced([leader, flat], TrainingConfig(race_after=0, blend=(1.0,))) == [False, False]
+    assert outpaced([flat], cfg) == [False]
+    with pytest.raises(ValueError, match="race_after"):
+        TrainingConfig(race_margin=-0.1)
+
+
+@pytest.mark.parametrize("cross_validated", [False, True])
+def test_a_race_stops_the_losing_option_and_keeps_the_winners_adapter_bit_for_bit(task, monkeypatch, cross_validated):
+    """The losing option is listed first, so the refit that trails it must start again for the leader: the kept
+    adapter is the one the unraced fit returns, and the loser trained only up to the race's epoch."""
+    trained: dict[str, int] = {}
+    original = run.train_epochs
+
+    def spy(train, vectors, corpus, cfg, *args, **kwargs):
+        for step in original(train, vectors, corpus, cfg, *args, **kwargs):
+            trained[str(cfg.negatives)] = max(trained.get(str(cfg.negatives), 0), step[0])
+            yield step
+
+    monkeypatch.setattr(run, "train_epochs", spy)
+    corpus, train, _, _, vectors = task
+    options = {**FAST, "negatives": (1, "all"), "refit": True}
+    options["cv_below_queries"] = 10_000 if cross_validated else 0
+    results = {}
+    for race_after in (0, 3):
+        trained.clear()
+        trainer = AdapterTrainer(**options, race_after=race_after)
+        results[race_after] = (trainer.fit_vectors(train, rows_for(train, vectors), None, None, corpus), dict(trained))
+    (unraced, unraced_epochs), (raced, raced_epochs) = results[0], results[3]
+    assert unraced.improved and unraced.adapter.metadata["validation"]["negatives"] == "all"
+    stopped = raced.decision["outpaced_at_epoch"]
+    assert list(stopped) == ["1"] and raced_epochs["1"] == stopped["1"] < unraced_epochs["1"]
+    assert f"negatives=1 stopped at epoch {stopped['1']}" in raced.describe_decision()
+    assert raced.best_epoch == unraced.best_epoch and "outpaced_at_epoch" not in unraced.decision
+    np.testing.assert_array_equal(raced.adapter.params["weight"], unraced.adapter.params["weight"])

@@ -65,6 +65,13 @@ class TrainingResult:
                 f"; per fold {', '.join(f'{g:+.3f}' for g in gains)} (spread {max(gains) - min(gains):.3f}: "
                 "how much the gain depends on which queries trained)"
             )
+        if d.get("outpaced_at_epoch"):
+            scores = d.get("option_scores") or {}
+            top = max(scores.values(), default=float("nan"))
+            line += "; " + ", ".join(
+                f"negatives={option} stopped at epoch {epoch}, {top - scores.get(option, float('nan')):.3f} behind"
+                for option, epoch in d["outpaced_at_epoch"].items()
+            )
         if d.get("working_set"):
             w = d["working_set"]
             line += (

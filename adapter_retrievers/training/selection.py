@@ -2,8 +2,9 @@
 
 A :class:`Curve` holds what validation said about one run after every epoch: the mean metric at each blend
 factor, overall and on the queries about new documents. From it alone follow the chosen (epoch, blend)
-(:func:`choose`), when the run may stop (:func:`should_stop`), the history a user sees (:func:`history`), and
-which of several runs wins (:func:`best_option`). Nothing here trains, waits or runs in a thread.
+(:func:`choose`), when the run may stop (:func:`should_stop`), the history a user sees (:func:`history`), which
+of several runs wins (:func:`best_option`) and which are too far behind to go on (:func:`outpaced`). Nothing here
+trains, waits or runs in a thread.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Curve:
 class Choice:
     """The selected candidate of a run: epoch (0: none beat the base model), blend factor, validation score;
     ``per_query``: its per-query validation scores (folds one after another), ``adapter``: its snapshot with one
-    validation split, ``fold_adapters``: each fold's snapshot at that epoch with k folds."""
+    validation split, ``fold_adapters``: each fold's snapshot at that epoch with k folds; ``outpaced_at``: the
+    epoch another run's lead stopped this one (0: it stopped on its own)."""
 
     epoch: int = 0
     alpha: float = 1.0
@@ -65,6 +67,7 @@ class Choice:
     adapter: QueryAdapter | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     fold_adapters: list[QueryAdapter] = field(default_factory=list)
+    outpaced_at: int = 0
 
 
 def feasible(curve: Curve, scores: EpochScores, alpha: float, cfg: TrainingConfig) -> bool:
@@ -131,3 +134,31 @@ def best_option(choices: Sequence[Choice]) -> int:
         if choice.epoch and choice.score > choices[best].score + _TIE:
             best = i
     return best
+
+
+def outpaced(curves: Sequence[Curve], cfg: TrainingConfig) -> list[bool]:
+    """Which runs are so far behind the best one that they need not train on (a race between ``negatives``
+    options). A run stops when, after at least ``cfg.race_after`` epochs, its chosen score is more than
+    ``cfg.race_margin`` below the best run's *and* further below it than the run has climbed in its last
+    ``race_after`` epochs: a run still climbing that fast could catch up, one whose curve has flattened
+    cannot. ``race_after=0`` races nothing.
+
+    Measured before it was made the default (SciFact test and XQuAD es/de/zh/ar, 3 seeds each): the loser
+    stopped at epoch 5-9 (once 17) in 15 of 15 fits, and never the winner, so no result changed; a margin
+    alone stopped a run still climbing 0.05 an epoch that went on to win (a synthetic task in the tests).
+    """
+    if not cfg.race_after or len(curves) < 2:
+        return [False] * len(curves)
+    scores = [choose(curve, cfg)[2] for curve in curves]
+    top = max(scores)
+    behind = []
+    for curve, score in zip(curves, scores):
+        run_epochs = len(curve.epochs)
+        if run_epochs < cfg.race_after:
+            behind.append(False)
+            continue
+        earlier = Curve(curve.base, curve.base_new, curve.epochs[: run_epochs - cfg.race_after])
+        climbed = score - choose(earlier, cfg)[2]
+        gap = top - score
+        behind.append(gap > cfg.race_margin + _TIE and gap > climbed + _TIE)
+    return behind

@@ -37,6 +37,7 @@ from adapter_retrievers.training.selection import (
     best_option,
     choose,
     history,
+    outpaced,
     should_stop,
 )
 from adapter_retrievers.training.validation import (
@@ -341,12 +342,12 @@ class AdapterTrainer:
         plan = self._plan(train, train_vectors, validation, validation_vectors, corpus, start)
         model_id = self.model_id or "unknown-model"
         base, new = plan.base, plan.new
-        trailing = None
+        trailing, trailing_option = None, 0
         if cfg.solver == "procrustes":
             options, choices = [cfg], [self._procrustes(plan, corpus)]
         else:
             options = negative_options(cfg if averaged(plan, cfg) else replace(cfg, **_SINGLE_RUN))
-            choices, trailing = self._select_options(plan, corpus, options)
+            choices, trailing, trailing_option = self._select_options(plan, corpus, options)
         winner = best_option(choices)
         chosen = choices[winner]
         adapted = chosen.per_query if chosen.epoch else base
@@ -354,11 +355,15 @@ class AdapterTrainer:
         if len(plan.folds) > 1:
             decision["fold_gains"] = fold_gains(plan, chosen)
         decision["option_scores"] = {str(c.negatives): c.score for c in choices}
+        outpaced_options = {str(c.negatives): c.outpaced_at for c in choices if c.outpaced_at}
+        if outpaced_options:
+            decision["outpaced_at_epoch"] = outpaced_options
         identity = QueryAdapter.identity(dim, model_id) if start is None else start
         selected = blend(chosen.adapter, chosen.alpha) if decision["kept"] and chosen.adapter is not None else identity
         adapter = identity
         if decision["kept"]:
-            adapter = self._final(plan, chosen, options[winner], corpus, decision, trailing if winner == 0 else None)
+            under_way = trailing if winner == trailing_option else None
+            adapter = self._final(plan, chosen, options[winner], corpus, decision, under_way)
         if trailing is not None:
             trailing.close()
         if cfg.guard and not adapter.is_identity:
@@ -493,15 +498,16 @@ class AdapterTrainer:
 
     def _select_options(
         self, plan: Plan, corpus: Corpus, options: list[TrainingConfig]
-    ) -> tuple[list[Choice], RefitRun | None]:
+    ) -> tuple[list[Choice], RefitRun | None, int]:
         """Train every ``negatives`` option on every fold of the plan, one epoch at a time, and select each
         option's epoch and blend on its pooled validation curve.
 
         Each epoch, the runs still going (every option's folds) advance in parallel (``parallel_runs``); an
-        option stops when its curve stops improving (:func:`~.selection.should_stop`). With a refit, the first
-        option's refit (the costliest option comes first, and usually wins) advances beside them, never past
-        the epoch its option has chosen so far, so that it is mostly done when the choice is made. Returned
-        with the choices.
+        option stops when its curve stops improving (:func:`~.selection.should_stop`) or when it falls too far
+        behind another (:func:`~.selection.outpaced`). With a refit, the leading option's refit (at first the
+        first option: the costliest comes first, and usually wins) advances beside them, never past the epoch
+        its option has chosen so far, so that it is mostly done when the choice is made; when its option is
+        outpaced it starts again for the new leader. Returned with the choices and the option it trained.
         """
         model_id = self.model_id or "unknown-model"
         tracks = [
@@ -515,7 +521,8 @@ class AdapterTrainer:
             )
             for option in options
         ]
-        trailing = RefitRun(self._refit_steps(plan, corpus, options[0])) if plan.refit else None
+        leader = 0
+        trailing = RefitRun(self._refit_steps(plan, corpus, options[leader])) if plan.refit else None
         runs = len(options) * len(plan.folds)
         label = f"training {self.config.kind} adapter" + (f" ({runs} runs)" if runs > 1 else "")
         longest = max(option.epochs for option in options)
@@ -531,17 +538,24 @@ class AdapterTrainer:
                     jobs: list[Callable[[], None]] = [
                         functools.partial(track.advance, i) for track in going for i in track.alive_folds()
                     ]
-                    if trailing is not None and trailing.behind(tracks[0].chosen.epoch):
+                    if trailing is not None and trailing.behind(tracks[leader].chosen.epoch):
                         jobs.append(trailing.advance)
                     pool.map(lambda job: job(), jobs)
                     for track in going:
                         track.record(epoch)
+                    for track, behind in zip(tracks, outpaced([t.curve for t in tracks], options[0])):
+                        if behind and track.going:
+                            track.going, track.chosen.outpaced_at = False, epoch
+                    if trailing is not None and tracks[leader].chosen.outpaced_at:
+                        trailing.close()
+                        leader = best_option([t.chosen for t in tracks])
+                        trailing = RefitRun(self._refit_steps(plan, corpus, options[leader]))
                     bar.update(1)
                     bar.set_postfix(best=f"{max(t.chosen.score for t in tracks):.4f}")
         finally:
             for track in tracks:
                 track.close()
-        return [track.chosen for track in tracks], trailing
+        return [track.chosen for track in tracks], trailing, leader
 
     def _refit_steps(self, plan: Plan, corpus: Corpus, option: TrainingConfig) -> Iterator[Any]:
         train, vectors = plan.data
