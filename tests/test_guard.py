@@ -54,6 +54,29 @@ def test_a_training_like_query_gets_the_adapter_and_a_far_one_the_base_vector(gu
     np.testing.assert_allclose(adapter.transform(far[0]), unit(far[0]), atol=1e-6)  # one 1-D query too
 
 
+@pytest.mark.parametrize("kind", ["linear", "low_rank", "residual_mlp", "orthogonal"])
+def test_one_query_is_served_as_in_a_batch(guarded, kind):
+    """The single-query path (scalar arithmetic, what a retriever serves) gives the batch path's vector and
+    weight, for queries fully adapted, blended and left alone, and for the zero vector."""
+    adapter, here, elsewhere, rng = guarded
+    other = QueryAdapter.create(kind, 16, MODEL, seed=1)
+    if kind == "orthogonal":
+        other.params = {"rotation": np.linalg.qr(rng.standard_normal((16, 16)))[0].astype(np.float32)}
+    else:
+        other.params = {k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32) for k, v in other.params.items()}
+    near, far = population(here, 20, rng), population(elsewhere, 20, rng)
+    between = unit(near[:20] + far[:20] * np.linspace(0.1, 1.5, 20)[:, None]).astype(np.float32)
+    queries = np.concatenate([near, far, between, np.zeros((1, 16), np.float32)])
+    weights = adapter.guard.weight(queries)
+    assert ((weights > 0) & (weights < 1)).sum() >= 3  # some queries really are blended
+    for candidate in (adapter, other.with_guard(adapter.guard), other, adapter.with_guard(None)):
+        batch = candidate.transform(queries)
+        one = np.stack([candidate.transform(q) for q in queries])
+        np.testing.assert_allclose(one, batch, atol=2e-6)
+        assert one.dtype == batch.dtype == np.float32
+    np.testing.assert_allclose([adapter.guard.weight_of_one(q) for q in queries], weights, atol=1e-5)
+
+
 def test_the_guard_is_in_the_file_and_old_files_still_load(tmp_path, guarded):
     adapter, here, elsewhere, rng = guarded
     adapter.save(tmp_path / "guarded")
