@@ -39,6 +39,7 @@ import numpy as np
 
 from adapter_retrievers._files import atomic_folder
 from adapter_retrievers.data import normalize_rows
+from adapter_retrievers.guards import GUARD_PREFIX, GuardError, QueryGuard
 
 FORMAT_VERSION = 2  # 2: adapters between two models (output_model, output_dimension); ordinary ones are still 1
 READABLE_VERSIONS = (1, 2)
@@ -57,146 +58,6 @@ class AdapterMismatchError(AdapterFileError):
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     """GELU, tanh form: matches ``torch.nn.functional.gelu(x, approximate="tanh")`` used in training."""
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-GUARD_PREFIX = "guard."
-
-
-@dataclass
-class QueryGuard:
-    """Where an adapter was trained, so that it applies itself only as far as a query resembles those queries.
-
-    The training queries are summarised by their mean and their ``k`` principal directions with the variance
-    along each, plus one variance for every other direction (a probabilistic PCA): a few kilobytes. A query's
-    ``distance`` is its Mahalanobis distance from that summary per dimension (about 1 for a typical training
-    query). Up to ``inner`` the adapter applies fully; from ``outer`` on the base vector is served; in between
-    the two are blended linearly (:meth:`weight`), the way :func:`~adapter_retrievers.training.blend` mixes an
-    adapter with the identity, but per query. ``inner`` is a high quantile of the distances of validation
-    queries (held out from the summary), so queries like the training population keep the whole adapter.
-    """
-
-    mean: np.ndarray
-    components: np.ndarray
-    variances: np.ndarray
-    residual_variance: float
-    inner: float
-    outer: float
-
-    def __post_init__(self) -> None:
-        self.mean = np.ascontiguousarray(self.mean, dtype=np.float32)
-        self.components = np.ascontiguousarray(self.components, dtype=np.float32)
-        self.variances = np.ascontiguousarray(self.variances, dtype=np.float32)
-        d = self.mean.shape[0] if self.mean.ndim == 1 else -1
-        if self.mean.ndim != 1 or self.components.shape != (d, self.variances.shape[0]) or self.variances.ndim != 1:
-            raise AdapterFileError(
-                f"guard tensors have shapes mean {self.mean.shape}, components {self.components.shape}, "
-                f"variances {self.variances.shape}: expected (d,), (d, k), (k,)"
-            )
-        values = (
-            self.mean,
-            self.components,
-            self.variances,
-            np.array([self.residual_variance, self.inner, self.outer]),
-        )
-        if not all(np.isfinite(v).all() for v in values):
-            raise AdapterFileError("guard values contain NaN or inf")
-        if (self.variances <= 0).any() or self.residual_variance <= 0 or not 0 <= self.inner < self.outer:
-            raise AdapterFileError(
-                "guard needs positive variances and 0 <= inner < outer, got "
-                f"residual variance {self.residual_variance}, inner {self.inner}, outer {self.outer}"
-            )
-        # serving runs one product per query: x @ [components | mean], then a weighted sum of squares;
-        # components and mean are views into that one array, so the guard holds them once
-        self._projection = np.ascontiguousarray(np.hstack([self.components, self.mean[:, None]]))
-        self.components, self.mean = self._projection[:, :-1], self._projection[:, -1]
-        self._mean_along = self.mean @ self.components
-        self._mean_squared = float(self.mean @ self.mean)
-        self._along_scale = (1.0 / self.variances - 1.0 / self.residual_variance).astype(np.float32)
-
-    @property
-    def dimension(self) -> int:
-        return int(self.mean.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._projection.nbytes + self.variances.nbytes)
-
-    @classmethod
-    def summarise(cls, vectors: np.ndarray, components: int = 32) -> QueryGuard:
-        """The summary of ``vectors`` (training queries), with ``inner``/``outer`` still to be calibrated."""
-        x = normalize_rows(np.asarray(vectors, dtype=np.float64))
-        n, d = x.shape
-        k = max(1, min(components, n - 2, d - 1))
-        mean = x.mean(axis=0)
-        centred = x - mean
-        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-        eigen = singular**2 / max(n - 1, 1)
-        floor = max(float(eigen[0]) * 1e-6, 1e-12)
-        residual = max(float(eigen[k:].sum() / (d - k)), floor)  # the directions n queries cannot show
-        return cls(mean, vt[:k].T, np.maximum(eigen[:k], floor), residual, 0.0, 1.0)
-
-    def distance(self, query_vectors: np.ndarray) -> np.ndarray:
-        """Per query: Mahalanobis distance from the training queries' summary, per dimension."""
-        x = normalize_rows(np.atleast_2d(np.asarray(query_vectors, dtype=np.float32)))
-        projected = x @ self._projection
-        along = projected[:, :-1] - self._mean_along
-        # |x - mean|^2 from x's own norm and its product with the mean; the part along the components is
-        # weighted by 1/variance, the rest by 1/residual_variance
-        centred = np.einsum("ij,ij->i", x, x) - 2.0 * projected[:, -1] + self._mean_squared
-        squared = (along * along) @ self._along_scale + centred / self.residual_variance
-        return np.sqrt(np.maximum(squared, 0.0) / self.dimension)
-
-    def weight(self, query_vectors: np.ndarray) -> np.ndarray:
-        """Per query: how much of the adapter to apply, 1 up to ``inner``, 0 from ``outer`` on."""
-        share = (self.outer - self.distance(query_vectors)) / (self.outer - self.inner)
-        return np.minimum(np.maximum(share, 0.0), 1.0)  # np.clip costs microseconds on a single query
-
-    def weight_of_one(self, query_vector: np.ndarray) -> float:
-        """:meth:`weight` of one float32 query vector (shape ``(d,)``), with Python floats for the scalars: a
-        single query pays for two products and a few length-``k`` operations, not a dozen array calls."""
-        projected = query_vector.dot(self._projection)  # ``dot``: less call overhead than ``@`` on 1-D arrays
-        squared_norm = float(query_vector.dot(query_vector))
-        scale = 1.0 / max(math.sqrt(squared_norm), 1e-12)  # the query normalised, as in :meth:`distance`
-        along = projected[:-1] * scale
-        along -= self._mean_along
-        centred = squared_norm * scale * scale - 2.0 * float(projected[-1]) * scale + self._mean_squared
-        squared = float(along.dot(along * self._along_scale)) + centred / self.residual_variance
-        share = (self.outer - math.sqrt(max(squared, 0.0) / self.dimension)) / (self.outer - self.inner)
-        return min(max(share, 0.0), 1.0)
-
-    def calibrated(self, held_out_distances: np.ndarray, quantile: float = 0.99, width: float = 1.0) -> QueryGuard:
-        """The same summary with ``inner`` at the ``quantile`` of held-out training-like queries' distances
-        and ``outer`` beyond it by ``width`` times the distance from their median to ``inner``."""
-        d = np.asarray(held_out_distances, dtype=np.float64)
-        inner = float(np.quantile(d, quantile))
-        spread = max(inner - float(np.median(d)), 1e-3 * max(inner, 1e-3))
-        return replace(self, inner=inner, outer=inner + width * spread)
-
-    def tensors(self) -> dict[str, np.ndarray]:
-        return {
-            f"{GUARD_PREFIX}mean": np.ascontiguousarray(self.mean),
-            f"{GUARD_PREFIX}components": np.ascontiguousarray(self.components),
-            f"{GUARD_PREFIX}variances": self.variances,
-        }
-
-    def config(self) -> dict[str, float]:
-        return {"residual_variance": self.residual_variance, "inner": self.inner, "outer": self.outer}
-
-    @classmethod
-    def from_file(cls, tensors: dict[str, np.ndarray], config: Any) -> QueryGuard:
-        names = {f"{GUARD_PREFIX}{n}" for n in ("mean", "components", "variances")}
-        if set(tensors) != names or not isinstance(config, dict):
-            raise AdapterFileError(f"a guard needs tensors {sorted(names)} and a 'guard' object in the config")
-        try:
-            numbers = {k: float(config[k]) for k in ("residual_variance", "inner", "outer")}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AdapterFileError(f"guard config needs residual_variance, inner and outer numbers ({exc})") from None
-        return cls(
-            tensors[f"{GUARD_PREFIX}mean"],
-            tensors[f"{GUARD_PREFIX}components"],
-            tensors[f"{GUARD_PREFIX}variances"],
-            **numbers,
-        )
 
 
 @dataclass
@@ -516,7 +377,7 @@ class QueryAdapter:
                 guard = QueryGuard.from_file(guard_tensors, config.get("guard"))
             normalize = bool(config.get("normalize", True))
             adapter = adapter_cls(dim, model, params, normalize, metadata, guard, out_model, out_dim)
-        except AdapterFileError as exc:
+        except (AdapterFileError, GuardError) as exc:
             raise AdapterFileError(f"{weights_path}: {exc}") from exc
         probe = np.random.default_rng(0).standard_normal((4, dim)).astype(np.float32)
         with np.errstate(all="ignore"):

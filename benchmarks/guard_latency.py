@@ -1,8 +1,9 @@
 """Benchmark: the per-query guard's serving cost, side by side with the same adapter without it.
 
-A linear adapter at d=384 (identity plus noise) with a 32-component guard summarised from 1,000 random unit
-queries and calibrated on 1,000 others; ``transform`` timed on one query and on batches of 64, 2,000 calls
-after 50 warm-up calls, same process, same run. Set ``OPENBLAS_NUM_THREADS=1`` for serving-like figures.
+A linear adapter at d=384 (identity plus noise) with each kind of guard (16 centroids, the default; a Gaussian
+of 32 directions, the first guard) summarised from 1,000 random queries and calibrated on 1,000 others;
+``transform`` timed on one query and on batches of 64, 2,000 calls after 50 warm-up calls, same process, same
+run. Set ``OPENBLAS_NUM_THREADS=1`` for serving-like figures.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/guard_latency.py
 """
@@ -30,16 +31,20 @@ def per_query_us(adapter: LinearAdapter, x: np.ndarray) -> float:
 def main() -> None:
     rng = np.random.default_rng(0)
     queries = rng.standard_normal((2000, DIM)).astype(np.float32)
-    summary = QueryGuard.summarise(queries[:1000])
-    guard = summary.calibrated(summary.distance(queries[1000:]))
     weight = np.eye(DIM, dtype=np.float32) + 0.01 * rng.standard_normal((DIM, DIM)).astype(np.float32)
     plain = LinearAdapter(DIM, "bench/model", {"weight": weight, "bias": np.zeros(DIM, np.float32)})
-    guarded = plain.with_guard(guard)
+    guarded = {}
+    for kind, components in (("centroids", 16), ("gaussian", 32)):
+        summary = QueryGuard.summarise(queries[:1000], components, kind)
+        guarded[f"{kind} ({components})"] = plain.with_guard(summary.calibrated(summary.distance(queries[1000:])))
     for batch in (1, 64):
         x = queries[0] if batch == 1 else queries[:batch]
-        without, with_guard = per_query_us(plain, x), per_query_us(guarded, x)
-        ratio = with_guard / without
-        print(f"batch {batch:3d}: {without:6.1f} us/query without the guard, {with_guard:6.1f} with ({ratio:.2f}x)")
+        without = per_query_us(plain, x)
+        cells = []
+        for name, adapter in guarded.items():
+            with_guard = per_query_us(adapter, x)
+            cells.append(f"{name} guard {with_guard:6.1f} ({with_guard / without:.2f}x, +{with_guard - without:.1f})")
+        print(f"batch {batch:3d}: {without:6.1f} us/query without a guard; " + "; ".join(cells))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ the folder in a fresh process for each engine: ``harvest()``, and ``harvest_on_r
 (``num_cpus=2``) with ``workers=1`` and ``workers=2``, the order reversed in every other round. Each
 run prints a digest of its pairs, hard negatives, query info and report counts; the script asserts the
 digests are equal, and reports time, records per second, ratios to the single process, the driver's
-peak RSS and each Ray worker process's peak RSS (``VmHWM``).
+peak RSS, each Ray worker process's peak RSS (``VmHWM``) and the CPU seconds of the driver, the workers, the
+raylet, the GCS and Ray's other processes (where two cores go).
 
     python benchmarks/harvest_ray.py --retrievals 1000000 --shards 16
     python benchmarks/harvest_ray.py --retrievals 20000000 --shards 64   # ~8.4 GB of JSONL on disk
@@ -53,14 +54,25 @@ start = time.perf_counter()
 result = run()
 seconds = time.perf_counter() - start
 workers_rss = []
+own = resource.getrusage(resource.RUSAGE_SELF)
+cpu = {{"driver": own.ru_utime + own.ru_stime}}  # CPU seconds by process kind (Ray's: those alive at the end)
 if engine == "ray":
+    tick = os.sysconf("SC_CLK_TCK")
     for pid in os.listdir("/proc"):
         try:
             cmdline = Path(f"/proc/{{pid}}/cmdline").read_bytes()
             status = Path(f"/proc/{{pid}}/status").read_text()
+            stat = Path(f"/proc/{{pid}}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if b"default_worker.py" in cmdline:
+        if not pid.isdigit() or int(pid) == os.getpid() or b"ray" not in cmdline:
+            continue
+        # a worker's title is "ray::IDLE" or "ray::<task>" once it runs (setproctitle), default_worker.py before
+        worker = cmdline.startswith(b"ray::") or b"default_worker.py" in cmdline
+        kind = ("worker" if worker else "raylet" if b"raylet" in cmdline
+                else "gcs_server" if b"gcs_server" in cmdline else "other Ray processes")
+        cpu[kind] = cpu.get(kind, 0.0) + (int(stat[11]) + int(stat[12])) / tick
+        if worker:
             hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
             workers_rss.append(int(hwm.split()[1]) / 1024)
 ts, report = result.training_set, result.report
@@ -71,6 +83,7 @@ content = [list(ts.queries.items()), sorted((q, sorted(d.items())) for q, d in t
 print(json.dumps({{"seconds": seconds, "ray_init_seconds": started,
                   "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "worker_peak_rss_mb": sorted(workers_rss, reverse=True),
+                  "cpu_seconds": {{k: round(v, 1) for k, v in cpu.items()}},
                   "records": report.records_read, "retrievals": report.retrievals, "pairs": report.pairs,
                   "skipped": dict(report.skipped.skipped),
                   "digest": hashlib.sha256(json.dumps(content).encode()).hexdigest()}}))
@@ -130,6 +143,7 @@ def main() -> None:
             "ray_init_seconds": round(max(row["ray_init_seconds"] for row in rows), 1),
             "driver_peak_rss_mb": round(max(row["driver_peak_rss_mb"] for row in rows), 1),
             "worker_peak_rss_mb": [round(v, 1) for v in max((row["worker_peak_rss_mb"] for row in rows), key=len)],
+            "cpu_seconds": rows[0].get("cpu_seconds", {}),
         }
     single = summary["one process"]["seconds_median"]
     for row in summary.values():

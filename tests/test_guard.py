@@ -8,6 +8,7 @@ import safetensors.numpy
 
 from adapter_retrievers import AdapterFileError, AdapterTrainer, QueryAdapter
 from adapter_retrievers.adapters import QueryGuard
+from adapter_retrievers.guards import GaussianGuard
 from adapter_retrievers.registry import AdapterRegistry
 from conftest import make_rotation_task, rows_for
 
@@ -23,14 +24,15 @@ def population(center, n, rng, spread=0.15):
     return unit(center + spread * rng.standard_normal((n, center.shape[0]))).astype(np.float32)
 
 
-@pytest.fixture
-def guarded():
-    """A strong linear adapter with a guard summarising queries near one direction, calibrated on held-out ones."""
+@pytest.fixture(params=["centroids", "gaussian"])
+def guarded(request):
+    """A strong linear adapter with a guard summarising queries near one direction, calibrated on held-out ones
+    (each kind of summary: centroids, the default, and the Gaussian of the first guarded files)."""
     rng = np.random.default_rng(0)
     d = 16
     here, elsewhere = unit(rng.standard_normal(d)), unit(rng.standard_normal(d))
     train, held = population(here, 400, rng), population(here, 200, rng)
-    guard = QueryGuard.summarise(train, components=4)
+    guard = QueryGuard.summarise(train, components=4, kind=request.param)
     guard = guard.calibrated(guard.distance(held), quantile=0.99)
     weight = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)  # far from the identity
     adapter = QueryAdapter.create("linear", d, MODEL)
@@ -85,23 +87,52 @@ def test_the_guard_is_in_the_file_and_old_files_still_load(tmp_path, guarded):
     np.testing.assert_allclose(loaded.transform(x), adapter.transform(x), atol=1e-6)
     assert loaded.guard.inner == pytest.approx(adapter.guard.inner) and "guard=" in repr(loaded)
     config = json.loads((tmp_path / "guarded" / "adapter_config.json").read_text())
-    assert set(config["guard"]) == {"residual_variance", "inner", "outer"}
+    numbers = {"residual_variance"} if adapter.guard.kind == "gaussian" else set()
+    assert (
+        set(config["guard"]) == {"kind", "inner", "outer", *numbers} and config["guard"]["kind"] == adapter.guard.kind
+    )
     adapter.with_guard(None).save(tmp_path / "old")  # a file as written before the guard existed
     assert QueryAdapter.load(tmp_path / "old").guard is None
 
 
+def test_a_file_of_the_first_guard_loads_and_serves_as_before(tmp_path):
+    """Files written before guards had kinds hold the Gaussian summary and no "kind": they load as one."""
+    rng = np.random.default_rng(3)
+    here = unit(rng.standard_normal(16))
+    guard = QueryGuard.summarise(population(here, 300, rng), components=4, kind="gaussian")
+    guard = guard.calibrated(guard.distance(population(here, 100, rng)))
+    adapter = QueryAdapter.create("linear", 16, MODEL).with_guard(guard)
+    adapter.params["weight"] = np.linalg.qr(rng.standard_normal((16, 16)))[0].astype(np.float32)
+    folder = adapter.save(tmp_path / "first")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    del config["guard"]["kind"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    loaded = QueryAdapter.load(folder)
+    assert isinstance(loaded.guard, GaussianGuard)
+    x = unit(here + 0.4 * rng.standard_normal((50, 16))).astype(np.float32)
+    np.testing.assert_allclose(loaded.guard.weight(x), guard.weight(x), atol=1e-6)
+    np.testing.assert_allclose(loaded.transform(x), adapter.transform(x), atol=1e-6)
+
+
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("kind", "change", "message"),
     [
-        (lambda t, c: t.pop("guard.variances"), "guard needs tensors"),
-        (lambda t, c: t.__setitem__("guard.mean", np.zeros(3, dtype=np.float32)), "shapes"),
-        (lambda t, c: c["guard"].__setitem__("outer", -1.0), "inner < outer"),
-        (lambda t, c: c.pop("guard"), "guard needs tensors"),
-        (lambda t, c: t.__setitem__("guard.variances", np.full(4, np.nan, dtype=np.float32)), "NaN"),
+        ("gaussian", lambda t, c: t.pop("guard.variances"), "guard needs tensors"),
+        ("gaussian", lambda t, c: t.__setitem__("guard.mean", np.zeros(3, dtype=np.float32)), "shapes"),
+        ("gaussian", lambda t, c: t.__setitem__("guard.variances", np.full(4, np.nan, dtype=np.float32)), "NaN"),
+        ("centroids", lambda t, c: t.pop("guard.centroids"), "guard needs tensors"),
+        ("centroids", lambda t, c: t.__setitem__("guard.centroids", np.zeros((0, 16), np.float32)), "shape"),
+        ("centroids", lambda t, c: t.__setitem__("guard.centroids", np.full((2, 16), np.inf, np.float32)), "NaN"),
+        ("centroids", lambda t, c: c["guard"].__setitem__("kind", "forest"), "unknown guard kind"),
+        ("centroids", lambda t, c: t.__setitem__("guard.centroids", np.ones((2, 3), np.float32)), "dimension"),
+        ("any", lambda t, c: c["guard"].__setitem__("outer", -1.0), "inner < outer"),
+        ("any", lambda t, c: c.pop("guard"), "guard needs tensors"),
     ],
 )
-def test_a_broken_guard_is_refused(tmp_path, guarded, change, message):
+def test_a_broken_guard_is_refused(tmp_path, guarded, kind, change, message):
     adapter = guarded[0]
+    if kind not in ("any", adapter.guard.kind):
+        pytest.skip(f"a {kind} guard's file")
     folder = adapter.save(tmp_path / "a")
     tensors = safetensors.numpy.load_file(folder / "model.safetensors")
     config = json.loads((folder / "adapter_config.json").read_text())

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from adapter_retrievers.adapters import QueryAdapter
+from adapter_retrievers.guards import GuardKind
 
 Loss = Literal["infonce", "triplet", "mse_cosine"]
 LOSSES = ("infonce", "triplet", "mse_cosine")
@@ -97,12 +98,13 @@ class TrainingConfig:
     exact pass over the corpus) and ``working_set_sample`` random others, so peak memory follows the working
     set. An approximation of exact search (see :mod:`adapter_retrievers.working_set`), measured in
     ``docs/benchmarks.md``.
-    ``guard``: store a summary of the training queries in the adapter (mean and ``guard_components``
-    principal directions, see :class:`~adapter_retrievers.adapters.QueryGuard`) so that at serving time a
-    query gets the adapter only as far as it resembles them: fully up to the ``guard_quantile`` of held-out
-    validation queries' distances, not at all beyond ``guard_width`` times that quantile's distance from
-    their median, blended in between. A population the adapter never saw (another language, another
-    tenant) then gets the base model instead of an adapter tuned for someone else.
+    ``guard``: store a summary of the training queries in the adapter (``guard_kind``: ``guard_components``
+    centroids, or a Gaussian with that many principal directions; see :mod:`adapter_retrievers.guards`) so
+    that at serving time a query gets the adapter only as far as it resembles them: fully up to the
+    ``guard_quantile`` of held-out validation queries' distances, not at all beyond ``guard_width`` times that
+    quantile's distance from their median, blended in between. A population the adapter never saw (another
+    language, another tenant) then gets the base model instead of an adapter tuned for someone else
+    (measured in ``docs/benchmarks.md``, "The per-query guard").
     """
 
     kind: str = "linear"
@@ -150,9 +152,10 @@ class TrainingConfig:
     working_set_top_k: int = 50
     working_set_sample: int = 50_000
     guard: bool = True
-    guard_components: int = 32
+    guard_kind: GuardKind = "centroids"
+    guard_components: int = 16
     guard_quantile: float = 0.99
-    guard_width: float = 1.0
+    guard_width: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -199,6 +202,8 @@ class TrainingConfig:
             raise ValueError(f"blend factors must be in (0, 1], got {self.blend}")
         if self.working_set_top_k < 1 or self.working_set_sample < 0 or self.working_set_above < 0:
             raise ValueError("working_set_top_k must be >= 1, working_set_sample and working_set_above >= 0")
+        if self.guard_kind not in ("centroids", "gaussian"):
+            raise ValueError(f"guard_kind must be 'centroids' or 'gaussian', got {self.guard_kind!r}")
         if self.guard_components < 1 or not 0 < self.guard_quantile <= 1 or self.guard_width <= 0:
             raise ValueError("guard_components must be >= 1, guard_quantile in (0, 1] and guard_width > 0")
         if self.kind not in BLENDABLE:  # a rotation mixed with the identity is no rotation

@@ -100,9 +100,12 @@ def guard_for(plan: Plan, cfg: TrainingConfig) -> QueryGuard:
     query the summary has seen looks closer than a new one from the same population would); the adapter's
     own summary is of every query it trained on.
     """
-    held_out = [QueryGuard.summarise(f.vectors, cfg.guard_components).distance(f.scorer.vectors) for f in plan.folds]
-    summary = QueryGuard.summarise(plan.trained_on[1], cfg.guard_components)
-    return summary.calibrated(np.concatenate(held_out), cfg.guard_quantile, cfg.guard_width)
+
+    def summary(vectors: np.ndarray) -> QueryGuard:
+        return QueryGuard.summarise(vectors, cfg.guard_components, cfg.guard_kind, cfg.seed)
+
+    held_out = [summary(f.vectors).distance(f.scorer.vectors) for f in plan.folds]
+    return summary(plan.trained_on[1]).calibrated(np.concatenate(held_out), cfg.guard_quantile, cfg.guard_width)
 
 
 _SINGLE_RUN = {"new_documents_tolerance": 0.0, "selection_tolerance": 0.0}
@@ -652,7 +655,8 @@ class AdapterTrainer:
             adapter.metadata["guard"] = {
                 "inner": adapter.guard.inner,
                 "outer": adapter.guard.outer,
-                "components": int(adapter.guard.variances.shape[0]),
+                "kind": adapter.guard.kind,
+                "components": adapter.guard.size,
                 "calibrated_on": f"{n_validation} validation queries, quantile {cfg.guard_quantile}",
             }
         return TrainingResult(
