@@ -14,18 +14,26 @@ train on / test queries), and on the test queries we report nDCG@10 and Recall@1
   the corpus re-embedded by the new model (:func:`~adapter_retrievers.training.migration.fit_migration`), without
   relevance pairs (the least-squares map) and with them (fine-tuned from it); and, as another source of paired
   vectors, the sample plus the training queries' texts embedded by both models (no labels: possible while the
-  old model still serves).
+  old model still serves);
+- (d) ranking distillation (``fit_migration(distill=True)``): the least-squares map fine-tuned, without labels, so
+  that each paired text's mapped new vector ranks the whole old index as its old vector does; kept only if it
+  beats the least-squares map on held-out paired texts. Without and with the query log;
+- (e) more paired texts from the same sample: the sampled paragraphs and each of their sentences, embedded by
+  both models (the words the new model embeds are twice the sample's), without the log (least squares) and with
+  it (distilled).
 
 Then the cost of applying a migration adapter to one query (µs), beside an ordinary 768-d linear adapter.
 
     nice -n 10 python benchmarks/migration.py            # XQuAD-es, 3 seeds
     nice -n 10 python benchmarks/migration.py --scifact  # also SciFact (mpnet embeds 5k abstracts: slow on CPU)
+    nice -n 10 python benchmarks/migration.py --fractions 0.1 1.0  # only the 10% and 100% rows
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 import timeit
 from functools import partial
@@ -55,13 +63,36 @@ def dataset(name: str) -> tuple[Corpus, TrainingSet]:
     return Corpus.from_beir(folder), TrainingSet.from_beir(folder, "test")
 
 
+def sentences(text: str, min_words: int = 4) -> list[str]:
+    """A paragraph's sentences (split after . ! ? ;), a piece under ``min_words`` words joined to its neighbour."""
+    parts = [p.strip() for p in re.split(r"(?<=[.!?;])\s+", text.replace("\ufeff", "").strip()) if p.strip()]
+    out: list[str] = []
+    for part in parts:
+        if out and len(out[-1].split()) < min_words:
+            out[-1] = f"{out[-1]} {part}"
+        else:
+            out.append(part)
+    if len(out) > 1 and len(out[-1].split()) < min_words:
+        out[-2] = f"{out[-2]} {out.pop()}"
+    return out
+
+
 def scores(vectors: np.ndarray, queries: TrainingSet, corpus: Corpus) -> dict[str, float]:
     return {m: float(v) for m, v in score_vectors(vectors, queries, corpus, METRICS).mean().items()}
 
 
-def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> list[dict]:
+def run_dataset(
+    name: str, encs: dict[str, CachedEncoder], seeds: list[int], fractions: tuple[float, ...] = FRACTIONS
+) -> list[dict]:
     corpus, queries = dataset(name)
     docs = {m: e.embed_documents(corpus.texts) for m, e in encs.items()}
+    # every paragraph's sentences (embedded once by both models and cached; a run uses the sampled ones)
+    split = [sentences(t) for t in corpus.texts]
+    owner = np.repeat(np.arange(len(corpus)), [len(s) for s in split])
+    sentence_texts = [s for paragraph in split for s in paragraph]
+    sent = {m: e.embed_documents(sentence_texts) for m, e in encs.items()}
+    words = np.array([len(t.split()) for t in corpus.texts])
+    sentence_words = np.array([len(t.split()) for t in sentence_texts])
     qvec = {m: e.embed_queries([queries.queries[q] for q in queries.query_ids]) for m, e in encs.items()}
     row_of = {q: i for i, q in enumerate(queries.query_ids)}
     rows = []
@@ -80,7 +111,7 @@ def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> 
                 train, qvec[old][tr], None, None, old_index
             )
             row["old_own_adapter"] = scores(own.adapter.transform(qvec[old][te]), test, old_index)
-            for fraction in FRACTIONS:
+            for fraction in fractions:
                 sample = migration_sample(corpus, fraction, seed)
                 at = [corpus.position(d) for d in sample]
                 fit = partial(fit_migration, docs[new][at], docs[old][at], new_id, old_id, corpus=old_index, seed=seed)
@@ -99,9 +130,51 @@ def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> 
                 row[f"migration {key}"] = {
                     **scores(plain.adapter.transform(qvec[new][te]), test, old_index),
                     "documents": len(sample),
+                    "words_embedded_by_new_model": int(words[at].sum()),
                     "ridge": plain.decision["ridge"],
                     "fit_seconds": round(fit_seconds, 2),
                 }
+                for suffix, extra in (("", {}), (" + queries by both", log)):
+                    started = time.perf_counter()
+                    distilled = fit(**extra, distill=True)
+                    row[f"migration {key}{suffix}, distilled"] = {
+                        **scores(distilled.adapter.transform(qvec[new][te]), test, old_index),
+                        "kept": distilled.decision["kept"],
+                        "held_out_top_document_mrr": {
+                            "least-squares": round(distilled.decision["distill"]["baseline_score"], 4),
+                            "distilled": round(distilled.decision["distill"]["score"], 4),
+                        },
+                        "steps": distilled.decision["distill"]["steps"],
+                        "fit_seconds": round(time.perf_counter() - started, 2),
+                    }
+                if fraction < 1.0:  # the sampled paragraphs and their sentences, each embedded by both models
+                    rows_of = np.flatnonzero(np.isin(owner, at))
+                    more = partial(
+                        fit_migration,
+                        np.concatenate([docs[new][at], sent[new][rows_of]]),
+                        np.concatenate([docs[old][at], sent[old][rows_of]]),
+                        new_id,
+                        old_id,
+                        corpus=old_index,
+                        seed=seed,
+                    )
+                    cost = {
+                        "texts_embedded_by_both": len(at) + len(rows_of),
+                        "words_embedded_by_new_model": int(words[at].sum() + sentence_words[rows_of].sum()),
+                    }
+                    with_sentences = more()
+                    row[f"migration {key} + sentences"] = {
+                        **scores(with_sentences.adapter.transform(qvec[new][te]), test, old_index),
+                        **cost,
+                    }
+                    started = time.perf_counter()
+                    distilled = more(**log, distill=True)
+                    row[f"migration {key} + sentences + queries by both, distilled"] = {
+                        **scores(distilled.adapter.transform(qvec[new][te]), test, old_index),
+                        **cost,
+                        "kept": distilled.decision["kept"],
+                        "fit_seconds": round(time.perf_counter() - started, 2),
+                    }
                 row[f"migration {key} + queries by both"] = scores(
                     both.adapter.transform(qvec[new][te]), test, old_index
                 )
@@ -118,9 +191,10 @@ def run_dataset(name: str, encs: dict[str, CachedEncoder], seeds: list[int]) -> 
             print(
                 f"{name} {old}->{new} seed {seed}: old {row['old_own_index']['recall@10']:.4f}, "
                 f"new {row['new_full_reembed']['recall@10']:.4f}, "
-                + ", ".join(f"{f}% {row[f'migration {f}%']['recall@10']:.4f}" for f in (1, 5, 10, 100))
-                + f", 10%+pairs {row['migration 10% + pairs']['recall@10']:.4f} "
-                f"(own adapter {row['old_own_adapter']['recall@10']:.4f})",
+                + ", ".join(
+                    f"{k} {row[k]['recall@10']:.4f}" for k in row if k.startswith("migration") and "pairs" not in k
+                )
+                + f" (own adapter {row['old_own_adapter']['recall@10']:.4f})",
                 flush=True,
             )
     return rows
@@ -142,10 +216,11 @@ def summary(rows: list[dict]) -> list[dict]:
                     "worst": float(values.min()),
                 }
         old_recall = entry["old_own_index"]["recall@10"]["mean"]
-        entry["10% / old recall@10"] = entry["migration 10%"]["recall@10"]["mean"] / old_recall
-        entry["10% + queries by both / old recall@10"] = (
-            entry["migration 10% + queries by both"]["recall@10"]["mean"] / old_recall
-        )
+        if "migration 10%" not in entry:
+            out.append(entry)
+            continue
+        for column in [c for c in entry if c.startswith("migration 10%") and "pairs" not in c]:
+            entry[f"{column[len('migration ') :]} / old recall@10"] = entry[column]["recall@10"]["mean"] / old_recall
         entry["10% + pairs - own adapter recall@10"] = (
             entry["migration 10% + pairs"]["recall@10"]["mean"] - entry["old_own_adapter"]["recall@10"]["mean"]
         )
@@ -219,6 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--scifact", action="store_true", help="also SciFact (slow: mpnet embeds 5k abstracts)")
+    parser.add_argument("--fractions", type=float, nargs="*", default=list(FRACTIONS), help="shares re-embedded")
     parser.add_argument("--out", default=str(RESULTS / "migration.json"))
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and stop")
     args = parser.parse_args()
@@ -227,13 +303,13 @@ def main() -> None:
         return
     encs = encoders()
     started = time.perf_counter()
-    rows = run_dataset("xquad-es", encs, args.seeds)
+    rows = run_dataset("xquad-es", encs, args.seeds, tuple(args.fractions))
     if args.scifact:
-        rows += run_dataset("scifact", encs, args.seeds)
+        rows += run_dataset("scifact", encs, args.seeds, tuple(args.fractions))
     result = {
         "machine": machine(),
         "models": {"minilm": encs["minilm"].model_id, "mpnet": encs["mpnet"].model_id},
-        "fractions": list(FRACTIONS),
+        "fractions": list(args.fractions),
         "seconds": round(time.perf_counter() - started, 1),
         "summary": summary(rows),
         "runs": rows,

@@ -11,7 +11,14 @@ from adapter_retrievers import AdapterMismatchError, Corpus, QueryAdapter, Train
 from adapter_retrievers.adapters import AdapterFileError
 from adapter_retrievers.data import normalize_rows
 from adapter_retrievers.registry import AdapterRegistry
-from adapter_retrievers.training.migration import document_mrr, fit_migration, least_squares, migration_sample
+from adapter_retrievers.training.migration import (
+    document_mrr,
+    fit_migration,
+    least_squares,
+    migration_sample,
+    ranking_overlap,
+    top_document_mrr,
+)
 
 NEW, OLD = "test/new-40", "test/old-24"
 
@@ -250,6 +257,65 @@ def test_the_rotation_is_kept_only_where_it_retrieves_held_out_documents_better(
     )
 
 
+def distillation_case():
+    """Five re-embedded documents and 80 texts embedded by both models (not in the index), the old index of 300
+    documents, and 100 unseen texts to judge by: the least-squares map ranks the old index unlike the old model."""
+    new, old = two_models(n=500)
+    corpus = Corpus([f"d{i}" for i in range(300)], ["t"] * 300, embeddings=old[:300])
+    paired, unseen = np.arange(300, 380), np.arange(400, 500)
+    both = {"new_queries": new[paired], "old_queries": old[paired], "corpus": corpus}
+    return new, old, both, unseen
+
+
+def test_ranking_distillation_over_the_old_index_reproduces_the_old_ranking_of_unseen_texts():
+    pytest.importorskip("torch")
+    new, old, both, unseen = distillation_case()
+    result = fit_migration(new[:5], old[:5], NEW, OLD, distill=True, **both)
+    d = result.decision["distill"]
+    assert result.decision["kept"] == "distilled linear" and d["score"] > d["baseline_score"], d
+    assert "ranking distillation over the old index" in result.report
+
+    def agreement(adapter: QueryAdapter) -> tuple[float, float]:
+        mapped = adapter.transform(new[unseen])
+        return (
+            float(top_document_mrr(mapped, old[unseen], old[:300]).mean()),
+            float(ranking_overlap(mapped, old[unseen], old[:300]).mean()),
+        )
+
+    (mrr_ls, overlap_ls), (mrr, overlap) = agreement(result.baseline), agreement(result.adapter)
+    assert mrr >= mrr_ls + 0.1 and overlap >= overlap_ls + 0.05, (mrr_ls, mrr, overlap_ls, overlap)
+    again = fit_migration(new[:5], old[:5], NEW, OLD, distill=True, **both)  # deterministic for a seed
+    for name, value in result.adapter.params.items():
+        np.testing.assert_array_equal(again.adapter.params[name], value)
+
+
+def test_the_distillation_gate_returns_the_least_squares_map_when_distillation_does_not_beat_it():
+    pytest.importorskip("torch")
+    new, old, both, _ = distillation_case()
+    # a learning rate that wrecks the map: held-out texts rank the old index worse than under least squares
+    result = fit_migration(new[:5], old[:5], NEW, OLD, distill=True, distill_learning_rate=1.0, **both)
+    d = result.decision["distill"]
+    assert d["score"] < d["baseline_score"], d
+    assert result.decision["kept"] == "least-squares" and "does not beat" in result.decision["reason"]
+    for name, value in result.baseline.params.items():
+        np.testing.assert_array_equal(result.adapter.params[name], value)
+    with pytest.raises(ValueError, match="corpus="):
+        fit_migration(new[:5], old[:5], NEW, OLD, distill=True)
+    with pytest.raises(ValueError, match="distill_criterion"):
+        fit_migration(new[:5], old[:5], NEW, OLD, distill=True, distill_criterion="recall", **both)
+
+
+def test_ranking_agreement_measures():
+    documents = np.eye(4, dtype=np.float32)
+    targets = np.array([[1.0, 0.5, 0.2, 0.0]], np.float32)  # the old ranking: 0, 1, 2, 3
+    same, swapped = np.array([[0.9, 0.4, 0.1, 0.0]], np.float32), np.array([[0.1, 0.4, 0.9, 0.0]], np.float32)
+    assert top_document_mrr(same, targets, documents, k=2)[0] == 1.0
+    assert top_document_mrr(swapped, targets, documents, k=2)[0] == 0.0  # document 0 is third, beyond k
+    assert top_document_mrr(swapped, targets, documents, k=3)[0] == pytest.approx(1 / 3)
+    assert ranking_overlap(same, targets, documents, k=2)[0] == 1.0
+    assert ranking_overlap(swapped, targets, documents, k=2)[0] == 0.5  # {2, 1} against {0, 1}
+
+
 def test_fit_migration_refuses_bad_input_before_any_work():
     new, old = two_models(n=20)
     with pytest.raises(ValueError, match=r"orthogonal.*equal dimensions"):
@@ -258,6 +324,9 @@ def test_fit_migration_refuses_bad_input_before_any_work():
         fit_migration(new, old[:10], NEW, OLD)
     with pytest.raises(ValueError, match="corpus="):
         fit_migration(new, old, NEW, OLD, pairs=TrainingSet.from_pairs([("q", "d0")]), pair_vectors=new[:1])
+    corpus = Corpus([f"d{i}" for i in range(20)], ["t"] * 20, embeddings=old)
+    with pytest.raises(ValueError, match="distill=True trains the least-squares map"):
+        fit_migration(new[:, :24], old, NEW, OLD, kind="orthogonal", distill=True, corpus=corpus)
 
 
 def test_migration_sample_takes_a_fraction_of_the_corpus():
@@ -298,6 +367,7 @@ def test_migrate_refuses_bad_input_before_any_work(tmp_path):
         "at most one of --pairs or --split": [*base, str(tmp_path / "a"), "--split", "train", "--pairs", "p.jsonl"],
         "no qrels/test.tsv": [*base, str(tmp_path / "a"), "--split", "test"],
         "nothing to migrate": [*base, str(tmp_path / "a"), "--old-model", str(tmp_path / "new")],
+        "--distill trains the least-squares map": [*base, str(tmp_path / "a"), "--kind", "orthogonal", "--distill"],
         "not a local folder": [*base, str(tmp_path / "a")],  # the new model is nowhere
     }
     for expected, args in cases.items():
@@ -350,3 +420,12 @@ def test_migrate_command_fits_saves_and_refuses_to_overwrite(tmp_path):
     assert adapter.is_migration and adapter.base_model.endswith("new-model")
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
+    distilled = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "distilled"), "--distill"])
+    assert distilled.exit_code == 0, distilled.output
+    assert "ranking distillation over the old index" in distilled.output  # the choice is reported either way
+    meta = QueryAdapter.load(tmp_path / "distilled").metadata["migration"]
+    assert meta["distill"]["criterion"] == "top_document_mrr" and meta["kept"] in (
+        "least-squares",
+        "distilled linear",
+        "fine-tuned linear",
+    )
