@@ -6,8 +6,8 @@ the folder in a fresh process for each engine: ``harvest()``, and ``harvest_on_r
 (``num_cpus=2``) with ``workers=1`` and ``workers=2``, the order reversed in every other round. Each
 run prints a digest of its pairs, hard negatives, query info and report counts; the script asserts the
 digests are equal, and reports time, records per second, ratios to the single process, the driver's
-peak RSS, each Ray worker process's peak RSS (``VmHWM``) and the CPU seconds of the driver, the workers, the
-raylet, the GCS and Ray's other processes (where two cores go).
+peak RSS, each Ray worker process's peak RSS (``VmHWM``) and the CPU seconds of every process by kind: the
+driver, the task workers by their title, Ray's actors, the raylet, the GCS and the rest (where two cores go).
 
     python benchmarks/harvest_ray.py --retrievals 1000000 --shards 16
     python benchmarks/harvest_ray.py --retrievals 20000000 --shards 64   # ~8.4 GB of JSONL on disk
@@ -55,24 +55,29 @@ result = run()
 seconds = time.perf_counter() - start
 workers_rss = []
 own = resource.getrusage(resource.RUSAGE_SELF)
-cpu = {{"driver": own.ru_utime + own.ru_stime}}  # CPU seconds by process kind (Ray's: those alive at the end)
+cpu = {{"driver": own.ru_utime + own.ru_stime}}  # CPU seconds by process (Ray's: those started by this run)
 if engine == "ray":
     tick = os.sysconf("SC_CLK_TCK")
+    mine = int(Path(f"/proc/{{os.getpid()}}/stat").read_text().rsplit(")", 1)[1].split()[19])
     for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
         try:
             cmdline = Path(f"/proc/{{pid}}/cmdline").read_bytes()
             status = Path(f"/proc/{{pid}}/status").read_text()
             stat = Path(f"/proc/{{pid}}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if not pid.isdigit() or int(pid) == os.getpid() or b"ray" not in cmdline:
+        if b"ray" not in cmdline or int(stat[19]) < mine:  # not Ray's, or left from an earlier run
             continue
-        # a worker's title is "ray::IDLE" or "ray::<task>" once it runs (setproctitle), default_worker.py before
-        worker = cmdline.startswith(b"ray::") or b"default_worker.py" in cmdline
-        kind = ("worker" if worker else "raylet" if b"raylet" in cmdline
-                else "gcs_server" if b"gcs_server" in cmdline else "other Ray processes")
+        # a worker's title is "ray::IDLE" or "ray::<task or actor>" (setproctitle); others by their program
+        title = cmdline.split(b"\\0")[0].decode(errors="replace")
+        kind = title.split("(")[0] if title.startswith("ray::") else Path(title.split()[0]).name
+        if kind in ("python", "python3"):  # a Python program of Ray's: by its script
+            args = cmdline.decode(errors="replace").split("\\0")[1:]
+            kind = next((Path(a).name for a in args if a.endswith(".py")), kind)
         cpu[kind] = cpu.get(kind, 0.0) + (int(stat[11]) + int(stat[12])) / tick
-        if worker:
+        if title.startswith("ray::") or b"default_worker.py" in cmdline:
             hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
             workers_rss.append(int(hwm.split()[1]) / 1024)
 ts, report = result.training_set, result.report
