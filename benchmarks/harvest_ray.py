@@ -11,6 +11,7 @@ driver, the task workers by their title, Ray's actors, the raylet, the GCS and t
 
     python benchmarks/harvest_ray.py --retrievals 1000000 --shards 16
     python benchmarks/harvest_ray.py --retrievals 20000000 --shards 64   # ~8.4 GB of JSONL on disk
+    python benchmarks/harvest_ray.py --retrievals 20000000 --shards 64 --engines "one process" "Ray, 2 workers"
 
 Results: ``benchmarks/results/harvest_ray_<retrievals>.json``.
 """
@@ -125,14 +126,17 @@ def main() -> None:
     parser.add_argument("--retrievals", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES), metavar="ENGINE")
     args = parser.parse_args()
+    if "one process" not in args.engines:
+        parser.error("the engines are compared with 'one process': include it")
     folder = CACHE / f"sharded-log-{args.retrievals}-{args.shards}"
     start = time.perf_counter()
     size_mb = write_shards(folder, args.retrievals, args.shards)
     print(f"log: {folder} ({size_mb:.0f} MB, written or found in {time.perf_counter() - start:.0f} s)", flush=True)
-    runs: dict[str, list[dict]] = {name: [] for name in ENGINES}
+    runs: dict[str, list[dict]] = {name: [] for name in args.engines}
     for r in range(args.rounds):
-        for name in list(ENGINES)[:: 1 if r % 2 == 0 else -1]:
+        for name in args.engines[:: 1 if r % 2 == 0 else -1]:
             row = run_child(folder, *ENGINES[name])
             runs[name].append(row)
             print(r, name, {k: v for k, v in row.items() if k != "skipped"}, flush=True)

@@ -3,8 +3,8 @@
 - :func:`harvest_on_ray` runs :func:`adapter_retrievers.harvest.harvest` on Ray Data: the same stages
   (:mod:`adapter_retrievers.harvest.join`) with each file parsed by the format's own reader inside
   ``map_batches`` and signals joined to their retrievals by two group-bys on Ray (target, then retrieval
-  id). It returns the same :class:`~adapter_retrievers.harvest.HarvestResult`: the same pairs, first-seen
-  times, adapter versions, sessions and report counts.
+  id; each on buckets of those keys). It returns the same :class:`~adapter_retrievers.harvest.HarvestResult`:
+  the same pairs, first-seen times, adapter versions, sessions and report counts.
 - :func:`embed_on_ray` embeds texts by ``map_batches`` over an actor pool of your encoder (``concurrency``
   actors, ``num_gpus`` each where there are GPUs) and writes (text hash, vector) Parquet into the embedding
   cache folder, where :class:`~adapter_retrievers.encoders.CachedEncoder` and
@@ -219,7 +219,8 @@ def harvest_on_ray(
     ``workers``: parsing tasks at once (default: Ray's choice, one per CPU). Like the single process, each file
     is read twice, signals first, then only the retrievals a signal may point to, so no stage holds every
     retrieval (pickling every retrieval for one read measured 2.7x the parse time of a file); two group-bys
-    join them (by target, then by retrieval id). The signal targets (one id per signal) go to the pass-2
+    join them (by target, then by retrieval id; each groups 256 buckets of keys and joins key by key inside a
+    call). The signal targets (one id per signal) go to the pass-2
     tasks and the corpus' ids and content hashes to the join tasks; the driver holds the signals' outcomes
     and the report.
     """
