@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES), metavar="ENGINE")
+    parser.add_argument("--out", help="results file name in benchmarks/results/, no suffix (default: by size)")
     args = parser.parse_args()
     if "one process" not in args.engines:
         parser.error("the engines are compared with 'one process': include it")
@@ -173,7 +174,7 @@ def main() -> None:
         "engines": summary,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"harvest_ray_{args.retrievals}.json"
+    out = RESULTS / f"{args.out or f'harvest_ray_{args.retrievals}'}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -28,9 +28,9 @@ run back to back per query in alternating order, with query vectors from the mod
 and from the vector cache (search alone: the largest relative overhead); and the draft itself
 (:func:`team_draft` on two top-10 lists, propensities included). Median µs per query and ratios.
 
-    nice -n 10 python benchmarks/interleaving.py [--repetitions 200] [--seeds 3]
+    nice -n 10 python benchmarks/interleaving.py [--repetitions 200] [--seeds 3] [--skip-cost] [--out NAME]
 
-Results: ``benchmarks/results/interleaving.json``.
+Results: ``benchmarks/results/interleaving.json`` (or ``NAME.json``).
 """
 
 from __future__ import annotations
@@ -252,27 +252,38 @@ def main() -> None:
     parser.add_argument("--cost-queries", type=int, default=300)
     parser.add_argument("--scifact", action="store_true", help="time on SciFact's 5,183 abstracts (cached vectors)")
     parser.add_argument("--skip-sensitivity", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--out", default="interleaving", help="results file name in benchmarks/results/, no suffix")
     args = parser.parse_args()
     enc = encoder()
-    out = {"benchmark": "interleaving", "machine": machine(), "model": enc.model_id, "cache": str(CACHE)}
+    out = {
+        "benchmark": "interleaving",
+        "machine": machine(),
+        "model": enc.model_id,
+        "cache": str(CACHE),
+        "seeds": args.seeds,
+        "repetitions": args.repetitions,
+        "max_queries": args.max_queries,
+    }
     started = time.perf_counter()
     if not args.skip_sensitivity:
         corpus = embedded_corpus(Corpus.from_beir(DATA / "xquad" / "en"), enc)
         questions = TrainingSet.from_beir(DATA / "xquad" / "es", "test")
         out["sensitivity"] = sensitivity(enc, corpus, questions, range(args.seeds), args.repetitions, args.max_queries)
-    out["cost"] = cost(enc, args.scifact, args.cost_queries)
-    c = out["cost"]
-    for name in ("model", "cached"):
-        m = c[name]
-        print(
-            f"cost on {c['corpus']}, query vectors from the {name}: plain {m['plain_us']:.0f} µs, interleaved "
-            f"{m['interleaved_us']:.0f} µs ({m['ratio']:.2f}x); at 10% of traffic {m['at_10_percent_ratio']:.3f}x"
-        )
-    print(f"the draft alone (two top-10 lists, propensities included): {c['draft_us']:.0f} µs")
+    if not args.skip_cost:
+        out["cost"] = c = cost(enc, args.scifact, args.cost_queries)
+        for name in ("model", "cached"):
+            m = c[name]
+            print(
+                f"cost on {c['corpus']}, query vectors from the {name}: plain {m['plain_us']:.0f} µs, interleaved "
+                f"{m['interleaved_us']:.0f} µs ({m['ratio']:.2f}x); at 10% of traffic "
+                f"{m['at_10_percent_ratio']:.3f}x"
+            )
+        print(f"the draft alone (two top-10 lists, propensities included): {c['draft_us']:.0f} µs")
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "interleaving.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
