@@ -1256,7 +1256,9 @@ def refresh_command(
     quarantine: Annotated[
         bool, typer.Option(help="keep a night apart when its feedback is far outside every earlier night's")
     ] = True,
-    keep: Annotated[int, typer.Option(help="versions kept (the live one is always kept)")] = 10,
+    keep: Annotated[
+        int, typer.Option(help="versions kept (live, the candidate and what rollback returns to are always kept)")
+    ] = 10,
     kind: Annotated[str, typer.Option(help="linear | low_rank | orthogonal | residual_mlp")] = "linear",
     epochs: int = 100,
     feedback_threshold: Annotated[float, typer.Option(help="answer feedback at or above this is positive")] = 0.5,

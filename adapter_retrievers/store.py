@@ -14,7 +14,8 @@ Layout of a store folder::
 Why this shape: serving processes only ever read ``LIVE`` (switched by an atomic rename) and whole
 version folders (published by an atomic rename of a finished staging folder), so a reader never sees
 a half-written version and a crash at any point leaves the previous live version serving. Retention
-keeps the newest ``keep`` versions and never deletes the live one.
+keeps the newest ``keep`` versions and never deletes the live one, the candidate, or the versions that
+``rollback`` walks back to (the last ``keep`` of them).
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ class VersionInfo:
 class AdapterStore:
     """Versions, the live pointer, the decision history and the run lock of one store folder.
 
-    ``keep``: how many versions retention keeps (the live version is always kept in addition).
+    ``keep``: how many versions retention keeps (the live version, the candidate and the last ``keep`` states
+    that ``rollback`` returns to are always kept in addition).
     """
 
     def __init__(self, root: os.PathLike | str, keep: int = 10, stale_lock_after: float = 24 * 3600) -> None:
@@ -329,8 +331,10 @@ class AdapterStore:
         return removed
 
     def prune(self) -> list[str]:
-        """Delete all but the newest ``keep`` versions; the live and candidate versions are never deleted."""
-        kept = {self.live, self.candidate}
+        """Delete all but the newest ``keep`` versions; the live and candidate versions are never deleted, nor
+        the last ``keep`` versions that rollbacks return to (so that ``rollback`` after months of nightly
+        candidates still finds what was live before)."""
+        kept = {self.live, self.candidate, *self._earlier_states()[-self.keep :]}
         versions = self.versions()
         doomed = [v for v in versions[: max(0, len(versions) - self.keep)] if v not in kept]
         for version in doomed:

@@ -101,6 +101,19 @@ def test_retention_keeps_newest_and_live(tmp_path):
     assert store.add_version(shifted(9.0), {}) == "v0006"
 
 
+def test_retention_keeps_what_rollback_returns_to(tmp_path):
+    """Found by the young-application benchmark: nightly candidates pushed the previous live version out."""
+    store = AdapterStore(tmp_path, keep=2)
+    first = store.add_version(shifted(1.0), {})
+    store.set_live(first, "promoted")
+    later = [store.add_version(shifted(float(i)), {}) for i in range(2, 7)]
+    store.set_live(later[2], "promoted")
+    removed = store.prune()
+    assert removed == [later[0], later[1]]  # not the newest two, not live, not the rollback target
+    assert store.rollback()["live_after"] == first
+    assert store.rollback()["live_after"] is None
+
+
 def test_unfinished_save_is_not_a_version_and_is_cleaned(tmp_path, monkeypatch):
     store = AdapterStore(tmp_path)
     v1 = store.add_version(shifted(1.0), {})
