@@ -18,7 +18,8 @@ Scenarios (``--scenario``):
 - ``young``: a young application, 14 nights of 50 clicks each (Spanish questions served until 50 clicks).
 
 Each loop variant (``VARIANTS``: the default loop with interleaving on 10% of traffic and the per-query
-guard, and the same without interleaving or without the guard) runs its own loop (store, registry that
+guard, the same without interleaving or without the guard, and with interleaving on half the traffic, for
+applications whose few clicks are the bottleneck) runs its own loop (store, registry that
 follows it, Phoenix project) on the same questions and the same users' choices. The table shows the live
 adapter's nDCG@10 on the *next* day's traffic (exact search) next to the base model's, and the decisions;
 each night also records the offline estimate of tonight's candidate's gain over live on the clicked
@@ -28,7 +29,7 @@ to restore the previous state's numbers exactly (served through the registry tha
 
     nice -n 10 python benchmarks/drift_refresh.py                                   # drift, every variant, 3 seeds
     nice -n 10 python benchmarks/drift_refresh.py --variants main --poison wrong --out drift_refresh_wrong
-    nice -n 10 python benchmarks/drift_refresh.py --scenario young --out drift_refresh_young
+    nice -n 10 python benchmarks/drift_refresh.py --scenario young --variants main,interleave_half
     nice -n 10 python benchmarks/drift_refresh.py --seeds 1 --days 3 --per-day 60   # a quick check
 
 Results: ``benchmarks/results/<out>.json`` and ``<out>.png``.
@@ -73,11 +74,13 @@ VARIANTS = {
     "main": {"interleave": 0.1, "training": {}},
     "no_interleaving": {"interleave": 0.0, "training": {}},
     "no_guard": {"interleave": 0.1, "training": {"guard": False}},
+    "interleave_half": {"interleave": 0.5, "training": {}},
 }
 VARIANT_NAMES = {
     "main": "pooled evidence + interleaving on 10% + guard (the defaults)",
     "no_interleaving": "pooled evidence + guard, no interleaving",
     "no_guard": "pooled evidence + interleaving on 10%, no guard",
+    "interleave_half": "pooled evidence + interleaving on 50% + guard (a young application's setting)",
 }
 
 
