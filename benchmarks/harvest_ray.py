@@ -3,7 +3,9 @@
 Writes a synthetic log in our JSONL schema (the records of ``harvest_scale.py``: 3 documents per retrieval,
 a click signal on 1% of retrievals, a truncated line every 100,000) as ``--shards`` files, then harvests
 the folder in a fresh process for each engine: ``harvest()``, and ``harvest_on_ray()`` on a local Ray
-(``num_cpus=2``) with ``workers=1`` and ``workers=2``, the order reversed in every other round. Each
+(``num_cpus=2``) with ``workers=1`` and ``workers=2``, the order reversed in every other round; and, as the
+hardware's bound, two plain ``harvest()`` processes at once, each on every other file ("2 processes, no
+Ray": what two cores give without Ray's costs; their pair and record counts must add up). Each
 run prints a digest of its pairs, hard negatives, query info and report counts; the script asserts the
 digests are equal, and reports time, records per second, ratios to the single process, the driver's
 peak RSS, each Ray worker process's peak RSS (``VmHWM``) and the CPU seconds of every process by kind: the
@@ -40,6 +42,8 @@ from adapter_retrievers import Corpus
 from adapter_retrievers.harvest import harvest
 
 folder, engine, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+part, parts = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 5 else (0, 1)
+files = sorted(Path(folder).glob("part-*.jsonl"))[part::parts] if parts > 1 else folder
 corpus = Corpus.from_texts(["text %d" % i for i in range({n_docs})], ids=["d%d" % i for i in range({n_docs})])
 started = 0.0
 if engine == "ray":
@@ -50,7 +54,7 @@ if engine == "ray":
     from adapter_retrievers.integrations.ray import harvest_on_ray
     run = lambda: harvest_on_ray(folder, corpus, workers=workers)
 else:
-    run = lambda: harvest(folder, corpus)
+    run = lambda: harvest(files, corpus)
 start = time.perf_counter()
 result = run()
 seconds = time.perf_counter() - start
@@ -95,7 +99,13 @@ print(json.dumps({{"seconds": seconds, "ray_init_seconds": started,
                   "digest": hashlib.sha256(json.dumps(content).encode()).hexdigest()}}))
 """
 
-ENGINES = {"one process": ("single", 1), "Ray, 1 worker": ("ray", 1), "Ray, 2 workers": ("ray", 2)}
+ENGINES = {
+    "one process": ("single", 1),
+    "Ray, 1 worker": ("ray", 1),
+    "Ray, 2 workers": ("ray", 2),
+    "2 processes, no Ray": ("split", 2),
+}
+SPLIT = "2 processes, no Ray"  # the hardware's bound: two plain harvests at once, each on every other file
 
 
 def write_shards(folder: Path, n: int, shards: int) -> float:
@@ -111,6 +121,8 @@ def write_shards(folder: Path, n: int, shards: int) -> float:
 
 
 def run_child(folder: Path, engine: str, workers: int) -> dict:
+    if engine == "split":
+        return run_split(folder, workers)
     code = CHILD.format(n_docs=N_DOCS)
     out = subprocess.run(
         [sys.executable, "-c", code, str(folder), engine, str(workers)],
@@ -119,6 +131,33 @@ def run_child(folder: Path, engine: str, workers: int) -> dict:
         check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def run_split(folder: Path, parts: int) -> dict:
+    """``parts`` plain ``harvest()`` processes at once, each on every ``parts``-th file: what the cores give
+    without Ray (the synthetic log keeps each retrieval's signals in its own file, so the parts add up)."""
+    code = CHILD.format(n_docs=N_DOCS)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(folder), "single", "1", str(k), str(parts)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(parts)
+    ]
+    rows = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    if any(child.returncode for child in children):
+        raise RuntimeError("a plain harvest process failed")
+    return {
+        "seconds": max(row["seconds"] for row in rows),  # the slower part's harvest(), timed as the others
+        "ray_init_seconds": 0.0,
+        "driver_peak_rss_mb": max(row["driver_peak_rss_mb"] for row in rows),
+        "worker_peak_rss_mb": [],
+        "cpu_seconds": {f"process {k + 1}": row["cpu_seconds"]["driver"] for k, row in enumerate(rows)},
+        **{key: sum(row[key] for row in rows) for key in ("records", "retrievals", "pairs")},
+        "skipped": {},
+        "digest": None,  # each part's own pairs: compared by their counts below
+    }
 
 
 def main() -> None:
@@ -141,8 +180,11 @@ def main() -> None:
             row = run_child(folder, *ENGINES[name])
             runs[name].append(row)
             print(r, name, {k: v for k, v in row.items() if k != "skipped"}, flush=True)
-    digests = {row["digest"] for rows in runs.values() for row in rows}
+    digests = {row["digest"] for name, rows in runs.items() if name != SPLIT for row in rows}
     assert len(digests) == 1, "the engines' pairs, query info or report counts differ"
+    for row in runs.get(SPLIT, []):
+        first = runs["one process"][0]
+        assert (row["records"], row["pairs"]) == (first["records"], first["pairs"]), "the parts do not add up"
     summary = {}
     for name, rows in runs.items():
         seconds = statistics.median(row["seconds"] for row in rows)
