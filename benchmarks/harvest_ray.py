@@ -15,7 +15,7 @@ driver, the task workers by their title, Ray's actors, the raylet, the GCS and t
     python benchmarks/harvest_ray.py --retrievals 20000000 --shards 64   # ~8.4 GB of JSONL on disk
     python benchmarks/harvest_ray.py --retrievals 20000000 --shards 64 --engines "one process" "Ray, 2 workers"
 
-Results: ``benchmarks/results/harvest_ray_<retrievals>.json``.
+Results: ``benchmarks/results/harvest_ray_<retrievals>.json`` (or ``--out NAME``: ``NAME.json``).
 """
 
 from __future__ import annotations
@@ -99,13 +99,8 @@ print(json.dumps({{"seconds": seconds, "ray_init_seconds": started,
                   "digest": hashlib.sha256(json.dumps(content).encode()).hexdigest()}}))
 """
 
-ENGINES = {
-    "one process": ("single", 1),
-    "Ray, 1 worker": ("ray", 1),
-    "Ray, 2 workers": ("ray", 2),
-    "2 processes, no Ray": ("split", 2),
-}
 SPLIT = "2 processes, no Ray"  # the hardware's bound: two plain harvests at once, each on every other file
+ENGINES = {"one process": ("single", 1), "Ray, 1 worker": ("ray", 1), "Ray, 2 workers": ("ray", 2), SPLIT: ("split", 2)}
 
 
 def write_shards(folder: Path, n: int, shards: int) -> float:
@@ -120,12 +115,16 @@ def write_shards(folder: Path, n: int, shards: int) -> float:
     return sum(p.stat().st_size for p in folder.glob("part-*.jsonl")) / 2**20
 
 
+def child_command(folder: Path, engine: str, workers: int, *part: int) -> list[str]:
+    """The fresh process that harvests ``folder`` (or its ``part = (k, parts)``: every parts-th file from k)."""
+    return [sys.executable, "-c", CHILD.format(n_docs=N_DOCS), str(folder), engine, str(workers), *map(str, part)]
+
+
 def run_child(folder: Path, engine: str, workers: int) -> dict:
     if engine == "split":
         return run_split(folder, workers)
-    code = CHILD.format(n_docs=N_DOCS)
     out = subprocess.run(
-        [sys.executable, "-c", code, str(folder), engine, str(workers)],
+        child_command(folder, engine, workers),
         capture_output=True,
         text=True,
         check=True,
@@ -136,13 +135,8 @@ def run_child(folder: Path, engine: str, workers: int) -> dict:
 def run_split(folder: Path, parts: int) -> dict:
     """``parts`` plain ``harvest()`` processes at once, each on every ``parts``-th file: what the cores give
     without Ray (the synthetic log keeps each retrieval's signals in its own file, so the parts add up)."""
-    code = CHILD.format(n_docs=N_DOCS)
     children = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(folder), "single", "1", str(k), str(parts)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        subprocess.Popen(child_command(folder, "single", 1, k, parts), stdout=subprocess.PIPE, text=True)
         for k in range(parts)
     ]
     rows = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
@@ -182,8 +176,8 @@ def main() -> None:
             print(r, name, {k: v for k, v in row.items() if k != "skipped"}, flush=True)
     digests = {row["digest"] for name, rows in runs.items() if name != SPLIT for row in rows}
     assert len(digests) == 1, "the engines' pairs, query info or report counts differ"
+    first = runs["one process"][0]
     for row in runs.get(SPLIT, []):
-        first = runs["one process"][0]
         assert (row["records"], row["pairs"]) == (first["records"], first["pairs"]), "the parts do not add up"
     summary = {}
     for name, rows in runs.items():
@@ -200,7 +194,6 @@ def main() -> None:
     single = summary["one process"]["seconds_median"]
     for row in summary.values():
         row["throughput_ratio_to_one_process"] = round(single / row["seconds_median"], 2)
-    first = runs["one process"][0]
     result = {
         "machine": machine(),
         "load_average_at_end": os.getloadavg(),
