@@ -192,13 +192,15 @@ def blend_metrics(
             continue
         rows = owner[lo:hi] - start
         where = position[lo:hi]
-        pick = np.arange(hi - lo)
-        a, b = adapted(start, stop)[rows], base(start, stop)[rows]
-        da = a - a[pick, where][:, None]
-        db = b - b[pick, where][:, None]
+        a, b = adapted(start, stop), base(start, stop)
+        if len(rows) != len(a) or (rows != np.arange(len(a))).any():  # a query with several relevant documents
+            a, b = a[rows], b[rows]
+        own_a, own_b = a[np.arange(hi - lo), where], b[np.arange(hi - lo), where]
         # a document below the relevant one in both systems stays below under every blend: weigh only the rest
-        hit_rows, hit_cols = np.nonzero(np.maximum(da, db) >= 0)
-        hda, hdb = da[hit_rows, hit_cols], db[hit_rows, hit_cols]
+        # (x >= own exactly when x - own >= 0: a float difference is zero only between equal numbers)
+        hit_rows, hit_cols = np.nonzero((a >= own_a[:, None]) | (b >= own_b[:, None]))
+        hda = a[hit_rows, hit_cols] - own_a[hit_rows]
+        hdb = b[hit_rows, hit_cols] - own_b[hit_rows]
         earlier = hit_cols < where[hit_rows]
         for alpha in alphas:
             value = hda if alpha == 1.0 else alpha * hda + (1 - alpha) * hdb

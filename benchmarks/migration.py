@@ -25,7 +25,8 @@ train on / test queries), and on the test queries we report nDCG@10 and Recall@1
 Then the cost of applying a migration adapter to one query (µs), beside an ordinary 768-d linear adapter.
 
     nice -n 10 python benchmarks/migration.py            # XQuAD-es, 3 seeds
-    nice -n 10 python benchmarks/migration.py --scifact  # also SciFact (mpnet embeds 5k abstracts: slow on CPU)
+    nice -n 10 python benchmarks/migration.py --datasets scifact --out benchmarks/results/migration_scifact.json
+                                                 # SciFact (mpnet embeds 5k abstracts: ~50 min on 2 cores)
     nice -n 10 python benchmarks/migration.py --fractions 0.1 1.0  # only the 10% and 100% rows
 """
 
@@ -48,6 +49,7 @@ from adapter_retrievers.training.migration import fit_migration, migration_sampl
 from common import CACHE, DATA, RESULTS, machine
 
 FRACTIONS = (0.01, 0.05, 0.10, 1.0)
+DATASETS = ("xquad-es", "scifact")
 METRICS = ("ndcg@10", "recall@10")
 
 
@@ -86,9 +88,13 @@ def run_dataset(
 ) -> list[dict]:
     corpus, queries = dataset(name)
     docs = {m: e.embed_documents(corpus.texts) for m, e in encs.items()}
-    # every paragraph's sentences (embedded once by both models and cached; a run uses the sampled ones)
-    split = [sentences(t) for t in corpus.texts]
-    owner = np.repeat(np.arange(len(corpus)), [len(s) for s in split])
+    # the sentences of every paragraph that a partial sample of some seed holds (embedded once by both models and
+    # cached; a run uses its own sample's): on SciFact all 5,183 abstracts' sentences would cost mpnet another hour
+    sampled = sorted(
+        {corpus.position(d) for seed in seeds for f in fractions if f < 1.0 for d in migration_sample(corpus, f, seed)}
+    )
+    split = [sentences(corpus.texts[i]) for i in sampled]
+    owner = np.repeat(np.array(sampled, dtype=np.int64), [len(s) for s in split])
     sentence_texts = [s for paragraph in split for s in paragraph]
     sent = {m: e.embed_documents(sentence_texts) for m, e in encs.items()}
     words = np.array([len(t.split()) for t in corpus.texts])
@@ -293,7 +299,9 @@ def apply_cost(repeats: int = 2000) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--scifact", action="store_true", help="also SciFact (slow: mpnet embeds 5k abstracts)")
+    parser.add_argument(
+        "--datasets", nargs="+", choices=DATASETS, default=["xquad-es"], help="scifact: mpnet embeds 5k abstracts"
+    )
     parser.add_argument("--fractions", type=float, nargs="*", default=list(FRACTIONS), help="shares re-embedded")
     parser.add_argument("--out", default=str(RESULTS / "migration.json"))
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and stop")
@@ -303,9 +311,7 @@ def main() -> None:
         return
     encs = encoders()
     started = time.perf_counter()
-    rows = run_dataset("xquad-es", encs, args.seeds, tuple(args.fractions))
-    if args.scifact:
-        rows += run_dataset("scifact", encs, args.seeds, tuple(args.fractions))
+    rows = [row for name in args.datasets for row in run_dataset(name, encs, args.seeds, tuple(args.fractions))]
     result = {
         "machine": machine(),
         "models": {"minilm": encs["minilm"].model_id, "mpnet": encs["mpnet"].model_id},

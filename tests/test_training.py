@@ -3,6 +3,7 @@ import pytest
 
 from adapter_retrievers import AdapterTrainer, QueryAdapter, TrainingSet, compare
 from adapter_retrievers.training import run
+from adapter_retrievers.training.config import TrainingConfig, parallel_runs
 from adapter_retrievers.training.run import _candidates
 from adapter_retrievers.training.validation import validation_folds
 from conftest import make_rotation_task, rows_for
@@ -558,7 +559,8 @@ def test_an_option_stops_when_it_is_behind_and_its_curve_has_flattened():
 @pytest.mark.parametrize("cross_validated", [False, True])
 def test_a_race_stops_the_losing_option_and_keeps_the_winners_adapter_bit_for_bit(task, monkeypatch, cross_validated):
     """The losing option is listed first, so the refit that trails it must start again for the leader: the kept
-    adapter is the one the unraced fit returns, and the loser trained only up to the race's epoch."""
+    adapter is the one the unraced fit returns, and the loser trained only up to the race's epoch (one more, thrown
+    away, when a free worker started it before the race was decided)."""
     trained: dict[str, int] = {}
     original = run.train_epochs
 
@@ -579,7 +581,9 @@ def test_a_race_stops_the_losing_option_and_keeps_the_winners_adapter_bit_for_bi
     (unraced, unraced_epochs), (raced, raced_epochs) = results[0], results[3]
     assert unraced.improved and unraced.adapter.metadata["validation"]["negatives"] == "all"
     stopped = raced.decision["outpaced_at_epoch"]
-    assert list(stopped) == ["1"] and raced_epochs["1"] == stopped["1"] < unraced_epochs["1"]
+    # with several workers a free one may have started the loser's next epoch before the race was decided
+    ahead = 1 if parallel_runs(TrainingConfig()) > 1 else 0
+    assert list(stopped) == ["1"] and stopped["1"] <= raced_epochs["1"] <= stopped["1"] + ahead < unraced_epochs["1"]
     assert f"negatives=1 stopped at epoch {stopped['1']}" in raced.describe_decision()
     assert raced.best_epoch == unraced.best_epoch and "outpaced_at_epoch" not in unraced.decision
     np.testing.assert_array_equal(raced.adapter.params["weight"], unraced.adapter.params["weight"])

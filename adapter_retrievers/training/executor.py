@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -33,6 +33,22 @@ class Pool:
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
             self._pool.shutdown()
+
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        """Start ``job`` on a worker (with one worker: run it now, in the caller's thread)."""
+        if self._pool is not None:
+            return self._pool.submit(job)
+        future: Future[T] = Future()
+        try:
+            future.set_result(job())
+        except BaseException as error:  # raised again by future.result(), as a worker's would be
+            future.set_exception(error)
+        return future
+
+    @staticmethod
+    def first_done(futures: Collection[Future]) -> set[Future]:
+        """Wait until at least one of ``futures`` is done; the done ones."""
+        return wait(futures, return_when=FIRST_COMPLETED).done
 
     def map(self, function: Callable[[U], T], items: Sequence[U]) -> list[T]:
         """``[function(item) for item in items]``, in order, the items shared out over the workers."""

@@ -15,7 +15,9 @@ import functools
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
@@ -50,6 +52,7 @@ from adapter_retrievers.training.validation import (
 from adapter_retrievers.working_set import ArrayVectors, VectorSource, WorkingSet, working_set
 
 T = TypeVar("T")
+Step = tuple[float, QueryAdapter, dict[float, np.ndarray]]  # a fold's epoch: train loss, snapshot, validation scores
 _NO_QUERIES = "need at least one training and one validation query with a relevant document in the corpus"
 
 
@@ -125,10 +128,12 @@ def fold_gains(plan: Plan, chosen: Choice) -> list[float]:
 
 
 class OptionRun:
-    """One ``negatives`` option's selection: its runs (one per fold), their latest scores, the pooled curve.
+    """One ``negatives`` option's selection: its runs (one per fold), their finished epochs, the pooled curve.
 
-    :meth:`advance` steps one fold's run and scores it (independent per fold: safe in parallel threads);
-    :meth:`record` then adds the epoch to the curve and updates the choice (in one thread).
+    :meth:`step` trains one fold's run one more epoch and scores it (a worker's job: it touches only that
+    fold's run, so folds step in parallel threads); :meth:`store` queues the result, and :meth:`record` adds an
+    epoch to the curve once every fold has finished it and updates the choice (both in the scheduling thread).
+    A fold may finish its next epoch before the others finish this one: its result waits in its queue.
     """
 
     def __init__(self, plan: Plan, option: TrainingConfig, runs: list[Iterator[Any]]) -> None:
@@ -140,6 +145,9 @@ class OptionRun:
         self.snapshots: list[QueryAdapter | None] = [None] * len(runs)
         self.losses: list[float | None] = [None] * len(runs)
         self.alive = [True] * len(runs)
+        self.finished: list[deque[Step | None]] = [deque() for _ in runs]  # not yet recorded; None: the run ended
+        self.busy = [False] * len(runs)
+        self.recorded = 0
         self.going = True
         self.chosen = Choice(score=self.curve.base, negatives=option.negatives, per_query=plan.base)
         self.chosen.history = history(self.curve, option)
@@ -147,16 +155,43 @@ class OptionRun:
     def alive_folds(self) -> list[int]:
         return [i for i, alive in enumerate(self.alive) if alive]
 
-    def advance(self, fold: int) -> None:
+    def step(self, fold: int) -> Step | None:
+        """Train ``fold``'s run one more epoch: ``(loss, snapshot, validation scores per blend)``, None if it ended
+        (a loss that stopped being finite)."""
         step = next(self.runs[fold], None)
-        if step is None:  # the run ended early (a loss that stopped being finite): it keeps its last scores
-            self.alive[fold], self.losses[fold] = False, None
-            return
-        _epoch, self.losses[fold], self.snapshots[fold] = step
-        self.latest[fold] = self.plan.folds[fold].scorer.blends(step[2], self.alphas)
+        if step is None:
+            return None
+        _epoch, loss, snapshot = step
+        return loss, snapshot, self.plan.folds[fold].scorer.blends(snapshot, self.alphas)
+
+    def store(self, fold: int, result: Step | None) -> None:
+        self.busy[fold] = False
+        self.finished[fold].append(result)
+
+    def next_epoch(self, fold: int) -> int | None:
+        """The epoch ``fold``'s run would train next; None when it cannot now (busy, ended or stopped)."""
+        queue = self.finished[fold]
+        if not self.going or not self.alive[fold] or self.busy[fold] or (queue and queue[-1] is None):
+            return None
+        epoch = self.recorded + len(queue) + 1
+        return epoch if epoch <= self.option.epochs else None
+
+    def ready(self) -> bool:
+        """Whether every fold still training has finished the next epoch to record."""
+        return self.recorded >= self.option.epochs or all(self.finished[i] for i in self.alive_folds())
 
     def record(self, epoch: int) -> None:
-        if not any(self.alive) or epoch > self.option.epochs:
+        if epoch > self.option.epochs:
+            self.going = False
+            return
+        self.recorded = epoch
+        for fold in self.alive_folds():
+            result = self.finished[fold].popleft()
+            if result is None:  # the run ended early: it keeps its last scores
+                self.alive[fold], self.losses[fold] = False, None
+            else:
+                self.losses[fold], self.snapshots[fold], self.latest[fold] = result
+        if not any(self.alive):
             self.going = False
             return
         losses = [loss for loss, alive in zip(self.losses, self.alive) if alive and loss is not None]
@@ -187,22 +222,27 @@ class RefitRun:
         self.epoch = 0
         self.snapshot: QueryAdapter | None = None
         self.ended = False
+        self.busy = False
 
     def behind(self, epoch: int) -> bool:
         """Whether it may train another epoch without passing ``epoch``."""
-        return not self.ended and self.epoch < epoch
+        return not self.ended and not self.busy and self.epoch < epoch
 
-    def advance(self) -> None:
-        step = next(self.steps, None)
-        if step is None:  # a loss that stopped being finite
+    def step(self) -> Any:
+        """Train one more epoch: ``(epoch, loss, snapshot)``, None if the run ended (a worker's job)."""
+        return next(self.steps, None)
+
+    def store(self, result: Any) -> None:
+        self.busy = False
+        if result is None:  # a loss that stopped being finite
             self.ended = True
             return
-        self.epoch, _loss, self.snapshot = step
+        self.epoch, _loss, self.snapshot = result
 
     def finish(self, epoch: int, bar: Any = None) -> QueryAdapter | None:
         """The snapshot at ``epoch`` (training on up to it); None if the run ended sooner."""
         while self.behind(epoch):
-            self.advance()
+            self.store(self.step())
             if bar is not None:
                 bar.update(1)
         return self.snapshot if self.epoch == epoch else None
@@ -505,11 +545,13 @@ class AdapterTrainer:
         """Train every ``negatives`` option on every fold of the plan, one epoch at a time, and select each
         option's epoch and blend on its pooled validation curve.
 
-        Each epoch, the runs still going (every option's folds) advance in parallel (``parallel_runs``); an
-        option stops when its curve stops improving (:func:`~.selection.should_stop`) or when it falls too far
-        behind another (:func:`~.selection.outpaced`). With a refit, the leading option's refit (at first the
-        first option: the costliest comes first, and usually wins) advances beside them, never past the epoch
-        its option has chosen so far, so that it is mostly done when the choice is made; when its option is
+        Each epoch, the runs still going (every option's folds) advance in parallel (``parallel_runs`` workers;
+        a worker free before the epoch is recorded starts a run's next one, so no worker waits for the slowest
+        run of the epoch, and an epoch trained for a run that then stops is thrown away); an option stops when
+        its curve stops improving (:func:`~.selection.should_stop`) or when it falls too far behind another
+        (:func:`~.selection.outpaced`). With a refit, the leading option's refit (at first the first option: the
+        costliest comes first, and usually wins) advances beside them, never past the epoch its option has
+        chosen so far, so that it is mostly done when the choice is made; when its option is
         outpaced it starts again for the new leader. Returned with the choices and the option it trained.
         """
         model_id = self.model_id or "unknown-model"
@@ -529,33 +571,72 @@ class AdapterTrainer:
         runs = len(options) * len(plan.folds)
         label = f"training {self.config.kind} adapter" + (f" ({runs} runs)" if runs > 1 else "")
         longest = max(option.epochs for option in options)
+        running: dict[Future, tuple[OptionRun | RefitRun, int]] = {}
+
+        def collect(futures: Collection[Future]) -> None:
+            for future in futures:
+                owner, fold = running.pop(future)
+                if isinstance(owner, RefitRun):
+                    owner.store(future.result())
+                else:
+                    owner.store(fold, future.result())
+
+        def start(pool: Pool, epoch: int) -> None:
+            """Give every free worker a job: this epoch's folds first, then the refit, then folds one epoch on
+            (with several workers: they fill the time others spend finishing this epoch)."""
+            ahead = 1 if pool.workers > 1 else 0
+            waiting = [
+                (next_epoch - epoch, track, fold)
+                for track in tracks
+                for fold in range(len(track.runs))
+                if (next_epoch := track.next_epoch(fold)) is not None and next_epoch <= epoch + ahead
+            ]
+            if trailing is not None and trailing.behind(tracks[leader].chosen.epoch):
+                waiting.append((0.5, trailing, -1))
+            waiting.sort(key=lambda job: job[0])
+            for _order, owner, fold in waiting[: pool.workers - len(running)]:
+                if isinstance(owner, RefitRun):
+                    owner.busy = True
+                    running[pool.submit(owner.step)] = (owner, fold)
+                else:
+                    owner.busy[fold] = True
+                    running[pool.submit(functools.partial(owner.step, fold))] = (owner, fold)
+
+        def settle(owner: OptionRun | RefitRun) -> None:
+            """Wait for ``owner``'s jobs under way (a generator cannot be closed while it runs)."""
+            collect([future for future, (who, _fold) in running.items() if who is owner])
+
         try:
             with (
-                Pool(min(runs, parallel_runs(self.config))) as pool,
+                Pool(min(runs + plan.refit, parallel_runs(self.config))) as pool,
                 progress_bar(longest, self.progress, label) as bar,
             ):
                 for epoch in range(1, longest + 1):
                     going = [track for track in tracks if track.going]
                     if not going:
                         break
-                    jobs: list[Callable[[], None]] = [
-                        functools.partial(track.advance, i) for track in going for i in track.alive_folds()
-                    ]
-                    if trailing is not None and trailing.behind(tracks[leader].chosen.epoch):
-                        jobs.append(trailing.advance)
-                    pool.map(lambda job: job(), jobs)
+                    while not all(track.ready() for track in going):
+                        start(pool, epoch)
+                        if not running:
+                            raise RuntimeError(f"no run can train epoch {epoch}: a scheduling bug")
+                        collect(pool.first_done(running))
                     for track in going:
                         track.record(epoch)
                     for track, behind in zip(tracks, outpaced([t.curve for t in tracks], options[0])):
                         if behind and track.going:
                             track.going, track.chosen.outpaced_at = False, epoch
                     if trailing is not None and tracks[leader].chosen.outpaced_at:
+                        settle(trailing)
                         trailing.close()
                         leader = best_option([t.chosen for t in tracks])
                         trailing = RefitRun(self._refit_steps(plan, corpus, options[leader]))
                     bar.update(1)
                     bar.set_postfix(best=f"{max(t.chosen.score for t in tracks):.4f}")
+                for future in list(running):  # jobs started one epoch on, for runs that stopped meanwhile
+                    collect([future])
         finally:
+            for future in list(running):
+                future.exception()  # waits; an error is already on its way up from the job that raised first
             for track in tracks:
                 track.close()
         return [track.chosen for track in tracks], trailing, leader
@@ -570,7 +651,7 @@ class AdapterTrainer:
         fold = plan.folds[0]
         rotation = run.procrustes(fold.train, fold.vectors, corpus, self.model_id or "unknown-model")
         track = OptionRun(plan, self.config, [iter([(1, float("nan"), rotation)])])
-        track.advance(0)
+        track.store(0, track.step(0))
         track.record(1)
         return track.chosen
 
