@@ -25,8 +25,8 @@ train on / test queries), and on the test queries we report nDCG@10 and Recall@1
 Then the cost of applying a migration adapter to one query (µs), beside an ordinary 768-d linear adapter.
 
     nice -n 10 python benchmarks/migration.py            # XQuAD-es, 3 seeds
-    nice -n 10 python benchmarks/migration.py --datasets scifact --out benchmarks/results/migration_scifact.json
-                                                 # SciFact (mpnet embeds 5k abstracts: ~50 min on 2 cores)
+    nice -n 10 python benchmarks/migration.py --datasets scifact --fractions 0.1 1.0 --skip-sentences \
+        --out benchmarks/results/migration_scifact.json   # SciFact (mpnet embeds 5k abstracts: ~55 min on 2 cores)
     nice -n 10 python benchmarks/migration.py --fractions 0.1 1.0  # only the 10% and 100% rows
 """
 
@@ -84,14 +84,19 @@ def scores(vectors: np.ndarray, queries: TrainingSet, corpus: Corpus) -> dict[st
 
 
 def run_dataset(
-    name: str, encs: dict[str, CachedEncoder], seeds: list[int], fractions: tuple[float, ...] = FRACTIONS
+    name: str,
+    encs: dict[str, CachedEncoder],
+    seeds: list[int],
+    fractions: tuple[float, ...] = FRACTIONS,
+    with_sentences: bool = True,
 ) -> list[dict]:
     corpus, queries = dataset(name)
     docs = {m: e.embed_documents(corpus.texts) for m, e in encs.items()}
     # the sentences of every paragraph that a partial sample of some seed holds (embedded once by both models and
     # cached; a run uses its own sample's): on SciFact all 5,183 abstracts' sentences would cost mpnet another hour
+    partial_fractions = [f for f in fractions if f < 1.0] if with_sentences else []
     sampled = sorted(
-        {corpus.position(d) for seed in seeds for f in fractions if f < 1.0 for d in migration_sample(corpus, f, seed)}
+        {corpus.position(d) for seed in seeds for f in partial_fractions for d in migration_sample(corpus, f, seed)}
     )
     split = [sentences(corpus.texts[i]) for i in sampled]
     owner = np.repeat(np.array(sampled, dtype=np.int64), [len(s) for s in split])
@@ -153,7 +158,7 @@ def run_dataset(
                         "steps": distilled.decision["distill"]["steps"],
                         "fit_seconds": round(time.perf_counter() - started, 2),
                     }
-                if fraction < 1.0:  # the sampled paragraphs and their sentences, each embedded by both models
+                if fraction < 1.0 and with_sentences:  # the sampled paragraphs and their sentences, embedded by both
                     rows_of = np.flatnonzero(np.isin(owner, at))
                     more = partial(
                         fit_migration,
@@ -303,6 +308,9 @@ def main() -> None:
         "--datasets", nargs="+", choices=DATASETS, default=["xquad-es"], help="scifact: mpnet embeds 5k abstracts"
     )
     parser.add_argument("--fractions", type=float, nargs="*", default=list(FRACTIONS), help="shares re-embedded")
+    parser.add_argument(
+        "--skip-sentences", action="store_true", help="no sentence pairs (SciFact's 10%% samples: 13,871 sentences)"
+    )
     parser.add_argument("--out", default=str(RESULTS / "migration.json"))
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and stop")
     args = parser.parse_args()
@@ -311,7 +319,11 @@ def main() -> None:
         return
     encs = encoders()
     started = time.perf_counter()
-    rows = [row for name in args.datasets for row in run_dataset(name, encs, args.seeds, tuple(args.fractions))]
+    rows = [
+        row
+        for name in args.datasets
+        for row in run_dataset(name, encs, args.seeds, tuple(args.fractions), not args.skip_sentences)
+    ]
     result = {
         "machine": machine(),
         "models": {"minilm": encs["minilm"].model_id, "mpnet": encs["mpnet"].model_id},
