@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
-U = TypeVar("U")
 
 THREAD_PREFIX = "adapter-training"
 
@@ -49,19 +48,6 @@ class Pool:
     def first_done(futures: Collection[Future]) -> set[Future]:
         """Wait until at least one of ``futures`` is done; the done ones."""
         return wait(futures, return_when=FIRST_COMPLETED).done
-
-    def map(self, function: Callable[[U], T], items: Sequence[U]) -> list[T]:
-        """``[function(item) for item in items]``, in order, the items shared out over the workers."""
-        if self._pool is None or len(items) <= 1:
-            return [function(item) for item in items]
-        futures = [self._pool.submit(function, item) for item in items]
-        return [future.result() for future in futures]
-
-
-def run_all(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
-    """Each job's result, in order, ``workers`` at a time (see :class:`Pool`)."""
-    with Pool(min(workers, len(jobs))) as pool:
-        return pool.map(lambda job: job(), jobs)
 
 
 @contextlib.contextmanager

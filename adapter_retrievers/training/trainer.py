@@ -1,12 +1,12 @@
 """The trainer: selection runs, the gate and the refit, in that order.
 
 :meth:`AdapterTrainer.fit_vectors` holds validation queries out (a split, or k folds grouped by
-document for small data), trains one run per ``negatives`` option (each option's folds in lockstep)
-with :func:`~adapter_retrievers.training.run.train_epochs`, follows each run's validation curve
+document for small data), trains one run per ``negatives`` option and fold
+with :func:`~adapter_retrievers.training.run.train_epochs`, follows each option's pooled validation curve
 (:mod:`~adapter_retrievers.training.selection`) until it stops improving, keeps the best option, asks
 the gate (:mod:`~adapter_retrievers.training.gate`) whether it beats no adapter, and with ``refit``
-trains the kept option again on every pair for the chosen epochs. The option runs are independent jobs
-for :func:`~adapter_retrievers.training.executor.run_all`.
+trains the kept option again on every pair for the chosen epochs. The runs' epochs are independent jobs
+for the :class:`~adapter_retrievers.training.executor.Pool` (``_select_options`` decides which runs next).
 """
 
 from __future__ import annotations
@@ -632,8 +632,7 @@ class AdapterTrainer:
                         trailing = RefitRun(self._refit_steps(plan, corpus, options[leader]))
                     bar.update(1)
                     bar.set_postfix(best=f"{max(t.chosen.score for t in tracks):.4f}")
-                for future in list(running):  # jobs started one epoch on, for runs that stopped meanwhile
-                    collect([future])
+                collect(list(running))  # jobs started one epoch on, for runs that stopped meanwhile
         finally:
             for future in list(running):
                 future.exception()  # waits; an error is already on its way up from the job that raised first
