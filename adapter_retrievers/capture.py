@@ -9,7 +9,8 @@ Schema (one JSON object per line, ``"schema": 1``):
     :meth:`RetrievalLog.log_retrieval`. ``adapter_version`` (optional) names the adapter-store
     version that served it (``"base"``: the base model). An interleaved retrieval (see
     :mod:`adapter_retrievers.interleaving`) has ``"interleaving": {"method": "team_draft", "candidate":
-    version}`` and each document the ``ranker`` whose pick it was (``"live"`` or ``"candidate"``) and its
+    version}`` and each document the ``ranker`` whose pick it was (``"live"``, ``"candidate"``, or ``"shared"``
+    where both would have picked it: :data:`~adapter_retrievers.interleaving.SHARED`) and its
     ``propensity``: the probability, over the draft's coin flips, that it was shown at all.
 
 ``{"type": "signal", "target", "kind", "value", "document_id", "document_position", "timestamp"}``

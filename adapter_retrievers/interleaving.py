@@ -4,10 +4,18 @@ For a fraction of the traffic the serving wrappers show one list merged from two
 adapter's and the candidate's (Radlinski, Kurup & Joachims, "How does clickthrough data reflect retrieval
 quality?", CIKM 2008). The two rankers pick in turns, like captains choosing teams: in each round a coin
 decides who picks first, and each picks its highest-ranked document not shown yet. Every shown document
-belongs to the team that picked it, so a click credits one ranker. For identical rankers the coin makes
-the credit a fair coin too; a ranker that puts what the users want higher wins more of the queries with a
-click. Search engines settle "is B better than A" this way with one to two orders of magnitude less
-traffic than an A/B test needs, because both rankers are judged on the same query by the same user.
+belongs to the team that picked it, so a click credits one ranker; a ranker that puts what the users want
+higher wins more of the queries with a click. Search engines settle "is B better than A" this way with one to
+two orders of magnitude less traffic than an A/B test needs, because both rankers are judged on the same
+query by the same user.
+
+**Shared picks.** Where both rankers would pick the same document in a round decided by a coin (both rank
+it next: the common top of two similar rankings), the list is the same whichever way the coin falls, and
+only the team's name changes: a click there is a coin toss's credit, zero on average and pure noise. Such a
+document's team is :data:`SHARED` and a click on it credits neither ranker. Nothing else changes (the shown
+list, the propensities), identical rankers now tie exactly instead of by a fair coin, and the outcomes left
+are the queries where the two rankings differ where the user clicked (``benchmarks/interleaving.py``
+measures what this saves).
 
 :func:`team_draft` also returns, for each shown document, the probability that it would be shown at all
 under this query's coin flips (exact: the flips are enumerated): a *propensity*. A click on a document that
@@ -28,6 +36,8 @@ from dataclasses import dataclass
 
 LIVE, CANDIDATE = "live", "candidate"
 RANKERS = (LIVE, CANDIDATE)
+#: the team of a document shown at the same place whichever way its round's coin fell: no ranker's credit
+SHARED = "shared"
 METHOD = "team_draft"
 #: document metadata keys the wrappers add to interleaved results (the capture log and spans carry them)
 RANKER_KEY = "adapter_ranker"
@@ -56,6 +66,7 @@ def _draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, coins: Iterable
     ia = ib = 0
     n_a = n_b = 0
     flips = iter(coins)
+    round_shared = False  # this round's coin picked a document both rankers would have picked
     while len(shown) < k:
         while ia < len(a) and a[ia] in seen:
             ia += 1
@@ -63,24 +74,26 @@ def _draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, coins: Iterable
             ib += 1
         if ia >= len(a) and ib >= len(b):
             break
+        shared = False
         if ia >= len(a):
             live_picks = False
         elif ib >= len(b):
             live_picks = True
-        elif n_a != n_b:
+        elif n_a != n_b:  # the round's second pick: the same document whichever team picked first?
             live_picks = n_a < n_b
+            shared = round_shared and a[ia] == b[ib]
         else:
             live_picks = next(flips)
+            shared = round_shared = a[ia] == b[ib]
         if live_picks:
             shown.append(a[ia])
             origin.append(ia)
-            teams.append(LIVE)
             n_a += 1
         else:
             shown.append(b[ib])
             origin.append(ib)
-            teams.append(CANDIDATE)
             n_b += 1
+        teams.append(SHARED if shared else LIVE if live_picks else CANDIDATE)
         seen.add(shown[-1])
     return shown, teams, origin
 
@@ -142,7 +155,8 @@ def team_draft(
 
 
 def credit(teams: Iterable[str | None]) -> dict[str, int]:
-    """Positive signals per ranker, from the team of each document a click, citation or label named."""
+    """Positive signals per ranker, from the team of each document a click, citation or label named (a
+    :data:`SHARED` pick's signal credits neither)."""
     counts = {LIVE: 0, CANDIDATE: 0}
     for team in teams:
         if team in counts:

@@ -13,7 +13,15 @@ from adapter_retrievers.data import ReadReport
 from adapter_retrievers.evidence import betting_test
 from adapter_retrievers.harvest import harvest, read_traces
 from adapter_retrievers.harvest.records import LoggedRetrieval
-from adapter_retrievers.interleaving import CANDIDATE, LIVE, credit, outcome, shown_probabilities, team_draft
+from adapter_retrievers.interleaving import (
+    CANDIDATE,
+    LIVE,
+    SHARED,
+    credit,
+    outcome,
+    shown_probabilities,
+    team_draft,
+)
 from adapter_retrievers.registry import AdapterRegistry, pin_adapter
 from adapter_retrievers.store import AdapterStore
 from conftest import langchain_spans, write_spans
@@ -39,7 +47,18 @@ def test_team_draft_follows_the_draft_rules():
         assert len(drafted.keys) == len(set(drafted.keys)) == min(k, len(set(live) | set(candidate)))
         shown: set = set()
         n_live = n_candidate = 0
+        shared_pick = False  # the last pick was shared: made by whichever team the coin chose
         for key, team in zip(drafted.keys, drafted.teams):
+            if team == SHARED:  # a coin's pick that either ranker would have made here
+                assert key == next(d for d in live if d not in shown) == next(d for d in candidate if d not in shown)
+                shown.add(key)
+                if shared_pick:  # a round of two shared picks: one each
+                    n_live, n_candidate = n_live + 1, n_candidate + 1
+                shared_pick = not shared_pick
+                continue
+            if shared_pick:  # the other team made the shared pick before this one
+                n_live, n_candidate = n_live + (team == CANDIDATE), n_candidate + (team == LIVE)
+                shared_pick = False
             ranking = live if team == LIVE else candidate
             # each pick is the picking ranker's best document not shown yet
             assert key == next(d for d in ranking if d not in shown), trial
@@ -51,12 +70,28 @@ def test_team_draft_follows_the_draft_rules():
             n_live, n_candidate = n_live + (team == LIVE), n_candidate + (team == CANDIDATE)
 
 
-def test_identical_rankings_show_the_ranking_with_balanced_teams():
+def test_identical_rankings_show_the_ranking_and_credit_neither():
     ranking = [f"d{i}" for i in range(20)]
     for seed in range(20):
         drafted = team_draft(ranking, ranking, 10, random.Random(seed))
         assert drafted.keys == ranking[:10] and drafted.propensities == [1.0] * 10
-        assert Counter(drafted.teams) == {LIVE: 5, CANDIDATE: 5}
+        # every place shows the same document whichever way the coins fell: a click there says nothing
+        assert drafted.teams == [SHARED] * 10 and outcome(credit(drafted.teams)) == 0
+
+
+def test_only_documents_placed_by_a_coin_alone_are_shared():
+    # both rank d0 first: round 1 shows d0 first whoever picks it (shared); then live's d1 or the candidate's
+    # d2, a real pick; from round 2 on the teams are the two rankers' own picks
+    live, candidate = ["d0", "d1", "d3", "d4"], ["d0", "d2", "d3", "d5"]
+    for seed in range(20):
+        drafted = team_draft(live, candidate, 4, random.Random(seed))
+        assert drafted.teams[0] == SHARED and drafted.keys[0] == "d0"
+        team = dict(zip(drafted.keys, drafted.teams))
+        assert team.get("d1", LIVE) == LIVE and team.get("d2", CANDIDATE) == CANDIDATE
+    # the same list under both coins of a round, each team's pick swapped: both shared
+    drafted = team_draft(["a", "b", "c"], ["a", "b", "d"], 3, random.Random(0))
+    assert drafted.keys == ["a", "b", "c"] or drafted.keys == ["a", "b", "d"]
+    assert drafted.teams[:2] == [SHARED, SHARED] and drafted.teams[2] in (LIVE, CANDIDATE)
 
 
 def test_propensities_are_the_frequencies_over_the_coin_flips():
@@ -76,18 +111,22 @@ def test_credit_goes_to_the_team_that_picked_each_named_document():
     assert outcome({LIVE: 1, CANDIDATE: 1}) == 0
 
 
-def simulate(rng, coins, better: bool, queries: int) -> list[int]:
-    """Users click the one relevant document when shown. ``better``: the candidate ranks it first and live
-    ranks it fourth; otherwise both rankers are the same ranking."""
+def simulate(rng, coins, rankers: str, queries: int) -> list[int]:
+    """Users click the one relevant document when shown. ``rankers``: ``"better"``, the candidate ranks it
+    first and live ranks it fourth (otherwise the same ranking); ``"identical"``, one ranking for both;
+    ``"equally good"``, two different rankings, each with it at a random one of its first eight places."""
     results = []
     for _ in range(queries):
-        live, candidate = rankings(rng, n=20, overlap=1.0)
+        live, candidate = rankings(rng, n=20, overlap=0.5 if rankers == "equally good" else 1.0)
         relevant = live[int(rng.integers(0, 8))]
-        if better:
+        if rankers == "better":
             live.remove(relevant)
             live.insert(3, relevant)
             candidate.remove(relevant)
             candidate.insert(0, relevant)
+        elif rankers == "equally good":
+            candidate.remove(relevant)
+            candidate.insert(int(rng.integers(0, 8)), relevant)
         drafted = team_draft(live, candidate, 10, coins)
         teams = [team for key, team in zip(drafted.keys, drafted.teams) if key == relevant]
         results.append(outcome(credit(teams)))
@@ -96,18 +135,19 @@ def simulate(rng, coins, better: bool, queries: int) -> list[int]:
 
 def test_a_ranker_that_always_wins_is_detected():
     rng, coins = np.random.default_rng(4), random.Random(4)
-    results = simulate(rng, coins, better=True, queries=60)
+    results = simulate(rng, coins, "better", queries=60)
     assert Counter(results)[1] > 50  # the candidate's pick of the relevant document comes first in most drafts
     assert betting_test(results).significant
 
 
 def test_identical_rankers_tie():
     rng, coins = np.random.default_rng(5), random.Random(5)
-    results = np.array(simulate(rng, coins, better=False, queries=4000))
+    assert set(simulate(rng, coins, "identical", queries=500)) == {0}  # every click is on a shared pick
+    results = np.array(simulate(rng, coins, "equally good", queries=4000))
     wins, losses = (results == 1).sum(), (results == -1).sum()
-    assert abs(wins - losses) < 4 * np.sqrt(wins + losses)  # a fair coin decides whose pick it was
+    assert wins + losses > 2000 and abs(wins - losses) < 4 * np.sqrt(wins + losses)
     detected = sum(
-        betting_test(simulate(rng, coins, better=False, queries=200)).significant for _ in range(100)
+        betting_test(simulate(rng, coins, "equally good", queries=200)).significant for _ in range(100)
     )  # looked at after the last query; the test would hold at every one of them
     assert detected <= 8
 
@@ -176,7 +216,7 @@ def test_langchain_retriever_interleaves_logs_the_rankers_and_harvest_credits_th
         docs = retriever.invoke(q, config={"callbacks": [logger]})
         live, candidate = _alone(vectorstore, store.load("v0001"), q, 6), _alone(vectorstore, store.load("v0002"), q, 6)
         assert live != candidate  # the two rankers differ
-        assert len(docs) == 6 and {d.metadata["adapter_ranker"] for d in docs} == {"live", "candidate"}
+        assert len(docs) == 6 and {d.metadata["adapter_ranker"] for d in docs} >= {"live", "candidate"}
         for d in docs:  # each document comes from the ranker it names
             assert d.id in (live if d.metadata["adapter_ranker"] == "live" else candidate)
             assert 0 < d.metadata["adapter_propensity"] <= 1
@@ -192,7 +232,8 @@ def test_langchain_retriever_interleaves_logs_the_rankers_and_harvest_credits_th
     result = harvest(tmp_path / "log.jsonl", Corpus(list(TEXTS), list(TEXTS.values())))
     assert {f.retrieval_id: f.rankers for f in result.feedback} == {rid: [team] for rid, team in clicked.items()}
     assert all(f.positions == [5] and f.candidate_version == "v0002" for f in result.feedback)
-    assert sum(f.credit[team] for f in result.feedback for team in (LIVE, CANDIDATE)) == len(records)
+    credited = sum(team != SHARED for team in clicked.values())  # a click on a shared pick credits neither
+    assert sum(f.credit[team] for f in result.feedback for team in (LIVE, CANDIDATE)) == credited
 
     registry.interleave = 0.0  # off: plain results, nothing added to the documents
     plain = retriever.invoke(queries[0])
@@ -235,7 +276,7 @@ def test_llamaindex_retriever_interleaves_and_logs_the_rankers(store, tmp_path):
         results = retriever.retrieve("first")
     finally:
         get_dispatcher().event_handlers.remove(handler)
-    assert len(results) == 4 and all(n.node.metadata["adapter_ranker"] in (LIVE, CANDIDATE) for n in results)
+    assert len(results) == 4 and all(n.node.metadata["adapter_ranker"] in (LIVE, CANDIDATE, SHARED) for n in results)
     assert all("adapter_ranker" not in n.metadata for n in nodes)  # the index's nodes are left as they are
     (record,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert record["interleaving"]["candidate"] == "v0002" and record["adapter_version"] == "v0001"

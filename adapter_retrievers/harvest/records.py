@@ -32,8 +32,8 @@ NEGATIVE_WORDS = frozenset(
 @dataclass
 class LoggedDocument:
     """One shown document. ``ranker``/``propensity``: on an interleaved retrieval, the ranker whose pick it
-    was (``"live"`` or ``"candidate"``) and the probability it was shown at all; read from the fields of our
-    log or, where a trace keeps only metadata (OpenInference spans, LlamaIndex nodes), from the
+    was (``"live"``, ``"candidate"`` or ``"shared"``) and the probability it was shown at all; read from the
+    fields of our log or, where a trace keeps only metadata (OpenInference spans, LlamaIndex nodes), from the
     ``adapter_ranker``/``adapter_propensity`` metadata the wrappers add."""
 
     id: str | None

@@ -62,7 +62,7 @@ class HarvestReport:
 class RetrievalFeedback:
     """What the signals said about one retrieval, beyond its pairs: which documents a click, citation or
     positive label named (corpus ids), where each was shown, which ranker of an interleaved list picked it
-    (``"live"``/``"candidate"``; None when the list was not interleaved) and how likely it was to be shown.
+    (``"live"``/``"candidate"``/``"shared"``; None when the list was not interleaved) and how likely it was to be shown.
 
     The nightly refresh credits interleaved comparisons from it and profiles each night's feedback.
     """

@@ -16,9 +16,9 @@ call from ``retriever.invoke(q, adapter_key="tenant-a")`` or from the run config
 
 A registry with ``interleave=0.1`` (``AdapterRegistry.from_store(store, ..., interleave=0.1)``) makes the
 retriever show, for 10% of calls, a team-draft interleaving of live's and the store candidate's results:
-each returned ``Document`` then carries ``adapter_ranker`` (``"live"``/``"candidate"``) and
-``adapter_propensity`` in its metadata and the run metadata names ``adapter_candidate_version``, so the
-capture handler and OpenInference spans record who contributed each document.
+each returned ``Document`` then carries ``adapter_ranker`` (``"live"``/``"candidate"``, or ``"shared"``
+where both would have picked it) and ``adapter_propensity`` in its metadata and the run metadata names
+``adapter_candidate_version``, so the capture handler and OpenInference spans record who contributed each document.
 """
 
 from __future__ import annotations
