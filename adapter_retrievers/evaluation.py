@@ -190,23 +190,36 @@ def blend_metrics(
         lo, hi = bounds[start], bounds[stop]
         if lo == hi:
             continue
-        rows = owner[lo:hi] - start
-        where = position[lo:hi]
+        rows, where = owner[lo:hi] - start, position[lo:hi]
         a, b = adapted(start, stop), base(start, stop)
-        if len(rows) != len(a) or (rows != np.arange(len(a))).any():  # a query with several relevant documents
-            a, b = a[rows], b[rows]
-        own_a, own_b = a[np.arange(hi - lo), where], b[np.arange(hi - lo), where]
-        # a document below the relevant one in both systems stays below under every blend: weigh only the rest
-        # (x >= own exactly when x - own >= 0: a float difference is zero only between equal numbers)
-        hit_rows, hit_cols = np.nonzero((a >= own_a[:, None]) | (b >= own_b[:, None]))
-        hda = a[hit_rows, hit_cols] - own_a[hit_rows]
-        hdb = b[hit_rows, hit_cols] - own_b[hit_rows]
-        earlier = hit_cols < where[hit_rows]
+        own_a, own_b = a[rows, where], b[rows, where]
+        # a document below every relevant one of its query in both systems is below them under every blend:
+        # find the rest in one pass against each query's lowest relevant score, then pair them with the query's
+        # relevant documents (x >= own exactly when x - own >= 0: a float difference is zero only between equals)
+        first = bounds[start:stop] - lo  # each query's first pair in this batch
+        counts = np.diff(bounds[start : stop + 1])
+        has = counts > 0
+        low_a = np.full(stop - start, np.inf, dtype=a.dtype)
+        low_b = np.full(stop - start, np.inf, dtype=b.dtype)
+        low_a[has] = np.minimum.reduceat(own_a, first[has])
+        low_b[has] = np.minimum.reduceat(own_b, first[has])
+        flat = np.flatnonzero((a >= low_a[:, None]) | (b >= low_b[:, None]))
+        hit_query, hit_col = np.divmod(flat, a.shape[1])
+        if (counts != 1).any():  # a query with several relevant documents: its hits count for each of them
+            per_hit = counts[hit_query]
+            repeat = np.repeat(np.arange(len(flat)), per_hit)
+            offset = np.arange(len(repeat)) - np.repeat(np.cumsum(per_hit) - per_hit, per_hit)
+            hit_pair = first[hit_query][repeat] + offset
+            hit_query, hit_col = hit_query[repeat], hit_col[repeat]
+        else:
+            hit_pair = hit_query
+        hda = a[hit_query, hit_col] - own_a[hit_pair]
+        hdb = b[hit_query, hit_col] - own_b[hit_pair]
+        earlier = hit_col < where[hit_pair]
         for alpha in alphas:
             value = hda if alpha == 1.0 else alpha * hda + (1 - alpha) * hdb
             counted = (value > 0) | ((value == 0) & earlier)
-            rank = np.bincount(hit_rows[counted], minlength=hi - lo)
-            ranks[alpha][lo:hi] = rank
+            ranks[alpha][lo:hi] = np.bincount(hit_pair[counted], minlength=hi - lo)
     per_query_grades = [grades[bounds[i] : bounds[i + 1]] for i in range(n_queries)]
     return {
         alpha: metrics_from_ranks(
