@@ -10,10 +10,11 @@ two orders of magnitude less traffic than an A/B test needs, because both ranker
 query by the same user.
 
 **Shared picks.** Where both rankers would pick the same document in a round decided by a coin (both rank
-it next: the common top of two similar rankings), the list is the same whichever way the coin falls, and
-only the team's name changes: a click there is a coin toss's credit, zero on average and pure noise. Such a
-document's team is :data:`SHARED` and a click on it credits neither ranker. Nothing else changes (the shown
-list, the propensities), identical rankers now tie exactly instead of by a fair coin, and the outcomes left
+it next: the common top of two similar rankings), it is shown in the same place, below the same documents,
+whichever way the coin falls, and only its team's name changes: a click on it is a coin toss's credit, zero
+on average and pure noise. Its team is :data:`SHARED` and a click on it credits neither ranker (so is the
+round's second pick when it too would be the same document either way). Nothing else changes (the shown
+list, the propensities); identical rankers now tie exactly instead of by a fair coin, and the outcomes left
 are the queries where the two rankings differ where the user clicked (``benchmarks/interleaving.py``
 measures what this saves).
 
