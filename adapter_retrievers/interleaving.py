@@ -9,14 +9,14 @@ higher wins more of the queries with a click. Search engines settle "is B better
 two orders of magnitude less traffic than an A/B test needs, because both rankers are judged on the same
 query by the same user.
 
-**Shared picks.** Where both rankers would pick the same document in a round decided by a coin (both rank
-it next: the common top of two similar rankings), it is shown in the same place, below the same documents,
-whichever way the coin falls, and only its team's name changes: a click on it is a coin toss's credit, zero
-on average and pure noise. Its team is :data:`SHARED` and a click on it credits neither ranker (so is the
-round's second pick when it too would be the same document either way). Nothing else changes (the shown
-list, the propensities); identical rankers now tie exactly instead of by a fair coin, and the outcomes left
-are the queries where the two rankings differ where the user clicked (``benchmarks/interleaving.py``
-measures what this saves).
+**Shared picks.** Where both rankers would pick the same document in a round decided by a coin (both rank it
+next: the common top of two similar rankings), it is shown in the same place, below the same documents,
+whichever way the coin falls: for a user who reads from the top, a click on it is a coin toss's credit, zero
+on average and pure noise (the coin may still decide which ranker's document comes right below it). Its team
+is :data:`SHARED` and a click on it credits neither ranker (so is the round's second pick when it too would be
+the same document either way). Nothing else changes (the shown list, the propensities); identical rankers now
+tie exactly instead of by a fair coin, and the outcomes left are the queries where the two rankings differ
+where the user clicked (``benchmarks/interleaving.py`` measures what this saves).
 
 :func:`team_draft` also returns, for each shown document, the probability that it would be shown at all
 under this query's coin flips (exact: the flips are enumerated): a *propensity*. A click on a document that

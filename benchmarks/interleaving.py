@@ -10,7 +10,8 @@ from those others and click the paragraph that answers if it is among the 10 sho
 method needs until it declares the candidate better at 95%:
 
 - *interleaving*: every question is shown as a team draft of live's and the candidate's top 10, the click
-  credited to the team that picked the paragraph; the anytime-valid betting test of ``refresh``
+  credited to the team that picked the paragraph (to neither where both would have picked it: a shared pick);
+  the anytime-valid betting test of ``refresh``
   (:func:`adapter_retrievers.evidence.betting_test`) on the +1/-1 outcomes;
 - *offline, anytime-valid*: every question is served by live; a clicked one becomes a held-out query scored
   by both (nDCG@10 of the clicked paragraph), the same betting test on the per-query gains: what
@@ -47,7 +48,7 @@ import numpy as np
 from adapter_retrievers import AdapterTrainer, Corpus, TrainingSet
 from adapter_retrievers.evaluation import exact_search, score_vectors
 from adapter_retrievers.evidence import wealth_path
-from adapter_retrievers.interleaving import CANDIDATE, credit, outcome, team_draft
+from adapter_retrievers.interleaving import CANDIDATE, SHARED, credit, outcome, team_draft
 from common import CACHE, DATA, RESULTS, embedded_corpus, encoder, machine
 
 SHOWN = 10
@@ -224,7 +225,7 @@ def cost(enc, scifact: bool, queries: int) -> dict:
                 docs = retriever.invoke(q)
                 times[which].append(time.perf_counter() - started)
                 if which == "interleaved":
-                    assert {d.metadata.get("adapter_ranker") for d in docs} <= {"live", CANDIDATE}
+                    assert {d.metadata.get("adapter_ranker") for d in docs} <= {"live", CANDIDATE, SHARED}
         plain_us = statistics.median(times["plain"]) * 1e6
         inter_us = statistics.median(times["interleaved"]) * 1e6
         out[name] = {
