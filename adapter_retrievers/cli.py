@@ -1128,7 +1128,8 @@ def _comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
     if on.get("retrievals"):
         lines.append(
             f"  online  {on['retrievals']} interleaved retrievals with a click: candidate won {on['candidate_wins']}, "
-            f"live {on['live_wins']}, tied {on['ties']} (clicks {on['candidate_clicks']} vs {on['live_clicks']}), "
+            f"live {on['live_wins']}, tied {on['ties']} (a click on a pick both would have shown credits neither; "
+            f"clicks {on['candidate_clicks']} vs {on['live_clicks']}), "
             f"e-value {on['e_value']:.2f}"
         )
     else:
