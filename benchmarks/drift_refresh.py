@@ -363,14 +363,13 @@ def next_day_scores(
     subset = qs.subset(qids)
     vectors = enc.embed_queries([subset.queries[q] for q in subset.query_ids])
     dim = corpus.embeddings.shape[1]
-    live = store.live_adapter(enc.model_id, dim)
 
     def score(adapter) -> float:
         return float(score_vectors(adapter.transform(vectors), subset, corpus, (METRIC,)).mean()[METRIC])
 
     base = float(score_vectors(vectors, subset, corpus, (METRIC,)).mean()[METRIC])
-    best = max([base, *(score(store.load(v, enc.model_id, dim)) for v in store.versions())])
-    return base, score(live), best
+    stored = {v: score(store.load(v, enc.model_id, dim)) for v in store.versions()}  # live is one of them
+    return base, base if store.live is None else stored[store.live], max([base, *stored.values()])
 
 
 def served_scores(registry: AdapterRegistry, vectors: np.ndarray, qs: TrainingSet, corpus: Corpus) -> np.ndarray:

@@ -37,6 +37,7 @@ import json
 import re
 import time
 import timeit
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -83,6 +84,26 @@ def scores(vectors: np.ndarray, queries: TrainingSet, corpus: Corpus) -> dict[st
     return {m: float(v) for m, v in score_vectors(vectors, queries, corpus, METRICS).mean().items()}
 
 
+DIRECTIONS = (("minilm", "mpnet"), ("mpnet", "minilm"))  # (old model, new model)
+
+
+def halves(queries: TrainingSet, seeds) -> Iterator[tuple[int, TrainingSet, TrainingSet, list[int], list[int]]]:
+    """Per seed: the questions split in half at random (relevance pairs / test questions) and the rows of each
+    half in ``queries.query_ids`` order (the rows of the query vectors)."""
+    row_of = {q: i for i, q in enumerate(queries.query_ids)}
+    for seed in seeds:
+        train, test = queries.split(0.5, seed=seed)
+        yield seed, train, test, [row_of[q] for q in train.query_ids], [row_of[q] for q in test.query_ids]
+
+
+def both_models(
+    encs: dict[str, CachedEncoder], corpus: Corpus, queries: TrainingSet
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The corpus's and the questions' vectors by every model: ``({model: documents}, {model: questions})``."""
+    docs = {m: e.embed_documents(corpus.texts) for m, e in encs.items()}
+    return docs, {m: e.embed_queries([queries.queries[q] for q in queries.query_ids]) for m, e in encs.items()}
+
+
 def run_dataset(
     name: str,
     encs: dict[str, CachedEncoder],
@@ -91,7 +112,7 @@ def run_dataset(
     with_sentences: bool = True,
 ) -> list[dict]:
     corpus, queries = dataset(name)
-    docs = {m: e.embed_documents(corpus.texts) for m, e in encs.items()}
+    docs, qvec = both_models(encs, corpus, queries)
     # the sentences of every paragraph that a partial sample of some seed holds (embedded once by both models and
     # cached; a run uses its own sample's): on SciFact all 5,183 abstracts' sentences would cost mpnet another hour
     partial_fractions = [f for f in fractions if f < 1.0] if with_sentences else []
@@ -104,17 +125,12 @@ def run_dataset(
     sent = {m: e.embed_documents(sentence_texts) for m, e in encs.items()}
     words = np.array([len(t.split()) for t in corpus.texts])
     sentence_words = np.array([len(t.split()) for t in sentence_texts])
-    qvec = {m: e.embed_queries([queries.queries[q] for q in queries.query_ids]) for m, e in encs.items()}
-    row_of = {q: i for i, q in enumerate(queries.query_ids)}
     rows = []
-    for old, new in (("minilm", "mpnet"), ("mpnet", "minilm")):
+    for old, new in DIRECTIONS:
         old_index = corpus.with_embeddings(docs[old])
         new_index = corpus.with_embeddings(docs[new])
         old_id, new_id = encs[old].model_id, encs[new].model_id
-        for seed in seeds:
-            train, test = queries.split(0.5, seed=seed)
-            tr = [row_of[q] for q in train.query_ids]
-            te = [row_of[q] for q in test.query_ids]
+        for seed, train, test, tr, te in halves(queries, seeds):
             row: dict = {"dataset": name, "old": old, "new": new, "seed": seed, "test_queries": len(test)}
             row["old_own_index"] = scores(qvec[old][te], test, old_index)
             row["new_full_reembed"] = scores(qvec[new][te], test, new_index)

@@ -17,7 +17,7 @@ import numpy as np
 
 from adapter_retrievers.training.migration import fit_migration, migration_sample
 from common import RESULTS, machine
-from migration import dataset, encoders, scores
+from migration import DIRECTIONS, both_models, dataset, encoders, halves, scores
 
 SEEDS = (0, 1, 2)
 FRACTION = 0.10
@@ -27,17 +27,12 @@ def main() -> None:
     encs = encoders()
     corpus, queries = dataset("xquad-es")
     bridge_corpus, _ = dataset("scifact")
-    docs = {m: e.embed_documents(corpus.texts) for m, e in encs.items()}
+    docs, qvec = both_models(encs, corpus, queries)
     bridge = {m: e.embed_documents(bridge_corpus.texts) for m, e in encs.items()}
-    qvec = {m: e.embed_queries([queries.queries[q] for q in queries.query_ids]) for m, e in encs.items()}
-    row_of = {q: i for i, q in enumerate(queries.query_ids)}
     rows = []
-    for old, new in (("minilm", "mpnet"), ("mpnet", "minilm")):
+    for old, new in DIRECTIONS:
         old_index = corpus.with_embeddings(docs[old])
-        for seed in SEEDS:
-            train, test = queries.split(0.5, seed=seed)
-            tr = [row_of[q] for q in train.query_ids]
-            te = [row_of[q] for q in test.query_ids]
+        for seed, _train, test, tr, te in halves(queries, SEEDS):
             own = scores(qvec[old][te], test, old_index)["recall@10"]
             at = [corpus.position(d) for d in migration_sample(corpus, FRACTION, seed)]
             extras = {
