@@ -17,11 +17,18 @@ Two summaries:
 - :class:`GaussianGuard`: the mean and ``k`` principal directions with their variances plus one variance for
   the rest (a probabilistic PCA); the distance is the Mahalanobis distance per dimension. The first guard
   of this package: adapter files that hold one still load and serve as before.
+
+A :class:`PopulationCheck` watches the guard weights of the queries an adapter serves, in order, and steps
+the adapter aside while most recent queries lie far from its training queries (an
+:class:`~adapter_retrievers.registry.AdapterRegistry` keeps one per served adapter): a query of another
+population that resembles the training queries is then served by the base model too.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -311,3 +318,89 @@ class GaussianGuard(QueryGuard):
 
     def numbers(self) -> dict[str, float]:
         return {"residual_variance": self.residual_variance}
+
+
+class PopulationCheck:
+    """Whether the recent traffic still looks like an adapter's training population: it steps aside when not.
+
+    The per-query guard judges each query alone, and a query of another population that happens to resemble the
+    training queries (a German question full of names that Spanish ones also use) gets the whole adapter. Once
+    most recent queries lie far from the training queries, the population has changed, and such look-alikes are
+    more likely to be strangers than regulars. The check keeps the guard weights of the last ``window`` queries
+    an adapter served; after at least ``warmup`` of them, while their mean is below ``floor``, it *steps aside*
+    (the base model serves every query) and it steps back in as soon as the mean is at or above ``floor``
+    again (the weights of queries served by the base model are still recorded).
+
+    Measured in ``docs/benchmarks.md``: the drift benchmark's population switch, and the cost on traffic that
+    mixes the training population with another. Serving decides from the queries before the current one, so
+    the same traffic in the same order is served the same way. Thread-safe.
+    """
+
+    def __init__(self, window: int = 50, floor: float = 0.5, warmup: int = 20) -> None:
+        if window < 1 or not 1 <= warmup <= window:
+            raise ValueError(f"need window >= 1 and 1 <= warmup <= window, got window={window}, warmup={warmup}")
+        if not 0.0 < floor <= 1.0:
+            raise ValueError(f"floor is a mean guard weight in (0, 1], got {floor!r}")
+        self.window, self.floor, self.warmup = int(window), float(floor), int(warmup)
+        self._weights: deque[float] = deque(maxlen=self.window)
+        self._lock = threading.Lock()
+        #: how many times it has stepped aside so far (a turn from serving to not serving)
+        self.times_stepped_aside = 0
+
+    def fresh(self) -> PopulationCheck:
+        """The same settings with no queries seen (for a newly served adapter)."""
+        return PopulationCheck(self.window, self.floor, self.warmup)
+
+    def copy(self) -> PopulationCheck:
+        """The same settings and recent weights (to replay traffic without touching this one)."""
+        other = self.fresh()
+        with self._lock:
+            other._weights.extend(self._weights)
+        return other
+
+    @property
+    def recent_weight(self) -> float | None:
+        """The mean guard weight of the recent queries (None before any)."""
+        with self._lock:
+            return sum(self._weights) / len(self._weights) if self._weights else None
+
+    @property
+    def stepped_aside(self) -> bool:
+        """Whether the base model should serve the next query (the recent population is not the trained one)."""
+        with self._lock:
+            return self._aside()
+
+    def _aside(self) -> bool:
+        n = len(self._weights)
+        return n >= self.warmup and sum(self._weights) < self.floor * n
+
+    def observe(self, weights: float | np.ndarray) -> bool:
+        """Record the guard weight of one served query, or of a batch in serving order; whether that turned
+        the check (from serving to stepped aside, or back)."""
+        values = np.atleast_1d(np.asarray(weights, dtype=np.float64)).tolist()
+        with self._lock:
+            before = self._aside()
+            self._weights.extend(values)
+            after = self._aside()
+            self.times_stepped_aside += after and not before
+        return after != before
+
+    def replay(self, weights: np.ndarray) -> np.ndarray:
+        """For queries served one after the other from this state (left unchanged): whether the adapter served
+        each one (False: the check had stepped aside), as a boolean array in their order."""
+        state = self.copy()
+        served = np.empty(len(weights), dtype=bool)
+        for i, weight in enumerate(np.asarray(weights, dtype=np.float64)):
+            served[i] = not state.stepped_aside
+            state.observe(weight)
+        return served
+
+    def __len__(self) -> int:
+        """How many recent queries the check holds (at most ``window``)."""
+        with self._lock:
+            return len(self._weights)
+
+    def __repr__(self) -> str:
+        recent = self.recent_weight
+        shown = "none yet" if recent is None else f"{recent:.2f} over {len(self._weights)}"
+        return f"PopulationCheck(window={self.window}, floor={self.floor}, warmup={self.warmup}, recent={shown})"

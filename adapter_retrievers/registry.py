@@ -17,6 +17,13 @@ team-draft interleaving of the live adapter's results and a *challenger*'s (the 
 when it follows a store, or one set with :meth:`AdapterRegistry.set_challenger`); the LangChain and
 LlamaIndex retrievers then search with both and show one merged list whose documents name the ranker
 that picked them (:mod:`adapter_retrievers.interleaving`). The other requests are served as before.
+
+**Population check.** Each adapter with a guard that a registry serves has a
+:class:`~adapter_retrievers.guards.PopulationCheck`: the mean guard weight of its last 50 queries. While fewer
+than half of recent queries' weight says "training-like", the population has changed and the registry serves
+the base model for that slot (traces name version ``"base"``), until the traffic looks trained-for again;
+``population=None`` turns it off. It sees the queries adapted through :func:`adapt_query_vector` and
+:meth:`AdapterRegistry.transform` (every wrapper's path).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from adapter_retrievers.adapters import CONFIG_FILE, QueryAdapter
+from adapter_retrievers.guards import PopulationCheck
 
 ADAPTER_KEY = "adapter_key"
 #: the run-metadata / event-tag / log field naming the store version that served a retrieval
@@ -184,6 +192,9 @@ class AdapterRegistry:
     :func:`~adapter_retrievers.training.migration.fit_migration`), pass the migration adapter as ``default``:
     its output model and dimension are then the registry's, and every adapter registered (per tenant,
     challengers, a followed store's versions) is checked on both sides, the query encoder and the index.
+
+    ``population``: the settings of the population check every guarded adapter gets in its slot (module
+    docstring; :meth:`population_check` shows its state); None: adapters serve every query their guard admits.
     """
 
     def __init__(
@@ -194,6 +205,7 @@ class AdapterRegistry:
         default: QueryAdapter | None = None,
         interleave: float = 0.0,
         seed: int | None = None,
+        population: PopulationCheck | None = PopulationCheck(),  # noqa: B008 (a template: copied per slot)
     ) -> None:
         self.base_model = base_model
         self.dimension = dimension
@@ -207,6 +219,11 @@ class AdapterRegistry:
         self._challengers: dict[str | None, QueryAdapter] = {}
         self.interleave = interleave
         self.random = random.Random(seed)  # which requests are interleaved, and the drafts' coins
+        #: the population check's settings (each served adapter gets a fresh copy); None: no check
+        self.population = population
+        self._watches: dict[str | None, tuple[QueryAdapter, PopulationCheck]] = {}  # per slot: adapter, its check
+        self._aside = QueryAdapter.identity(dimension, base_model)
+        self._aside.metadata = {"store_version": BASE_VERSION}
         for key, adapter in (adapters or {}).items():
             self.register(key, adapter)
 
@@ -264,13 +281,15 @@ class AdapterRegistry:
         check_interval: float = 5.0,
         interleave: float = 0.0,
         seed: int | None = None,
+        population: PopulationCheck | None = PopulationCheck(),  # noqa: B008 (a template: copied per slot)
     ) -> AdapterRegistry:
         """A registry whose default adapter is the store's live version, swapped without restart.
 
         ``interleave``: the fraction of requests that show a team-draft interleaving of live's and the store
         candidate's results (while the store has a candidate), so that ``refresh`` can compare them on clicks.
+        ``population``: the population check's settings (module docstring); None: none.
         """
-        registry = cls(base_model, dimension, interleave=interleave, seed=seed)
+        registry = cls(base_model, dimension, interleave=interleave, seed=seed, population=population)
         registry.follow(store, None, check_interval)
         return registry
 
@@ -295,16 +314,73 @@ class AdapterRegistry:
             self._adapters = updated
 
     def get(self, key: str | None = None) -> QueryAdapter:
-        """The adapter for ``key``; the default (identity unless set) for ``None`` or an unknown key."""
-        followers = self._followers
-        if key in followers:
-            return followers[key].current()
-        if key is not None and key in self._adapters:
-            return self._adapters[key]
-        return followers[None].current() if None in followers else self.default
+        """The adapter to serve ``key`` with now: its own, else the default (identity unless set) for ``None``
+        or an unknown key; the base model while that adapter's population check has stepped aside."""
+        slot, adapter = self._resolve(key)
+        watch = self._watch(slot, adapter)
+        return self._aside if watch is not None and watch[1].stepped_aside else adapter
 
     def transform(self, query_vectors: Any, key: str | None = None) -> np.ndarray:
-        return self.get(key).transform(query_vectors)
+        """``query_vectors`` (one, or a batch in serving order) adapted for ``key``, as served (see :meth:`get`)."""
+        adapted = self.get(key).transform(query_vectors)
+        self.observe(query_vectors, key)
+        return adapted
+
+    def observe(self, query_vectors: Any, key: str | None = None) -> None:
+        """Record served queries (base vectors) in the population check of ``key``'s adapter (the wrappers'
+        path does this for every query; call it when you adapt with :meth:`get`'s adapter yourself)."""
+        slot, adapter = self._resolve(key)
+        watch = self._watch(slot, adapter)
+        if watch is not None:
+            vectors = np.asarray(query_vectors, dtype=np.float32)
+            guard, check = watch[0].guard, watch[1]
+            assert guard is not None  # only adapters with a guard are watched
+            if check.observe(guard.weight_of_one(vectors) if vectors.ndim == 1 else guard.weight(vectors)):
+                aside = check.stepped_aside
+                # the first step aside of an adapter is news; later turns near the floor are routine
+                logger.log(
+                    logging.WARNING if aside and check.times_stepped_aside == 1 else logging.INFO,
+                    "adapter %s for key %r %s: the mean guard weight of its last %d queries is %.2f (floor %.2f)",
+                    adapter_version(adapter) or "(unversioned)",
+                    slot,
+                    "steps aside, the base model serves" if aside else "serves again",
+                    len(check),
+                    check.recent_weight or 0.0,
+                    check.floor,
+                )
+
+    def current(self, key: str | None = None) -> QueryAdapter:
+        """The adapter in ``key``'s slot now (its own, or the default), whether or not its population check
+        has stepped aside (:meth:`get`: what is served)."""
+        return self._resolve(key)[1]
+
+    def population_check(self, key: str | None = None) -> PopulationCheck | None:
+        """A copy of the population check of the adapter ``key`` is served by (None when unchecked): its
+        ``recent_weight``, whether it has ``stepped_aside``, and ``replay`` for what-if traffic."""
+        watch = self._watch(*self._resolve(key))
+        return watch[1].copy() if watch is not None else None
+
+    def _resolve(self, key: str | None) -> tuple[str | None, QueryAdapter]:
+        """The slot that serves ``key`` (its own key, or None for the default) and the adapter in it now."""
+        followers = self._followers
+        if key in followers:
+            return key, followers[key].current()
+        if key is not None and key in self._adapters:
+            return key, self._adapters[key]
+        return None, followers[None].current() if None in followers else self.default
+
+    def _watch(self, slot: str | None, adapter: QueryAdapter) -> tuple[QueryAdapter, PopulationCheck] | None:
+        """The population check of ``adapter`` in ``slot`` (a fresh one when the slot's adapter changed)."""
+        if self.population is None or adapter.guard is None:
+            return None
+        watch = self._watches.get(slot)
+        if watch is None or watch[0] is not adapter:
+            with self._lock:
+                watch = self._watches.get(slot)
+                if watch is None or watch[0] is not adapter:
+                    watch = (adapter, self.population.fresh())
+                    self._watches = {**self._watches, slot: watch}
+        return watch
 
     def __contains__(self, key: object) -> bool:
         return key in self._adapters
@@ -434,10 +510,15 @@ def pinned_for(adapter: QueryAdapter | AdapterRegistry, key: str | None) -> Pinn
 
 
 def adapt_query_vector(adapter: QueryAdapter | AdapterRegistry, key: str | None, vector: Any) -> list[float]:
-    """One framework query embedding (a list of floats) adapted for one request, as a list again."""
+    """One framework query embedding (a list of floats) adapted for one request, as a list again (a
+    registry records the query in its population check)."""
     pinned = pinned_for(adapter, key)
     chosen = pinned.adapter if pinned is not None else resolve_adapter(adapter, key)
-    return chosen.transform(np.asarray(vector, dtype=np.float32)).tolist()
+    base = np.asarray(vector, dtype=np.float32)
+    adapted = chosen.transform(base).tolist()
+    if isinstance(adapter, AdapterRegistry):
+        adapter.observe(base, key)
+    return adapted
 
 
 def interleaved_results(

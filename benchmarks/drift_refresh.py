@@ -273,7 +273,9 @@ def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, 
                 )
                 seconds = time.perf_counter() - started
                 next_ids = days[day + 1][: len(served["served"])] if CLICKS_PER_DAY else days[day + 1]
-                base, live, best = next_day_scores(store, corpus, questions[next_language], next_ids, enc)
+                base, live, best, changed, unchecked = next_day_scores(
+                    store, corpus, questions[next_language], next_ids, enc, questions[SCHEDULE[0][0]], loop["registry"]
+                )
                 loop["served"].append(served_scores(loop["registry"], probe_vectors, probe, corpus))
                 record = outcome.record
                 evidence = record.get("comparison") or {}
@@ -300,7 +302,9 @@ def run_seed(seed: int, corpus: Corpus, questions: dict[str, TrainingSet], enc, 
                         "next_day_language": next_language,
                         "next_day_base": base,
                         "next_day_live": live,
+                        "next_day_live_every_query": unchecked,
                         "next_day_best_stored": best,
+                        "next_day_changed": changed,
                         "refresh_seconds": round(seconds, 1),
                     }
                 )
@@ -356,25 +360,70 @@ def offline_estimate(store, record, live_before, corpus, qs: TrainingSet, served
 
 
 def next_day_scores(
-    store: AdapterStore, corpus: Corpus, qs: TrainingSet, qids: list[str], enc
-) -> tuple[float, float, float]:
-    """The next day's nDCG@10 of the base model, of live, and of the best of them and every version stored so
-    far (a clairvoyant choice among the adapters trained up to tonight: what no rule can beat)."""
+    store: AdapterStore,
+    corpus: Corpus,
+    qs: TrainingSet,
+    qids: list[str],
+    enc,
+    first: TrainingSet,
+    registry: AdapterRegistry,
+) -> tuple[float, float, float, list[dict], float]:
+    """The next day's nDCG@10 of the base model, of live as the registry serves it (its population check
+    carried on from today's traffic, the questions served in order), and of the best of the base model and
+    every version stored so far (a clairvoyant choice among the adapters trained up to tonight: what no rule
+    can beat); the questions whose nDCG@10 live changes, with live's guard weight for each, whether it was
+    served (not stepped aside) and live's gain on the same question asked in the first population's language
+    (``first``): where a loss comes from; and live's nDCG@10 applied to every question (no population check)."""
     subset = qs.subset(qids)
     vectors = enc.embed_queries([subset.queries[q] for q in subset.query_ids])
     dim = corpus.embeddings.shape[1]
 
-    def score(adapter) -> float:
-        return float(score_vectors(adapter.transform(vectors), subset, corpus, (METRIC,)).mean()[METRIC])
+    def per_query(adapter) -> np.ndarray:
+        served = vectors if adapter is None else adapter.transform(vectors)
+        return score_vectors(served, subset, corpus, (METRIC,)).per_query[METRIC]
 
-    base = float(score_vectors(vectors, subset, corpus, (METRIC,)).mean()[METRIC])
-    stored = {v: score(store.load(v, enc.model_id, dim)) for v in store.versions()}  # live is one of them
-    return base, base if store.live is None else stored[store.live], max([base, *stored.values()])
+    base = per_query(None)
+    stored = {v: per_query(store.load(v, enc.model_id, dim)) for v in store.versions()}  # live is one of them
+    means = {v: float(s.mean()) for v, s in stored.items()}
+    changed = []
+    served_mean = float(base.mean())
+    if store.live is not None:
+        live = store.load(store.live, enc.model_id, dim)
+        weights = live.guard.weight(vectors) if live.guard is not None else np.ones(len(vectors))
+        check = registry.population_check()  # tonight's live: today's state, or a fresh one if promoted
+        served = check.replay(weights) if check is not None else np.ones(len(vectors), dtype=bool)
+        as_served = np.where(served, stored[store.live], base)
+        served_mean = float(as_served.mean())
+        gains = stored[store.live] - base
+        before = np.concatenate([[np.nan], np.cumsum(weights)[:-1] / np.arange(1, len(weights))])
+        changed = [  # in the day's order; mean_weight_before: the mean guard weight of the day's earlier questions
+            {
+                "question": q,
+                "position": i,
+                "gain": float(g),
+                "guard_weight": float(w),
+                "mean_weight_before": float(b),
+                "served": bool(on),
+            }
+            for i, (q, g, w, b, on) in enumerate(zip(subset.query_ids, gains, weights, before, served))
+            if g != 0
+        ]
+        asked_first = first.subset([c["question"] for c in changed if c["question"] in first.queries])
+        if len(asked_first):
+            first_vectors = enc.embed_queries([asked_first.queries[q] for q in asked_first.query_ids])
+            first_base = score_vectors(first_vectors, asked_first, corpus, (METRIC,)).per_query[METRIC]
+            first_live = score_vectors(live.transform(first_vectors), asked_first, corpus, (METRIC,)).per_query[METRIC]
+            first_gain = dict(zip(asked_first.query_ids, (first_live - first_base).tolist()))
+            for c in changed:
+                c["gain_in_first_language"] = first_gain.get(c["question"])
+    live_mean = float(base.mean()) if store.live is None else means[store.live]
+    return float(base.mean()), served_mean, max([float(base.mean()), *means.values()]), changed, live_mean
 
 
 def served_scores(registry: AdapterRegistry, vectors: np.ndarray, qs: TrainingSet, corpus: Corpus) -> np.ndarray:
-    """Per-query nDCG@10 of what the registry the chain follows serves now."""
-    return score_vectors(registry.transform(vectors), qs, corpus, (METRIC,)).per_query[METRIC]
+    """Per-query nDCG@10 of the adapter the registry the chain follows holds now (the store's live version;
+    not recorded as traffic, and whether or not its population check has stepped aside)."""
+    return score_vectors(registry.current().transform(vectors), qs, corpus, (METRIC,)).per_query[METRIC]
 
 
 def check_rollback(loop: dict, vectors: np.ndarray, qs: TrainingSet, corpus: Corpus) -> dict:

@@ -10,7 +10,17 @@ held-out question ids are scored in every language against the English corpus: n
 model, of the adapter without its guard and of the adapter with it, and the mean guard weight. Also the
 cost of ``transform`` with and without the guard, per query (single vectors and batches of 64).
 
+And the registry's population check (:class:`~adapter_retrievers.guards.PopulationCheck`, default settings)
+on traffic that mixes the trained-for population with another: every held-out question asked once, in
+Spanish with probability ``share`` and otherwise in German (or Chinese), in a random order (5 orders per
+share); nDCG@10 gain over the base model of the guarded adapter on every query, and as served with the check
+(the base model for the queries it steps aside), and the share of the Spanish questions it served.
+
     python benchmarks/guard.py [--seeds 0 1 2]
+    python benchmarks/guard.py --scifact --seeds 0 1 2 3 4 5 6 7 8 9   # the check on in-distribution traffic
+
+``--scifact``: only the population check's cost on the trained-for population: the default fitted on SciFact
+train per seed, its 300 test queries served through a fresh check in file order and in 5 random orders.
 
 Results: ``benchmarks/results/guard.json``.
 """
@@ -25,7 +35,10 @@ from datetime import datetime, timezone
 import numpy as np
 
 from adapter_retrievers import AdapterTrainer, Corpus, TrainingSet, compare
-from common import DATA, RESULTS, embedded_corpus, encoder, machine
+from adapter_retrievers.evaluation import score_vectors
+from adapter_retrievers.guards import PopulationCheck
+from adapter_retrievers.registry import AdapterRegistry, adapt_query_vector
+from common import DATA, RESULTS, embedded_corpus, encoder, machine, query_vectors, scifact
 
 TRAINED_ON = "es"
 SERVED_TO = ("es", "de", "zh", "ar", "ru", "el", "en")
@@ -45,14 +58,102 @@ def latency(adapter, vectors: np.ndarray, repeats: int = 2000) -> dict[str, floa
         for _ in range(repeats // 10):
             candidate.transform(batch)
         out[f"{name}, batch of 64, µs per query"] = (time.perf_counter() - started) / (repeats // 10) / 64 * 1e6
+    for name, check in (("registry with population check", PopulationCheck()), ("registry without", None)):
+        registry = AdapterRegistry(adapter.base_model, adapter.dimension, {"k": adapter}, population=check)
+        started = time.perf_counter()
+        for i in range(repeats):
+            adapt_query_vector(registry, "k", vectors[i % len(vectors)])  # the wrappers' path, one query
+        out[f"{name}, single query µs"] = (time.perf_counter() - started) / repeats * 1e6
     return out
+
+
+SHARES = (1.0, 0.9, 0.75, 0.5, 0.25, 0.1, 0.0)
+
+
+def mixed_traffic(adapter, corpus: Corpus, questions: dict, rows, held: TrainingSet, seed: int) -> dict:
+    """Spanish questions mixed with another language's, served in random orders through a population check."""
+    ids = held.query_ids
+    per_query, weights = {}, {}
+    for lang in (TRAINED_ON, "de", "zh"):
+        test = questions[lang].subset(ids)
+        x = rows(lang, test)
+        base = score_vectors(x, test, corpus, ("ndcg@10",)).per_query["ndcg@10"]
+        adapted = score_vectors(adapter.transform(x), test, corpus, ("ndcg@10",)).per_query["ndcg@10"]
+        per_query[lang], weights[lang] = adapted - base, adapter.guard.weight(x)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for other in ("de", "zh"):
+        for share in SHARES:
+            guard_only, checked, spanish_served = [], [], []
+            for _ in range(5):
+                spanish = rng.random(len(ids)) < share
+                order = rng.permutation(len(ids))
+                gain = np.where(spanish, per_query[TRAINED_ON], per_query[other])[order]
+                weight = np.where(spanish, weights[TRAINED_ON], weights[other])[order]
+                served = PopulationCheck().replay(weight)
+                guard_only.append(gain.mean())
+                checked.append(np.where(served, gain, 0.0).mean())
+                if spanish.any():
+                    spanish_served.append(served[spanish[order]].mean())
+            out[f"{other} {share}"] = {
+                "other": other,
+                "spanish_share": share,
+                "guard": float(np.mean(guard_only)),
+                "guard_and_population_check": float(np.mean(checked)),
+                "spanish_served_share": float(np.mean(spanish_served)) if spanish_served else None,
+            }
+    return out
+
+
+def scifact_cost(seeds: list[int]) -> dict:
+    """nDCG@10 of the guarded default on SciFact test, on every query and as served through a population check."""
+    enc = encoder()
+    corpus, train, test = scifact(enc)
+    x_train, x_test = query_vectors(enc, train), query_vectors(enc, test)
+    runs = []
+    for seed in seeds:
+        adapter = (
+            AdapterTrainer(model_id=enc.model_id, progress=False, seed=seed)
+            .fit_vectors(train, x_train, None, None, corpus)
+            .adapter
+        )
+        base = score_vectors(x_test, test, corpus, ("ndcg@10",)).per_query["ndcg@10"]
+        gain = score_vectors(adapter.transform(x_test), test, corpus, ("ndcg@10",)).per_query["ndcg@10"] - base
+        weights = adapter.guard.weight(x_test) if adapter.guard is not None else np.ones(len(base))
+        rng = np.random.default_rng(seed)
+        orders = [np.arange(len(base))] + [rng.permutation(len(base)) for _ in range(5)]
+        served = [PopulationCheck().replay(weights[order]) for order in orders]
+        run = {
+            "seed": seed,
+            "mean_weight": float(weights.mean()),
+            "gain": float(gain.mean()),
+            "gain_as_served": [float(np.where(s, gain[order], 0.0).mean()) for s, order in zip(served, orders)],
+            "queries_stepped_aside": [int((~s).sum()) for s in served],
+        }
+        print(f"scifact seed {seed}: {run}", flush=True)
+        runs.append(run)
+    costs = [min(r["gain_as_served"]) - r["gain"] for r in runs]
+    return {
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": seeds,
+        "worst_cost_over_orders_mean": float(np.mean(costs)),
+        "worst_cost_over_orders_worst_seed": float(min(costs)),
+        "runs": runs,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", default=str(RESULTS / "guard.json"))
+    parser.add_argument("--out", default=None, help="default: guard.json (guard_scifact.json with --scifact)")
+    parser.add_argument("--scifact", action="store_true", help="only the population check's cost on SciFact")
     args = parser.parse_args()
+    if args.scifact:
+        result = scifact_cost(args.seeds)
+        with open(args.out or RESULTS / "guard_scifact.json", "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+        return
     enc = encoder()
     corpus = embedded_corpus(Corpus.from_beir(DATA / "xquad" / "en"), enc)
     questions = {lang: TrainingSet.from_beir(DATA / "xquad" / lang, "test") for lang in SERVED_TO}
@@ -90,6 +191,9 @@ def main() -> None:
                 f"  guard {r['guard'] - r['base']:+.4f}  (mean weight {r['mean_weight']:.2f})",
                 flush=True,
             )
+        run["mixed_traffic"] = mixed_traffic(adapter, corpus, questions, rows, held, seed)
+        for cell in run["mixed_traffic"].values():
+            print(f"seed {seed} mixed traffic: {cell}", flush=True)
         run["latency"] = latency(adapter, rows(TRAINED_ON, held))
         print(f"seed {seed} latency: {run['latency']}", flush=True)
         runs.append(run)
@@ -102,7 +206,16 @@ def main() -> None:
         }
         summary[lang]["guard_worst"] = float(min(c["guard"] - c["base"] for c in cells))
         summary[lang]["no_guard_worst"] = float(min(c["no_guard"] - c["base"] for c in cells))
+    mixed = {}
+    for name in runs[0]["mixed_traffic"]:
+        cells = [r["mixed_traffic"][name] for r in runs]
+        mixed[name] = {key: cells[0][key] for key in ("other", "spanish_share")}
+        for key in ("guard", "guard_and_population_check", "spanish_served_share"):
+            values = [c[key] for c in cells if c[key] is not None]
+            mixed[name][key] = float(np.mean(values)) if values else None
+            mixed[name][f"{key} worst"] = float(min(values)) if values else None
     out = {
+        "mixed_traffic": mixed,
         "machine": machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "trained_on": TRAINED_ON,
@@ -110,7 +223,7 @@ def main() -> None:
         "summary_gain_over_base": summary,
         "runs": runs,
     }
-    with open(args.out, "w", encoding="utf-8") as handle:
+    with open(args.out or RESULTS / "guard.json", "w", encoding="utf-8") as handle:
         json.dump(out, handle, indent=2)
     for lang, s in summary.items():
         print(

@@ -8,8 +8,8 @@ import safetensors.numpy
 
 from adapter_retrievers import AdapterFileError, AdapterTrainer, QueryAdapter
 from adapter_retrievers.adapters import QueryGuard
-from adapter_retrievers.guards import GaussianGuard
-from adapter_retrievers.registry import AdapterRegistry
+from adapter_retrievers.guards import GaussianGuard, PopulationCheck
+from adapter_retrievers.registry import BASE_VERSION, AdapterRegistry, adapt_query_vector, adapter_version
 from conftest import make_rotation_task, rows_for
 
 MODEL = "test/model"
@@ -151,6 +151,56 @@ def test_the_registry_serves_the_guard(guarded):
     near = population(here, 3, rng)
     np.testing.assert_allclose(registry.transform(near, "tenant"), adapter.with_guard(None).transform(near), atol=1e-5)
 
+
+
+def test_the_population_check_steps_aside_while_recent_queries_are_far_and_back_when_they_return():
+    check = PopulationCheck(window=10, floor=0.5, warmup=4)
+    check.observe(np.zeros(3))
+    assert not check.stepped_aside  # fewer than warmup queries: no judgement yet
+    check.observe(0.0)
+    assert check.stepped_aside and check.recent_weight == 0.0
+    check.observe(np.ones(4))  # 4 of 8 training-like: mean 0.5, at the floor
+    assert not check.stepped_aside
+    check.observe(np.zeros(10))  # only the last 10 count
+    assert check.stepped_aside and len(check) == 10 and check.times_stepped_aside == 2
+    before = check.recent_weight
+    served = check.replay(np.array([1.0] * 6))
+    assert served.tolist() == [False] * 5 + [True]  # the 6th follows 5 training-like queries of the last 10
+    assert check.recent_weight == before and check.stepped_aside  # replay leaves the check as it was
+    with pytest.raises(ValueError, match="warmup"):
+        PopulationCheck(window=5, warmup=6)
+    with pytest.raises(ValueError, match="floor"):
+        PopulationCheck(floor=0.0)
+
+
+def test_the_registry_steps_a_guarded_adapter_aside_when_its_population_changes(guarded):
+    adapter, here, elsewhere, rng = guarded
+    plain = adapter.with_guard(None)
+    registry = AdapterRegistry(MODEL, 16, {"tenant": adapter}, population=PopulationCheck(window=20, warmup=10))
+    near = population(here, 1, rng)[0]
+    look_alike = population(here, 1, rng)[0]  # a stranger who asks like the regulars: weight 1
+    for regular in population(here, 40, rng):  # the trained-for population never trips it
+        registry.transform(regular, "tenant")
+    assert registry.get("tenant") is adapter and not registry.population_check("tenant").stepped_aside
+    for stranger in population(elsewhere, 11, rng):  # one at a time, as a retriever serves them
+        adapt_query_vector(registry, "tenant", stranger.tolist())
+    assert adapter.guard.weight(look_alike[None])[0] == 1.0
+    np.testing.assert_allclose(registry.transform(look_alike, "tenant"), unit(look_alike), atol=1e-6)  # base
+    assert adapter_version(registry.get("tenant")) == BASE_VERSION  # what traces name
+    np.testing.assert_allclose(registry.get(None).transform(near), unit(near), atol=1e-6)  # other slots: own state
+    for regular in population(here, 20, rng):  # the regulars come back: it serves again
+        registry.transform(regular, "tenant")
+    np.testing.assert_allclose(registry.transform(near, "tenant"), plain.transform(near), atol=1e-5)
+    for stranger in population(elsewhere, 20, rng):
+        registry.transform(stranger, "tenant")
+    assert registry.population_check("tenant").stepped_aside
+    registry.register("tenant", adapter.with_guard(adapter.guard))  # a new adapter: a fresh check
+    np.testing.assert_allclose(registry.transform(near, "tenant"), plain.transform(near), atol=1e-5)
+    unchecked = AdapterRegistry(MODEL, 16, {"tenant": adapter}, population=None)
+    for stranger in population(elsewhere, 40, rng):
+        unchecked.transform(stranger, "tenant")
+    np.testing.assert_allclose(unchecked.transform(look_alike, "tenant"), plain.transform(look_alike), atol=1e-5)
+    assert unchecked.population_check("tenant") is None
 
 def test_the_trainer_guards_by_default_and_calibrates_on_validation():
     corpus, queries, vectors = make_rotation_task(n_docs=200, dim=16, mix=0.35)
