@@ -352,10 +352,12 @@ class PopulationCheck:
         return PopulationCheck(self.window, self.floor, self.warmup)
 
     def copy(self) -> PopulationCheck:
-        """The same settings and recent weights (to replay traffic without touching this one)."""
+        """The same settings, recent weights and count of steps aside (to replay traffic without touching this
+        one)."""
         other = self.fresh()
         with self._lock:
             other._weights.extend(self._weights)
+            other.times_stepped_aside = self.times_stepped_aside
         return other
 
     @property
@@ -374,26 +376,31 @@ class PopulationCheck:
         n = len(self._weights)
         return n >= self.warmup and sum(self._weights) < self.floor * n
 
-    def observe(self, weights: float | np.ndarray) -> bool:
-        """Record the guard weight of one served query, or of a batch in serving order; whether that turned
-        the check (from serving to stepped aside, or back)."""
-        values = np.atleast_1d(np.asarray(weights, dtype=np.float64)).tolist()
+    def serve(self, weights: float | np.ndarray) -> np.ndarray:
+        """Serve queries with these guard weights one after the other (one, or a batch in serving order): for
+        each, whether the adapter serves it (False: stepped aside), decided from the queries before it; then it
+        is recorded. A weight that is not finite (a broken query vector) counts as 0, far from the training."""
+        values = np.atleast_1d(np.asarray(weights, dtype=np.float64))
+        values = np.where(np.isfinite(values), values, 0.0).tolist()
+        served = np.empty(len(values), dtype=bool)
         with self._lock:
-            before = self._aside()
-            self._weights.extend(values)
-            after = self._aside()
-            self.times_stepped_aside += after and not before
-        return after != before
+            for i, weight in enumerate(values):
+                aside = self._aside()
+                served[i] = not aside
+                self._weights.append(weight)
+                self.times_stepped_aside += self._aside() and not aside
+        return served
+
+    def observe(self, weights: float | np.ndarray) -> bool:
+        """Record served queries' guard weights (:meth:`serve`, without the decisions); whether that turned the
+        check (from serving to stepped aside, or back)."""
+        before = self.stepped_aside
+        self.serve(weights)
+        return self.stepped_aside != before
 
     def replay(self, weights: np.ndarray) -> np.ndarray:
-        """For queries served one after the other from this state (left unchanged): whether the adapter served
-        each one (False: the check had stepped aside), as a boolean array in their order."""
-        state = self.copy()
-        served = np.empty(len(weights), dtype=bool)
-        for i, weight in enumerate(np.asarray(weights, dtype=np.float64)):
-            served[i] = not state.stepped_aside
-            state.observe(weight)
-        return served
+        """:meth:`serve` from a copy of this state (left unchanged): what-if traffic."""
+        return self.copy().serve(weights)
 
     def __len__(self) -> int:
         """How many recent queries the check holds (at most ``window``)."""

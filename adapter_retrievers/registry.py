@@ -23,7 +23,9 @@ that picked them (:mod:`adapter_retrievers.interleaving`). The other requests ar
 than half of recent queries' weight says "training-like", the population has changed and the registry serves
 the base model for that slot (traces name version ``"base"``), until the traffic looks trained-for again;
 ``population=None`` turns it off. It sees the queries adapted through :func:`adapt_query_vector` and
-:meth:`AdapterRegistry.transform` (every wrapper's path).
+:meth:`AdapterRegistry.transform` (every wrapper's path; a batch is served one query after the other, each
+decided from the queries before it). A new adapter in a slot (a promotion, :meth:`~AdapterRegistry.register`)
+starts a fresh check.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -185,6 +187,14 @@ class StoreFollower:
         return version is None or adapter is not None
 
 
+class _Watch(NamedTuple):
+    """A slot's guarded adapter, its population check and what serves while the check has stepped aside."""
+
+    adapter: QueryAdapter
+    check: PopulationCheck
+    aside: QueryAdapter  # the base model, normalised as the adapter normalises
+
+
 class AdapterRegistry:
     """Thread-safe ``key -> QueryAdapter`` map for one base model and dimension.
 
@@ -219,13 +229,22 @@ class AdapterRegistry:
         self._challengers: dict[str | None, QueryAdapter] = {}
         self.interleave = interleave
         self.random = random.Random(seed)  # which requests are interleaved, and the drafts' coins
-        #: the population check's settings (each served adapter gets a fresh copy); None: no check
+        self._watches: dict[str | None, _Watch] = {}  # per slot
         self.population = population
-        self._watches: dict[str | None, tuple[QueryAdapter, PopulationCheck]] = {}  # per slot: adapter, its check
-        self._aside = QueryAdapter.identity(dimension, base_model)
-        self._aside.metadata = {"store_version": BASE_VERSION}
         for key, adapter in (adapters or {}).items():
             self.register(key, adapter)
+
+    @property
+    def population(self) -> PopulationCheck | None:
+        """The population check's settings (each served adapter gets a fresh check like it); None: no check.
+        Setting it starts every slot afresh."""
+        return self._population
+
+    @population.setter
+    def population(self, settings: PopulationCheck | None) -> None:
+        with self._lock:
+            self._population = settings.fresh() if settings is not None else None
+            self._watches = {}
 
     @property
     def interleave(self) -> float:
@@ -312,42 +331,39 @@ class AdapterRegistry:
             updated = dict(self._adapters)
             updated.pop(key, None)
             self._adapters = updated
+            self._watches = {slot: w for slot, w in self._watches.items() if slot != key}
 
     def get(self, key: str | None = None) -> QueryAdapter:
-        """The adapter to serve ``key`` with now: its own, else the default (identity unless set) for ``None``
-        or an unknown key; the base model while that adapter's population check has stepped aside."""
+        """The adapter to serve ``key``'s next query with: its own, else the default (identity unless set) for
+        ``None`` or an unknown key; the base model while that adapter's population check has stepped aside."""
         slot, adapter = self._resolve(key)
         watch = self._watch(slot, adapter)
-        return self._aside if watch is not None and watch[1].stepped_aside else adapter
+        return watch.aside if watch is not None and watch.check.stepped_aside else adapter
 
     def transform(self, query_vectors: Any, key: str | None = None) -> np.ndarray:
-        """``query_vectors`` (one, or a batch in serving order) adapted for ``key``, as served (see :meth:`get`)."""
-        adapted = self.get(key).transform(query_vectors)
-        self.observe(query_vectors, key)
+        """``query_vectors`` adapted for ``key`` as served, and recorded by its population check: one vector, or
+        a batch served one query after the other (each decided from the queries before it)."""
+        slot, adapter = self._resolve(key)
+        watch = self._watch(slot, adapter)
+        if watch is None:
+            return adapter.transform(query_vectors)
+        x = np.asarray(query_vectors, dtype=np.float32)
+        served = self._serve(watch, slot, x)
+        if x.ndim == 1:
+            return (adapter if served[0] else watch.aside).transform(x)
+        adapted = adapter.transform(x)
+        if not served.all():
+            adapted[~served] = watch.aside.transform(x[~served])
         return adapted
 
     def observe(self, query_vectors: Any, key: str | None = None) -> None:
-        """Record served queries (base vectors) in the population check of ``key``'s adapter (the wrappers'
-        path does this for every query; call it when you adapt with :meth:`get`'s adapter yourself)."""
+        """Record served queries (base vectors, one or a batch in serving order) in the population check of
+        ``key``'s adapter; the wrappers' path does this for every query (call it when you serve :meth:`get`'s
+        adapter yourself)."""
         slot, adapter = self._resolve(key)
         watch = self._watch(slot, adapter)
         if watch is not None:
-            vectors = np.asarray(query_vectors, dtype=np.float32)
-            guard, check = watch[0].guard, watch[1]
-            assert guard is not None  # only adapters with a guard are watched
-            if check.observe(guard.weight_of_one(vectors) if vectors.ndim == 1 else guard.weight(vectors)):
-                aside = check.stepped_aside
-                # the first step aside of an adapter is news; later turns near the floor are routine
-                logger.log(
-                    logging.WARNING if aside and check.times_stepped_aside == 1 else logging.INFO,
-                    "adapter %s for key %r %s: the mean guard weight of its last %d queries is %.2f (floor %.2f)",
-                    adapter_version(adapter) or "(unversioned)",
-                    slot,
-                    "steps aside, the base model serves" if aside else "serves again",
-                    len(check),
-                    check.recent_weight or 0.0,
-                    check.floor,
-                )
+            self._serve(watch, slot, np.asarray(query_vectors, dtype=np.float32))
 
     def current(self, key: str | None = None) -> QueryAdapter:
         """The adapter in ``key``'s slot now (its own, or the default), whether or not its population check
@@ -356,9 +372,9 @@ class AdapterRegistry:
 
     def population_check(self, key: str | None = None) -> PopulationCheck | None:
         """A copy of the population check of the adapter ``key`` is served by (None when unchecked): its
-        ``recent_weight``, whether it has ``stepped_aside``, and ``replay`` for what-if traffic."""
+        ``recent_weight``, whether it has ``stepped_aside`` and how often, and ``replay`` for what-if traffic."""
         watch = self._watch(*self._resolve(key))
-        return watch[1].copy() if watch is not None else None
+        return watch.check.copy() if watch is not None else None
 
     def _resolve(self, key: str | None) -> tuple[str | None, QueryAdapter]:
         """The slot that serves ``key`` (its own key, or None for the default) and the adapter in it now."""
@@ -369,18 +385,48 @@ class AdapterRegistry:
             return key, self._adapters[key]
         return None, followers[None].current() if None in followers else self.default
 
-    def _watch(self, slot: str | None, adapter: QueryAdapter) -> tuple[QueryAdapter, PopulationCheck] | None:
-        """The population check of ``adapter`` in ``slot`` (a fresh one when the slot's adapter changed)."""
-        if self.population is None or adapter.guard is None:
+    def _watch(self, slot: str | None, adapter: QueryAdapter) -> _Watch | None:
+        """The population check of ``adapter`` in ``slot``: a fresh one when the slot's adapter changed; None
+        without a check, for an unguarded adapter, or for one the slot no longer holds (a request that
+        started before a swap is not recorded against its successor)."""
+        settings = self._population
+        if settings is None or adapter.guard is None:
             return None
         watch = self._watches.get(slot)
-        if watch is None or watch[0] is not adapter:
-            with self._lock:
-                watch = self._watches.get(slot)
-                if watch is None or watch[0] is not adapter:
-                    watch = (adapter, self.population.fresh())
-                    self._watches = {**self._watches, slot: watch}
+        if watch is not None and watch.adapter is adapter:
+            return watch
+        with self._lock:
+            watch = self._watches.get(slot)
+            if watch is not None and watch.adapter is adapter:
+                return watch
+            if self._resolve(slot)[1] is not adapter:
+                return None
+            aside = QueryAdapter.identity(adapter.dimension, adapter.base_model, adapter.normalize)
+            aside.metadata = {"store_version": BASE_VERSION}
+            watch = _Watch(adapter, settings.fresh(), aside)
+            self._watches = {**self._watches, slot: watch}
         return watch
+
+    def _serve(self, watch: _Watch, slot: str | None, x: np.ndarray) -> np.ndarray:
+        """The check's decisions for the queries ``x`` (recorded), saying so in the log when it turned."""
+        guard, check = watch.adapter.guard, watch.check
+        assert guard is not None  # only adapters with a guard are watched
+        before = check.stepped_aside
+        served = check.serve(guard.weight_of_one(x) if x.ndim == 1 else guard.weight(x))
+        aside = check.stepped_aside
+        if aside != before:
+            # the first step aside of an adapter is news; later turns near the floor are routine
+            logger.log(
+                logging.WARNING if aside and check.times_stepped_aside == 1 else logging.INFO,
+                "adapter %s for key %r %s: the mean guard weight of its last %d queries is %.2f (floor %.2f)",
+                adapter_version(watch.adapter) or "(unversioned)",
+                slot,
+                "steps aside, the base model serves" if aside else "serves again",
+                len(check),
+                check.recent_weight or 0.0,
+                check.floor,
+            )
+        return served
 
     def __contains__(self, key: object) -> bool:
         return key in self._adapters

@@ -152,7 +152,6 @@ def test_the_registry_serves_the_guard(guarded):
     np.testing.assert_allclose(registry.transform(near, "tenant"), adapter.with_guard(None).transform(near), atol=1e-5)
 
 
-
 def test_the_population_check_steps_aside_while_recent_queries_are_far_and_back_when_they_return():
     check = PopulationCheck(window=10, floor=0.5, warmup=4)
     check.observe(np.zeros(3))
@@ -187,7 +186,6 @@ def test_the_registry_steps_a_guarded_adapter_aside_when_its_population_changes(
     assert adapter.guard.weight(look_alike[None])[0] == 1.0
     np.testing.assert_allclose(registry.transform(look_alike, "tenant"), unit(look_alike), atol=1e-6)  # base
     assert adapter_version(registry.get("tenant")) == BASE_VERSION  # what traces name
-    np.testing.assert_allclose(registry.get(None).transform(near), unit(near), atol=1e-6)  # other slots: own state
     for regular in population(here, 20, rng):  # the regulars come back: it serves again
         registry.transform(regular, "tenant")
     np.testing.assert_allclose(registry.transform(near, "tenant"), plain.transform(near), atol=1e-5)
@@ -196,11 +194,38 @@ def test_the_registry_steps_a_guarded_adapter_aside_when_its_population_changes(
     assert registry.population_check("tenant").stepped_aside
     registry.register("tenant", adapter.with_guard(adapter.guard))  # a new adapter: a fresh check
     np.testing.assert_allclose(registry.transform(near, "tenant"), plain.transform(near), atol=1e-5)
+    for stranger in population(elsewhere, 20, rng):
+        registry.transform(stranger, "tenant")
+    registry.remove("tenant")
+    registry.register("tenant", adapter)  # the same adapter again after a removal: a fresh check too
+    assert len(registry.population_check("tenant")) == 0
     unchecked = AdapterRegistry(MODEL, 16, {"tenant": adapter}, population=None)
     for stranger in population(elsewhere, 40, rng):
         unchecked.transform(stranger, "tenant")
     np.testing.assert_allclose(unchecked.transform(look_alike, "tenant"), plain.transform(look_alike), atol=1e-5)
     assert unchecked.population_check("tenant") is None
+
+
+def test_each_slot_has_its_own_check_and_a_batch_is_served_query_by_query(guarded):
+    adapter, here, elsewhere, rng = guarded
+    plain = adapter.with_guard(None)
+    settings = PopulationCheck(window=20, warmup=10)
+    registry = AdapterRegistry(MODEL, 16, {"a": adapter, "b": adapter.with_guard(adapter.guard)}, population=settings)
+    strangers, look_alikes = population(elsewhere, 12, rng), population(here, 3, rng)
+    batch = np.concatenate([look_alikes[:1], strangers, look_alikes[1:]])  # regulars before and after strangers
+    served = registry.transform(batch, "a")
+    np.testing.assert_allclose(served[0], plain.transform(batch[0]), atol=1e-5)  # before the strangers: adapted
+    np.testing.assert_allclose(served[-2:], unit(batch[-2:]), atol=1e-6)  # after 12 strangers of 13: the base
+    assert registry.population_check("a").stepped_aside
+    np.testing.assert_allclose(registry.transform(look_alikes[0], "b"), plain.transform(look_alikes[0]), atol=1e-5)
+    assert not registry.population_check("b").stepped_aside and len(registry.population_check("b")) == 1
+    assert registry.population_check("a").times_stepped_aside == 1  # the copy keeps the count
+    registry.population.floor = 0.99  # the registry's own settings: another registry keeps the default
+    assert AdapterRegistry(MODEL, 16).population.floor == 0.5 and settings.floor == 0.5
+    check = PopulationCheck(window=4, warmup=2)
+    check.serve(np.array([np.nan, np.inf, 1.0, 0.0]))  # broken query vectors count as far ones
+    assert check.recent_weight == 0.25 and check.stepped_aside
+
 
 def test_the_trainer_guards_by_default_and_calibrates_on_validation():
     corpus, queries, vectors = make_rotation_task(n_docs=200, dim=16, mix=0.35)
