@@ -327,7 +327,8 @@ class PopulationCheck:
     training queries (a German question full of names that Spanish ones also use) gets the whole adapter. Once
     most recent queries lie far from the training queries, the population has changed, and such look-alikes are
     more likely to be strangers than regulars. The check keeps the guard weights of the last ``window`` queries
-    an adapter served; after at least ``warmup`` of them, while their mean is below ``floor``, it *steps aside*
+    an adapter served; after at least ``warmup`` of them (default 20, or ``window`` if smaller), while their
+    mean is below ``floor``, it *steps aside*
     (the base model serves every query) and it steps back in as soon as the mean is at or above ``floor``
     again (the weights of queries served by the base model are still recorded).
 
@@ -336,7 +337,8 @@ class PopulationCheck:
     the same traffic in the same order is served the same way. Thread-safe.
     """
 
-    def __init__(self, window: int = 50, floor: float = 0.5, warmup: int = 20) -> None:
+    def __init__(self, window: int = 50, floor: float = 0.5, warmup: int | None = None) -> None:
+        warmup = min(20, window) if warmup is None else warmup  # default: 20 queries, or the whole window
         if window < 1 or not 1 <= warmup <= window:
             raise ValueError(f"need window >= 1 and 1 <= warmup <= window, got window={window}, warmup={warmup}")
         if not 0.0 < floor <= 1.0:

@@ -418,9 +418,9 @@ class AdapterRegistry:
             # the first step aside of an adapter is news; later turns near the floor are routine
             logger.log(
                 logging.WARNING if aside and check.times_stepped_aside == 1 else logging.INFO,
-                "adapter %s for key %r %s: the mean guard weight of its last %d queries is %.2f (floor %.2f)",
+                "adapter %s for %s %s: the mean guard weight of its last %d queries is %.2f (floor %.2f)",
                 adapter_version(watch.adapter) or "(unversioned)",
-                slot,
+                "the default" if slot is None else f"key {slot!r}",
                 "steps aside, the base model serves" if aside else "serves again",
                 len(check),
                 check.recent_weight or 0.0,

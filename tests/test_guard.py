@@ -168,6 +168,7 @@ def test_the_population_check_steps_aside_while_recent_queries_are_far_and_back_
     assert check.recent_weight == before and check.stepped_aside  # replay leaves the check as it was
     with pytest.raises(ValueError, match="warmup"):
         PopulationCheck(window=5, warmup=6)
+    assert PopulationCheck(window=10).warmup == 10 and PopulationCheck().warmup == 20  # at most the window
     with pytest.raises(ValueError, match="floor"):
         PopulationCheck(floor=0.0)
 
