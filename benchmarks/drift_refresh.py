@@ -21,7 +21,9 @@ Each loop variant (``VARIANTS``: the default loop with interleaving on 10% of tr
 guard, the same without interleaving or without the guard, and with interleaving on half the traffic, for
 applications whose few clicks are the bottleneck) runs its own loop (store, registry that
 follows it, Phoenix project) on the same questions and the same users' choices. The table shows the live
-adapter's nDCG@10 on the *next* day's traffic (exact search) next to the base model's, and the decisions;
+adapter's nDCG@10 on the *next* day's traffic (exact search) as the registry serves it (its population check
+carried on from the day) next to the base model's, and the decisions (the JSON also keeps live on every
+question, and each question whose score live changes with its guard weight);
 each night also records the offline estimate of tonight's candidate's gain over live on the clicked
 queries it scored (plain and inverse-propensity weighted) next to its true gain on every question of the
 day (clicked or not), and the feedback profile the quarantine check saw. At the end a rollback is checked
