@@ -386,19 +386,24 @@ class PopulationCheck:
         values = np.where(np.isfinite(values), values, 0.0).tolist()
         served = np.empty(len(values), dtype=bool)
         with self._lock:
+            aside = self._aside()
             for i, weight in enumerate(values):
-                aside = self._aside()
                 served[i] = not aside
                 self._weights.append(weight)
-                self.times_stepped_aside += self._aside() and not aside
+                now = self._aside()  # the next query's decision
+                self.times_stepped_aside += now and not aside
+                aside = now
         return served
+
+    def turned(self, served: np.ndarray) -> bool:
+        """Whether the check turned (from serving to stepped aside, or back) over the queries :meth:`serve` just
+        decided ``served`` for: the state now against the first of them's."""
+        return len(served) > 0 and self.stepped_aside == bool(served[0])
 
     def observe(self, weights: float | np.ndarray) -> bool:
         """Record served queries' guard weights (:meth:`serve`, without the decisions); whether that turned the
-        check (from serving to stepped aside, or back)."""
-        before = self.stepped_aside
-        self.serve(weights)
-        return self.stepped_aside != before
+        check."""
+        return self.turned(self.serve(weights))
 
     def replay(self, weights: np.ndarray) -> np.ndarray:
         """:meth:`serve` from a copy of this state (left unchanged): what-if traffic."""
@@ -411,5 +416,5 @@ class PopulationCheck:
 
     def __repr__(self) -> str:
         recent = self.recent_weight
-        shown = "none yet" if recent is None else f"{recent:.2f} over {len(self._weights)}"
+        shown = "none yet" if recent is None else f"{recent:.2f} over {len(self)}"
         return f"PopulationCheck(window={self.window}, floor={self.floor}, warmup={self.warmup}, recent={shown})"

@@ -411,10 +411,9 @@ class AdapterRegistry:
         """The check's decisions for the queries ``x`` (recorded), saying so in the log when it turned."""
         guard, check = watch.adapter.guard, watch.check
         assert guard is not None  # only adapters with a guard are watched
-        before = check.stepped_aside
         served = check.serve(guard.weight_of_one(x) if x.ndim == 1 else guard.weight(x))
-        aside = check.stepped_aside
-        if aside != before:
+        if check.turned(served):
+            aside = check.stepped_aside
             # the first step aside of an adapter is news; later turns near the floor are routine
             logger.log(
                 logging.WARNING if aside and check.times_stepped_aside == 1 else logging.INFO,
