@@ -70,16 +70,20 @@ def latency(adapter, vectors: np.ndarray, repeats: int = 2000) -> dict[str, floa
 SHARES = (1.0, 0.9, 0.75, 0.5, 0.25, 0.1, 0.0)
 
 
+def gains_and_weights(adapter, x: np.ndarray, queries: TrainingSet, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (rows of ``x``): the guarded adapter's nDCG@10 gain over the base model, and its guard weight."""
+    base = score_vectors(x, queries, corpus, ("ndcg@10",)).per_query["ndcg@10"]
+    gain = score_vectors(adapter.transform(x), queries, corpus, ("ndcg@10",)).per_query["ndcg@10"] - base
+    return gain, adapter.guard.weight(x) if adapter.guard is not None else np.ones(len(base))
+
+
 def mixed_traffic(adapter, corpus: Corpus, questions: dict, rows, held: TrainingSet, seed: int) -> dict:
     """Spanish questions mixed with another language's, served in random orders through a population check."""
     ids = held.query_ids
     per_query, weights = {}, {}
     for lang in (TRAINED_ON, "de", "zh"):
         test = questions[lang].subset(ids)
-        x = rows(lang, test)
-        base = score_vectors(x, test, corpus, ("ndcg@10",)).per_query["ndcg@10"]
-        adapted = score_vectors(adapter.transform(x), test, corpus, ("ndcg@10",)).per_query["ndcg@10"]
-        per_query[lang], weights[lang] = adapted - base, adapter.guard.weight(x)
+        per_query[lang], weights[lang] = gains_and_weights(adapter, rows(lang, test), test, corpus)
     rng = np.random.default_rng(seed)
     out = {}
     for other in ("de", "zh"):
@@ -117,11 +121,9 @@ def scifact_cost(seeds: list[int]) -> dict:
             .fit_vectors(train, x_train, None, None, corpus)
             .adapter
         )
-        base = score_vectors(x_test, test, corpus, ("ndcg@10",)).per_query["ndcg@10"]
-        gain = score_vectors(adapter.transform(x_test), test, corpus, ("ndcg@10",)).per_query["ndcg@10"] - base
-        weights = adapter.guard.weight(x_test) if adapter.guard is not None else np.ones(len(base))
+        gain, weights = gains_and_weights(adapter, x_test, test, corpus)
         rng = np.random.default_rng(seed)
-        orders = [np.arange(len(base))] + [rng.permutation(len(base)) for _ in range(5)]
+        orders = [np.arange(len(gain))] + [rng.permutation(len(gain)) for _ in range(5)]
         served = [PopulationCheck().replay(weights[order]) for order in orders]
         run = {
             "seed": seed,

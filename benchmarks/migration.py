@@ -40,6 +40,7 @@ import timeit
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,23 @@ def both_models(
     return docs, {m: e.embed_queries([queries.queries[q] for q in queries.query_ids]) for m, e in encs.items()}
 
 
+def fit_on_sample(
+    docs: dict[str, np.ndarray],
+    at: list[int],
+    encs: dict[str, CachedEncoder],
+    old: str,
+    new: str,
+    old_index: Corpus,
+    seed: int,
+    **options: Any,
+) -> Any:
+    """:func:`fit_migration` from ``new``'s query space into ``old``'s index on the re-embedded sample ``at``
+    (corpus rows of both models' document vectors ``docs``); ``options``: the query log, pairs, distillation."""
+    return fit_migration(
+        docs[new][at], docs[old][at], encs[new].model_id, encs[old].model_id, corpus=old_index, seed=seed, **options
+    )
+
+
 def run_dataset(
     name: str,
     encs: dict[str, CachedEncoder],
@@ -141,7 +159,7 @@ def run_dataset(
             for fraction in fractions:
                 sample = migration_sample(corpus, fraction, seed)
                 at = [corpus.position(d) for d in sample]
-                fit = partial(fit_migration, docs[new][at], docs[old][at], new_id, old_id, corpus=old_index, seed=seed)
+                fit = partial(fit_on_sample, docs, at, encs, old, new, old_index, seed)
                 labels = {"pairs": train, "pair_vectors": qvec[new][tr]}
                 # the training queries' texts embedded by both models too (no labels): while the old model still
                 # serves, its query log costs little to embed again with the new one

@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from adapter_retrievers.training.migration import fit_migration, migration_sample
+from adapter_retrievers.training.migration import migration_sample
 from common import RESULTS, machine
-from migration import DIRECTIONS, both_models, dataset, encoders, halves, scores
+from migration import DIRECTIONS, both_models, dataset, encoders, fit_on_sample, halves, scores
 
 SEEDS = (0, 1, 2)
 FRACTION = 0.10
@@ -45,15 +45,8 @@ def main() -> None:
             }
             row = {"old": old, "new": new, "seed": seed, "old_own_recall@10": own}
             for name, (new_rows, old_rows) in extras.items():
-                fit = fit_migration(
-                    docs[new][at],
-                    docs[old][at],
-                    encs[new].model_id,
-                    encs[old].model_id,
-                    corpus=old_index,
-                    seed=seed,
-                    new_queries=new_rows,
-                    old_queries=old_rows,
+                fit = fit_on_sample(
+                    docs, at, encs, old, new, old_index, seed, new_queries=new_rows, old_queries=old_rows
                 )
                 row[name] = scores(fit.adapter.transform(qvec[new][te]), test, old_index)["recall@10"] / own
             print(row, flush=True)

@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from adapter_retrievers.training.migration import fit_migration, migration_sample
+from adapter_retrievers.training.migration import migration_sample
 from common import RESULTS, machine
-from migration import DIRECTIONS, both_models, dataset, encoders, halves, scores
+from migration import DIRECTIONS, both_models, dataset, encoders, fit_on_sample, halves, scores
 
 SEEDS = (0, 1, 2)
 FRACTIONS = (0.1, 1.0)
@@ -43,17 +43,8 @@ def main() -> None:
             for fraction in FRACTIONS:
                 at = [corpus.position(d) for d in migration_sample(corpus, fraction, seed)]
                 for name, options in VARIANTS.items():
-                    fit = fit_migration(
-                        docs[new][at],
-                        docs[old][at],
-                        encs[new].model_id,
-                        encs[old].model_id,
-                        corpus=old_index,
-                        seed=seed,
-                        new_queries=qvec[new][tr],
-                        old_queries=qvec[old][tr],
-                        **options,
-                    )
+                    log = {"new_queries": qvec[new][tr], "old_queries": qvec[old][tr]}
+                    fit = fit_on_sample(docs, at, encs, old, new, old_index, seed, **log, **options)
                     share = scores(fit.adapter.transform(qvec[new][te]), test, old_index)["recall@10"] / own
                     steps = fit.decision.get("distill", {}).get("steps")
                     row = {"old": old, "seed": seed, "fraction": fraction, "variant": name, "share": share}
